@@ -1,0 +1,135 @@
+"""Pure-PyTorch reference implementations of the kprune ops.
+
+Every function here has the same signature as its compiled counterpart in ``kprune_ext.ops``. They
+run when the extension is not built, when ``KPRUNE_DISABLE_EXT=1`` is set, and in tests as the
+independent reference.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+ACTIVATIONS = ("gelu", "gelu_tanh", "relu", "silu")
+
+
+def apply_activation(x: torch.Tensor, activation: str) -> torch.Tensor:
+    if activation == "gelu":
+        return F.gelu(x)
+    if activation == "gelu_tanh":
+        return F.gelu(x, approximate="tanh")
+    if activation == "relu":
+        return F.relu(x)
+    if activation == "silu":
+        return F.silu(x)
+    raise ValueError(f"activation {activation!r} is not supported; expected one of {ACTIVATIONS}")
+
+
+def accumulate_importance(
+    act: torch.Tensor,
+    grad: torch.Tensor,
+    offsets: torch.Tensor,
+    grad_sq_sum: torch.Tensor,
+    act_sq_sum: torch.Tensor,
+) -> None:
+    """Add per-group squared mask gradients and per-unit activation energy, in place.
+
+    act, grad: [tokens, units] (fp32/bf16/fp16); offsets: int64 [groups + 1], non-decreasing, token
+    ranges of the groups (a sample or a batch). grad_sq_sum, act_sq_sum: fp32 [units].
+    grad_sq_sum[u] += sum_g (sum_{t in g} act[t, u] * grad[t, u])^2
+    act_sq_sum[u]  += sum_{t in [offsets[0], offsets[-1])} act[t, u]^2
+    """
+    a = act.float()
+    g = grad.float()
+    lengths = (offsets[1:] - offsets[:-1]).long()
+    lo, hi = int(offsets[0]), int(offsets[-1])
+    if lengths.numel() and hi > lo:
+        group_ids = torch.repeat_interleave(torch.arange(lengths.numel(), device=act.device), lengths)
+        prod = a[lo:hi] * g[lo:hi]
+        per_group = torch.zeros(lengths.numel(), a.shape[1], dtype=torch.float32, device=act.device)
+        per_group.index_add_(0, group_ids, prod)
+        grad_sq_sum.add_(per_group.square().sum(0))
+        act_sq_sum.add_(a[lo:hi].square().sum(0))
+
+
+def gram_accumulate(
+    a: torch.Tensor,
+    b: torch.Tensor,
+    columns: torch.Tensor | None,
+    gram: torch.Tensor,
+    cross: torch.Tensor,
+) -> None:
+    """Accumulate the least-squares statistics of one token chunk, in place, in fp32.
+
+    a: [tokens, units]; b: [tokens, m]; columns: int64 [k] selecting units of a (None: all).
+    gram: fp32 [k, k] += A^T A; cross: fp32 [k, m] += A^T b, with A = a[:, columns].
+    """
+    sel = a if columns is None else a.index_select(1, columns)
+    sel = sel.float()
+    gram.addmm_(sel.t(), sel)
+    cross.addmm_(sel.t(), b.float())
+
+
+def solve_damped(gram: torch.Tensor, rhs: torch.Tensor, damping: float = 1e-4, max_tries: int = 8) -> torch.Tensor:
+    """Solve (G + lambda I) X = R for one or a batch of systems by Cholesky.
+
+    gram: fp32 [..., k, k] symmetric positive semi-definite; rhs: [..., k, m]. lambda starts at
+    damping * mean(diag(G)) (or damping when the diagonal is zero) and grows 10x until every factorisation
+    succeeds; after max_tries a RuntimeError is raised rather than returning garbage.
+    """
+    g = gram.double()
+    r = rhs.double()
+    k = g.shape[-1]
+    if k == 0:
+        return torch.zeros(rhs.shape, dtype=torch.float32, device=rhs.device)
+    diag_mean = g.diagonal(dim1=-2, dim2=-1).mean(-1, keepdim=True)
+    scale = torch.where(diag_mean > 0, diag_mean, torch.ones_like(diag_mean)) * damping
+    eye = torch.eye(k, dtype=g.dtype, device=g.device)
+    for _ in range(max_tries):
+        chol, info = torch.linalg.cholesky_ex(g + scale.unsqueeze(-1) * eye)
+        if bool((info == 0).all()):
+            return torch.cholesky_solve(r, chol).float()
+        scale = torch.where((info != 0).view_as(scale), scale * 10, scale)
+    raise RuntimeError(f"damped Cholesky failed after {max_tries} escalations (final damping {scale.max().item():.3g})")
+
+
+def masked_ffn(
+    x: torch.Tensor,
+    w_in: torch.Tensor,
+    b_in: torch.Tensor | None,
+    w_out: torch.Tensor,
+    b_out: torch.Tensor | None,
+    kept: torch.Tensor,
+    mask: torch.Tensor,
+    activation: str,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """FFN sublayer restricted to the kept neurons, with the mask on the output projection's input.
+
+    x: [tokens, d]; w_in: [F, d]; b_in: [F]; w_out: [d, F]; b_out: [d]; kept: int64 [k]; mask: [k].
+    Returns out = (act(x W_in[kept]^T + b_in[kept]) * mask) W_out[:, kept]^T + b_out  ([tokens, d])
+    and act = act(x W_in[kept]^T + b_in[kept]) before the mask ([tokens, k]).
+    """
+    h = F.linear(x, w_in.index_select(0, kept), None if b_in is None else b_in.index_select(0, kept))
+    act = apply_activation(h, activation)
+    out = F.linear(act * mask, w_out.index_select(1, kept), b_out)
+    return out, act
+
+
+def masked_attention_output(
+    context: torch.Tensor,
+    w_out: torch.Tensor,
+    b_out: torch.Tensor | None,
+    kept_heads: torch.Tensor,
+    mask: torch.Tensor,
+    head_size: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Attention output projection restricted to the kept heads, with a per-head mask.
+
+    context: [tokens, H * head_size] concatenated head contexts; w_out: [d, H * head_size];
+    kept_heads: int64 [k]; mask: [k]. Returns out = (ctx_kept * mask) W_out[:, kept]^T + b_out
+    ([tokens, d]) and the kept contexts before the mask ([tokens, k * head_size]).
+    """
+    cols = (kept_heads.unsqueeze(1) * head_size + torch.arange(head_size, device=kept_heads.device)).reshape(-1)
+    ctx = context.index_select(1, cols)
+    scaled = ctx * mask.repeat_interleave(head_size)
+    out = F.linear(scaled, w_out.index_select(1, cols), b_out)
+    return out, ctx
