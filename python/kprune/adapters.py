@@ -1,0 +1,201 @@
+"""Architectures as data: where each supported encoder family keeps its sublayers.
+
+An :class:`Architecture` names, per family, the modules of one layer and the config fields that
+describe its shape; :class:`EncoderAdapter` binds one to a concrete model and exposes what the
+algorithm needs (layers, embeddings, the task head) without any family-specific code elsewhere.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from kprune.errors import UnsupportedModelError
+
+
+@dataclass(frozen=True)
+class Architecture:
+    family: str
+    base: str                 # attribute of the task model holding the encoder
+    layers: str               # path from the encoder to its ModuleList of layers
+    query: str                # the rest are paths inside one layer
+    key: str
+    value: str
+    attn_out: str
+    attn_norm: str
+    ffn_in: str
+    ffn_out: str
+    ffn_norm: str
+    ffn_act: str
+    headless_target: str      # module replaced when a layer keeps no heads
+    heads_field: str          # config fields
+    neurons_field: str
+    hidden_field: str
+    act_field: str
+
+
+_BERT_LIKE = dict(
+    layers="encoder.layer", query="attention.self.query", key="attention.self.key",
+    value="attention.self.value", attn_out="attention.output.dense", attn_norm="attention.output.LayerNorm",
+    ffn_in="intermediate.dense", ffn_out="output.dense", ffn_norm="output.LayerNorm",
+    ffn_act="intermediate.intermediate_act_fn", headless_target="attention.self",
+    heads_field="num_attention_heads", neurons_field="intermediate_size", hidden_field="hidden_size",
+    act_field="hidden_act",
+)
+
+ARCHITECTURES: dict[str, Architecture] = {
+    "bert": Architecture(family="bert", base="bert", **_BERT_LIKE),
+    "roberta": Architecture(family="roberta", base="roberta", **_BERT_LIKE),
+    "xlm-roberta": Architecture(family="xlm-roberta", base="roberta", **_BERT_LIKE),
+    "electra": Architecture(family="electra", base="electra", **_BERT_LIKE),
+    "distilbert": Architecture(
+        family="distilbert", base="distilbert", layers="transformer.layer", query="attention.q_lin",
+        key="attention.k_lin", value="attention.v_lin", attn_out="attention.out_lin",
+        attn_norm="sa_layer_norm", ffn_in="ffn.lin1", ffn_out="ffn.lin2", ffn_norm="output_layer_norm",
+        ffn_act="ffn.activation", headless_target="attention", heads_field="n_heads",
+        neurons_field="hidden_dim", hidden_field="dim", act_field="activation",
+    ),
+}
+
+HEAD_KINDS = {"ForSequenceClassification": "classification", "ForQuestionAnswering": "qa"}
+
+# config activation names -> kprune_ext activation names
+ACTIVATION_NAMES = {
+    "gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu_fast": "gelu_tanh",
+    "relu": "relu", "silu": "silu", "swish": "silu",
+}
+
+
+def _get(module: nn.Module, path: str) -> nn.Module:
+    for part in path.split("."):
+        module = getattr(module, part)
+    return module
+
+
+def _set(module: nn.Module, path: str, value: nn.Module) -> None:
+    parent, _, name = path.rpartition(".")
+    setattr(_get(module, parent) if parent else module, name, value)
+
+
+def architecture_of(model: nn.Module) -> Architecture:
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    if model_type not in ARCHITECTURES:
+        raise UnsupportedModelError(
+            f"model type {model_type!r} ({type(model).__name__}) is not supported; "
+            f"supported model types: {', '.join(sorted(ARCHITECTURES))}"
+        )
+    return ARCHITECTURES[model_type]
+
+
+def head_kind_of(model: nn.Module) -> str:
+    name = type(model).__name__
+    for suffix, kind in HEAD_KINDS.items():
+        if name.endswith(suffix):
+            return kind
+    raise UnsupportedModelError(
+        f"model class {name!r} has no supported task head; supported heads: "
+        + ", ".join(f"*{s}" for s in HEAD_KINDS)
+    )
+
+
+@dataclass
+class LayerView:
+    """The modules of one encoder layer, by role."""
+
+    query: nn.Linear
+    key: nn.Linear
+    value: nn.Linear
+    attn_out: nn.Linear
+    attn_norm: nn.LayerNorm
+    ffn_in: nn.Linear
+    ffn_out: nn.Linear
+    ffn_norm: nn.LayerNorm
+    ffn_act: nn.Module
+    head_size: int
+
+    @property
+    def num_heads(self) -> int:
+        return self.attn_out.in_features // self.head_size
+
+    @property
+    def num_neurons(self) -> int:
+        return self.ffn_out.in_features
+
+
+class EncoderAdapter:
+    """Binds an :class:`Architecture` to one model."""
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+        self.arch = architecture_of(model)
+        self.head_kind = head_kind_of(model)
+        config = model.config
+        self.hidden_size = int(getattr(config, self.arch.hidden_field))
+        self.original_heads = int(getattr(config, self.arch.heads_field))
+        self.original_neurons = int(getattr(config, self.arch.neurons_field))
+        self.head_size = self.hidden_size // self.original_heads
+        act = getattr(config, self.arch.act_field)
+        if not isinstance(act, str) or act not in ACTIVATION_NAMES:
+            raise UnsupportedModelError(
+                f"activation {act!r} is not supported; supported: {', '.join(sorted(ACTIVATION_NAMES))}"
+            )
+        self.activation = ACTIVATION_NAMES[act]
+
+    @property
+    def encoder(self) -> nn.Module:
+        return getattr(self.model, self.arch.base)
+
+    @property
+    def layers(self) -> nn.ModuleList:
+        return _get(self.encoder, self.arch.layers)
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.layers)
+
+    def layer(self, index: int) -> LayerView:
+        layer = self.layers[index]
+        a = self.arch
+        return LayerView(
+            query=_get(layer, a.query), key=_get(layer, a.key), value=_get(layer, a.value),
+            attn_out=_get(layer, a.attn_out), attn_norm=_get(layer, a.attn_norm),
+            ffn_in=_get(layer, a.ffn_in), ffn_out=_get(layer, a.ffn_out), ffn_norm=_get(layer, a.ffn_norm),
+            ffn_act=_get(layer, a.ffn_act), head_size=self.head_size,
+        )
+
+    def replace_in_layer(self, index: int, path: str, module: nn.Module) -> None:
+        _set(self.layers[index], path, module)
+
+    def get_in_layer(self, index: int, path: str) -> nn.Module:
+        return _get(self.layers[index], path)
+
+    # -- embeddings and task head -------------------------------------------------------------
+
+    def embed(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None) -> torch.Tensor:
+        """Hidden states entering layer 0: [batch, seq, d]."""
+        enc = self.encoder
+        if self.arch.family == "distilbert":
+            return enc.embeddings(input_ids)
+        hidden = enc.embeddings(input_ids=input_ids, token_type_ids=token_type_ids)
+        project = getattr(enc, "embeddings_project", None)
+        return project(hidden) if project is not None else hidden
+
+    def head(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Task logits from the last hidden states: [batch, labels] or, for QA, [batch, seq, 2]."""
+        model = self.model
+        if self.head_kind == "qa":
+            return model.qa_outputs(hidden)
+        family = self.arch.family
+        if family == "bert":
+            return model.classifier(model.dropout(self.encoder.pooler(hidden)))
+        if family == "distilbert":
+            pooled = F.relu(model.pre_classifier(hidden[:, 0]))
+            return model.classifier(model.dropout(pooled))
+        return model.classifier(hidden)  # roberta, xlm-roberta, electra: head reads token 0 itself
+
+    def units_kept(self) -> tuple[list[int], list[int]]:
+        heads = [self.layer(i).num_heads for i in range(self.num_layers)]
+        neurons = [self.layer(i).num_neurons for i in range(self.num_layers)]
+        return heads, neurons

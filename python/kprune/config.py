@@ -1,0 +1,58 @@
+"""Settings of a pruning run. Defaults are the paper's."""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+from kprune.errors import ConfigError
+
+TASK_KINDS = ("classification", "regression", "qa")
+GRADIENT_GROUPS = ("batch", "sample")
+
+
+@dataclass
+class KPruneConfig:
+    lambda_pred: float = 1.0          # weight of predictive knowledge
+    lambda_rep: float = 2.5e-4        # weight of representational knowledge
+    mu: float = 64.0                  # head score multiplier
+    temperature: float = 2.0          # T of the distillation loss
+    damping: float = 1e-4             # least-squares damping, relative to mean(diag(A^T A))
+    batch_size: int = 32              # samples per batch (batches group samples of similar length)
+    gradient_groups: str = "batch"    # "batch": paper's batch-mean gradients; "sample": per-sample Fisher
+    weight_tuning: bool = True        # KPWT; False for the ablation
+    use_pred: bool = True             # ablations: predictive / representational knowledge only
+    use_rep: bool = True
+    device: str = "cpu"
+    progress: bool = True             # tqdm bars
+
+    def validate(self) -> "KPruneConfig":
+        for name in ("lambda_pred", "lambda_rep", "mu", "temperature", "damping"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+                raise ConfigError(f"{name}={value!r} must be a finite number >= 0")
+        if self.temperature <= 0:
+            raise ConfigError(f"temperature={self.temperature!r} must be > 0")
+        if not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise ConfigError(f"batch_size={self.batch_size!r} must be an integer >= 1")
+        if self.gradient_groups not in GRADIENT_GROUPS:
+            raise ConfigError(f"gradient_groups={self.gradient_groups!r}; accepted: {', '.join(GRADIENT_GROUPS)}")
+        if not (self.use_pred or self.use_rep):
+            raise ConfigError("use_pred and use_rep are both False: at least one kind of knowledge is needed")
+        return self
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def check_reduction(flops_reduction: float) -> float:
+    if isinstance(flops_reduction, bool) or not isinstance(flops_reduction, (int, float)) \
+            or not math.isfinite(flops_reduction) or not 0.0 < flops_reduction < 1.0:
+        raise ConfigError(f"flops_reduction={flops_reduction!r} must be a number strictly between 0 and 1 "
+                          "(e.g. 0.5 removes half of the encoder's FLOPs)")
+    return float(flops_reduction)
+
+
+def check_task_kind(task: str) -> str:
+    if task not in TASK_KINDS:
+        raise ConfigError(f"task={task!r} is not a task kind; accepted: {', '.join(TASK_KINDS)}")
+    return task

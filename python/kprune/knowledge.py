@@ -1,0 +1,70 @@
+"""Knowledge measurement: the distillation loss and the predictive/representational scores."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from kprune_ext import ops
+
+
+def _kl(teacher_logits: torch.Tensor, student_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """KL(teacher || student) on softmax(z / T) over the last dim, per row."""
+    log_p_t = F.log_softmax(teacher_logits / temperature, dim=-1)
+    log_p_s = F.log_softmax(student_logits / temperature, dim=-1)
+    return (log_p_t.exp() * (log_p_t - log_p_s)).sum(-1)
+
+
+def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, kind: str, temperature: float,
+                      key_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-sample loss [batch]: T^2 KL on softmax(z/T) (classification; QA: mean of start and end
+    over the real tokens), or the squared error to the teacher's outputs (regression)."""
+    if kind == "regression":
+        return (student - teacher).square().flatten(1).mean(1)
+    if kind == "qa":
+        fill = torch.finfo(student.dtype).min
+        pad = ~key_mask
+        parts = []
+        for i in range(2):
+            s = student[..., i].masked_fill(pad, fill)
+            t = teacher[..., i].masked_fill(pad, fill)
+            parts.append(_kl(t, s, temperature))
+        return temperature ** 2 * (parts[0] + parts[1]) / 2
+    return temperature ** 2 * _kl(teacher, student, temperature)
+
+
+@dataclass
+class UnitStatistics:
+    """Running sums for the units of one sublayer, per dimension of the output projection's input."""
+
+    grad_sq: torch.Tensor   # [width] sum over gradient groups of (sum_tokens a * g)^2
+    act_sq: torch.Tensor    # [width] sum over tokens of a^2
+
+    @classmethod
+    def zeros(cls, width: int, device) -> "UnitStatistics":
+        return cls(torch.zeros(width, device=device), torch.zeros(width, device=device))
+
+    def add(self, act: torch.Tensor, grad: torch.Tensor | None, offsets: torch.Tensor) -> None:
+        """act, grad: [tokens, width] (real tokens only); offsets: [groups + 1]."""
+        if act.shape[1] == 0:
+            return
+        if grad is None:
+            self.act_sq.add_(act.float().square().sum(0))
+        else:
+            ops.accumulate_importance(act, grad, offsets, self.grad_sq, self.act_sq)
+
+
+def unit_scores(stats: UnitStatistics, out_weight: torch.Tensor, unit_width: int, num_samples: int,
+                num_tokens: int, unit_flops: float, lambda_pred: float, lambda_rep: float,
+                multiplier: float = 1.0) -> torch.Tensor:
+    """Scores [units] = multiplier * (lambda_pred K_pred + lambda_rep K_rep) / unit_flops.
+
+    K_pred = 1/2 sum_groups g^2 / N_samples and K_rep = sum_tokens a^2 * mean_j W_out[j, i]^2 / N_tokens
+    per dimension; a unit (a head of unit_width dimensions, or a neuron) takes the mean of its dimensions.
+    """
+    k_pred = 0.5 * stats.grad_sq / num_samples
+    k_rep = stats.act_sq * out_weight.float().square().mean(0) / num_tokens
+    per_dim = lambda_pred * k_pred + lambda_rep * k_rep
+    per_unit = per_dim.view(-1, unit_width).mean(1)
+    return multiplier * per_unit / unit_flops

@@ -1,0 +1,312 @@
+"""The K-prune driver: 2L steps, bottom to top, in bounded memory.
+
+At step k the student's hidden states at the input of sublayer k are cached for every batch; one
+pass runs sublayers k..2L-1 (and, from k = 1 on, backward to their activations) to measure
+knowledge, while the teacher advances through sublayer k and the least-squares statistics of
+sublayer k accumulate. Then the mask search picks the units of sublayer k, weight tuning re-fits its
+output projection, surgery removes the pruned units, and the student cache advances one sublayer.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import resource
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+import kprune_ext
+from kprune_ext import ops
+from kprune.adapters import EncoderAdapter
+from kprune.config import KPruneConfig, check_reduction, check_task_kind
+from kprune.errors import ConfigError, NumericalError
+from kprune.flops import head_flops, model_flops, neuron_flops
+from kprune.knowledge import UnitStatistics, distillation_loss, unit_scores
+from kprune.samples import Batch, make_batches, normalise_samples
+from kprune.search import kept_units, search_threshold
+from kprune.sublayers import run_sublayer
+from kprune.surgery import head_columns, prune_heads, prune_neurons
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class PruneResult:
+    model: nn.Module
+    report: dict
+
+
+@dataclass
+class StepResult:
+    """What one step decided, for those who watch the run."""
+
+    sublayer: int
+    layer: int
+    kind: str            # "attention" or "ffn"
+    kept: list[int]
+    total: int
+    threshold: float
+    remaining_budget: float
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def _check_head(adapter: EncoderAdapter, task: str) -> None:
+    labels = int(getattr(adapter.model.config, "num_labels", 0))
+    if task == "qa" and adapter.head_kind != "qa":
+        raise ConfigError(f"task='qa' needs a *ForQuestionAnswering model, got {type(adapter.model).__name__}")
+    if task != "qa" and adapter.head_kind == "qa":
+        raise ConfigError(f"task={task!r} needs a *ForSequenceClassification model, got {type(adapter.model).__name__}")
+    if task == "regression" and labels != 1:
+        raise ConfigError(f"task='regression' needs a head with num_labels=1, the model has {labels}")
+    if task == "classification" and labels < 2:
+        raise ConfigError(f"task='classification' needs a head with num_labels >= 2, the model has {labels}")
+
+
+class KPruner:
+    """Stepwise K-prune: iterate :meth:`steps` to watch each sublayer, or call :meth:`run`."""
+
+    def __init__(self, model: nn.Module, samples, task: str = "classification", flops_reduction: float = 0.5,
+                 config: KPruneConfig | None = None):
+        self.config = (config or KPruneConfig()).validate()
+        self.task = check_task_kind(task)
+        self.flops_reduction = check_reduction(flops_reduction)
+        self.teacher = EncoderAdapter(model)
+        _check_head(self.teacher, self.task)
+        vocab = getattr(model.config, "vocab_size", None)
+        pad = getattr(model.config, "pad_token_id", None) or 0
+        self.samples = normalise_samples(samples, vocab)
+        self.device = torch.device(self.config.device)
+        self.batches: list[Batch] = make_batches(self.samples, self.config.batch_size, pad, self.device)
+        self.num_samples = len(self.samples)
+        self.num_tokens = sum(b.num_tokens for b in self.batches)
+        self.seq_len = self.num_tokens / self.num_samples
+        self._input_model = model
+        self.seconds: dict[str, float] = defaultdict(float)
+        self.steps_done: list[StepResult] = []
+
+    # -- setup ------------------------------------------------------------------------------------
+
+    def _setup(self) -> None:
+        started = time.perf_counter()
+        self._was_training = self._input_model.training
+        self._input_model.eval()
+        student_model = copy.deepcopy(self._input_model).to(self.device).eval()
+        student_model.requires_grad_(False)
+        if self.device != next(self._input_model.parameters()).device:
+            self.teacher = EncoderAdapter(copy.deepcopy(self._input_model).to(self.device).eval())
+        self.student = EncoderAdapter(student_model)
+        t, d = self.teacher, self.teacher.hidden_size
+        self.unit_flops = (head_flops(self.seq_len, d, t.head_size), neuron_flops(self.seq_len, d))
+        heads, neurons = t.units_kept()
+        self.flops_before = model_flops(heads, neurons, self.seq_len, d, t.head_size)
+        self.budget = (1.0 - self.flops_reduction) * self.flops_before
+        self.remaining = self.budget
+        self.params_before = count_parameters(self._input_model)
+        with torch.no_grad():
+            # embeddings are never pruned: the student's cache starts as the teacher's
+            self.teacher_cache = [t.embed(b.input_ids, b.token_type_ids) for b in self.batches]
+        self.student_cache = list(self.teacher_cache)
+        self.teacher_logits: list[torch.Tensor] = []
+        self.seconds["setup"] += time.perf_counter() - started
+
+    # -- one step ---------------------------------------------------------------------------------
+
+    def _widths(self, k: int) -> tuple[int, int, float, float]:
+        """(dimensions, dimensions per unit, FLOPs per unit, score multiplier) of student sublayer k."""
+        view = self.student.layer(k // 2)
+        if k % 2 == 0:
+            return view.num_heads * view.head_size, view.head_size, self.unit_flops[0], self.config.mu
+        return view.num_neurons, 1, self.unit_flops[1], 1.0
+
+    def _out_proj(self, adapter: EncoderAdapter, k: int) -> nn.Linear:
+        view = adapter.layer(k // 2)
+        return view.attn_out if k % 2 == 0 else view.ffn_out
+
+    def _measure(self, k: int):
+        """One pass over the sample: knowledge of sublayers >= k, Gram statistics of sublayer k,
+        and the teacher advanced through sublayer k."""
+        cfg = self.config
+        num_sub = 2 * self.student.num_layers
+        with_grad = k > 0 and cfg.use_pred and cfg.lambda_pred > 0
+        stats = {j: UnitStatistics.zeros(self._widths(j)[0], self.device) for j in range(k, num_sub)}
+        width_k = self._widths(k)[0]
+        d = self.student.hidden_size
+        gram = torch.zeros(width_k, width_k, device=self.device)
+        cross = torch.zeros(width_k, d, device=self.device)
+        out_bias = self._out_proj(self.student, k).bias
+        next_teacher = []
+        for index, batch in enumerate(self.batches):
+            with torch.no_grad():
+                teacher_out = run_sublayer(self.teacher, k, self.teacher_cache[index], batch.key_mask)
+            next_teacher.append(teacher_out.output)
+            x = self.student_cache[index]
+            with torch.set_grad_enabled(with_grad):
+                hidden = x.detach().requires_grad_(with_grad)
+                acts = []
+                for j in range(k, num_sub):
+                    out = run_sublayer(self.student, j, hidden, batch.key_mask)
+                    acts.append(out.act)
+                    hidden = out.output
+                logits = self.student.head(hidden)
+            if not torch.isfinite(logits).all():
+                raise NumericalError(f"the model produced non-finite outputs at sublayer {k} (batch {index}); "
+                                     "check the model's weights and the input ids")
+            if k == 0:  # the student is still the teacher: its outputs are the teacher's
+                self.teacher_logits.append(logits.detach())
+            grads = [None] * len(acts)
+            if with_grad:
+                per_sample = distillation_loss(logits, self.teacher_logits[index], self.task, cfg.temperature,
+                                               batch.key_mask)
+                divisor = cfg.batch_size if cfg.gradient_groups == "sample" else per_sample.shape[0]
+                grads = torch.autograd.grad(per_sample.sum() / divisor, acts)
+            real = batch.key_mask
+            if cfg.gradient_groups == "sample":
+                offsets = batch.token_offsets().to(self.device)
+            else:
+                offsets = torch.tensor([0, batch.num_tokens], device=self.device)
+            for j, act, grad in zip(range(k, num_sub), acts, grads):
+                stats[j].add(act.detach()[real], None if grad is None else grad[real], offsets)
+            target = (teacher_out.pre_norm - x)[real]
+            if out_bias is not None:
+                target = target - out_bias
+            ops.gram_accumulate(acts[0].detach()[real], target, None, gram, cross)
+        return stats, gram, cross, next_teacher
+
+    def _scores(self, k: int, stats: dict[int, UnitStatistics]) -> dict[int, torch.Tensor]:
+        cfg = self.config
+        lp = cfg.lambda_pred if cfg.use_pred else 0.0
+        lr = cfg.lambda_rep if cfg.use_rep else 0.0
+        scores = {}
+        for j, st in stats.items():
+            _, unit_width, unit_flops, multiplier = self._widths(j)
+            weight = self._out_proj(self.student, j).weight
+            scores[j] = unit_scores(st, weight, unit_width, self.num_samples, self.num_tokens, unit_flops,
+                                    lp, lr, multiplier)
+        return scores
+
+    def _tune(self, k: int, kept: torch.Tensor, gram: torch.Tensor, cross: torch.Tensor) -> None:
+        """KPWT: refit the kept columns of sublayer k's output projection by damped least squares."""
+        if kept.numel() == 0:
+            return
+        cols = head_columns(kept, self.student.head_size) if k % 2 == 0 else kept
+        g = gram.index_select(0, cols).index_select(1, cols)
+        rhs = cross.index_select(0, cols)
+        solution = ops.solve_damped(g, rhs, self.config.damping)  # [kept dims, d] = W^T
+        if not torch.isfinite(solution).all():
+            raise NumericalError(f"weight tuning of sublayer {k} produced non-finite weights")
+        weight = self._out_proj(self.student, k).weight
+        with torch.no_grad():
+            weight[:, cols] = solution.t().to(weight.dtype)
+
+    def _step(self, k: int) -> StepResult:
+        num_sub = 2 * self.student.num_layers
+        timer = time.perf_counter()
+        stats, gram, cross, next_teacher = self._measure(k)
+        self.seconds["measure"] += time.perf_counter() - timer
+
+        timer = time.perf_counter()
+        scores = self._scores(k, stats)
+        pooled = torch.cat([scores[j] for j in range(k, num_sub)])
+        costs = torch.cat([torch.full_like(scores[j], self._widths(j)[2], dtype=torch.float64)
+                           for j in range(k, num_sub)])
+        threshold = search_threshold(pooled, costs, self.remaining)
+        kept = kept_units(scores[k], threshold)
+        total = scores[k].numel()
+        self.remaining -= kept.numel() * self._widths(k)[2]
+        self.seconds["search"] += time.perf_counter() - timer
+
+        timer = time.perf_counter()
+        if self.config.weight_tuning:
+            self._tune(k, kept, gram, cross)
+        del gram, cross
+        self.seconds["tune"] += time.perf_counter() - timer
+
+        timer = time.perf_counter()
+        if k % 2 == 0:
+            prune_heads(self.student, k // 2, kept)
+        else:
+            prune_neurons(self.student, k // 2, kept)
+        with torch.no_grad():
+            self.student_cache = [run_sublayer(self.student, k, x, b.key_mask).output
+                                  for x, b in zip(self.student_cache, self.batches)]
+        self.teacher_cache = next_teacher
+        self.seconds["advance"] += time.perf_counter() - timer
+        result = StepResult(k, k // 2, "attention" if k % 2 == 0 else "ffn", kept.tolist(), total, threshold,
+                            self.remaining)
+        logger.info("sublayer %d (layer %d %s): kept %d of %d", k, result.layer, result.kind, len(result.kept), total)
+        return result
+
+    # -- public -----------------------------------------------------------------------------------
+
+    def steps(self) -> Iterator[StepResult]:
+        """Run the 2L steps, yielding after each; the pruned model is :attr:`model` afterwards."""
+        started = time.perf_counter()
+        self._setup()
+        num_sub = 2 * self.teacher.num_layers
+        bar = tqdm(range(num_sub), desc="K-prune", unit="sublayer", disable=not self.config.progress)
+        try:
+            for k in bar:
+                result = self._step(k)
+                self.steps_done.append(result)
+                bar.set_postfix_str(f"layer {result.layer} {result.kind}: {len(result.kept)}/{result.total}")
+                yield result
+        finally:
+            bar.close()
+            self._input_model.train(self._was_training)
+            self.student_cache = self.teacher_cache = []
+        self.seconds["total"] = time.perf_counter() - started
+
+    @property
+    def model(self) -> nn.Module:
+        return self.student.model
+
+    def run(self) -> PruneResult:
+        for _ in self.steps():
+            pass
+        return PruneResult(self.model, self.report())
+
+    def report(self) -> dict:
+        heads, neurons = self.student.units_kept()
+        d, hs = self.student.hidden_size, self.student.head_size
+        flops_after = model_flops(heads, neurons, self.seq_len, d, hs)
+        return {
+            "task": self.task,
+            "architecture": self.student.arch.family,
+            "flops_reduction_target": self.flops_reduction,
+            "flops_before": self.flops_before,
+            "flops_after": flops_after,
+            "flops_budget": self.budget,
+            "flops_reduction": 1.0 - flops_after / self.flops_before,
+            "params_before": self.params_before,
+            "params_after": count_parameters(self.model),
+            "heads_kept": heads,
+            "neurons_kept": neurons,
+            "heads_per_layer": self.teacher.original_heads,
+            "neurons_per_layer": self.teacher.original_neurons,
+            "num_samples": self.num_samples,
+            "num_tokens": self.num_tokens,
+            "avg_seq_len": self.seq_len,
+            "seconds": {key: round(value, 3) for key, value in self.seconds.items()},
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+            "extension": kprune_ext.EXTENSION_LOADED,
+            "config": self.config.to_dict(),
+        }
+
+
+def prune(model: nn.Module, samples, task: str = "classification", flops_reduction: float = 0.5,
+          config: KPruneConfig | None = None) -> PruneResult:
+    """Prune ``model`` (left unchanged) to remove ``flops_reduction`` of its encoder FLOPs.
+
+    samples: unlabelled tokenized samples of the task's training data (a list of dicts with
+    ``input_ids`` and optionally ``token_type_ids``/``attention_mask``, or a padded tokenizer batch).
+    task: "classification", "regression" or "qa". Returns the physically pruned model and a report.
+    """
+    return KPruner(model, samples, task, flops_reduction, config).run()

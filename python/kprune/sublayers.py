@@ -1,0 +1,66 @@
+"""Functional forward of one sublayer at a time, on the weights of an adapted model.
+
+Sublayer k of an L-layer encoder is layer k // 2's attention (k even) or FFN (k odd). Each call
+returns the input of the output projection (``act``: concatenated head contexts or FFN
+activations) and the pre-LayerNorm output ``x + sublayer(x)``; the caller applies the norm. This is
+what lets the pruning loop run only the sublayers it needs and capture the statistics it measures.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from kprune.adapters import EncoderAdapter, LayerView
+
+
+@dataclass
+class SublayerOutput:
+    act: torch.Tensor        # [batch, seq, units * width] input of the output projection
+    pre_norm: torch.Tensor   # [batch, seq, d] residual + sublayer output, before LayerNorm
+    output: torch.Tensor     # [batch, seq, d] after LayerNorm
+
+
+def attention_context(view: LayerView, x: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
+    """Concatenated head contexts [batch, seq, heads * head_size]; key_mask: [batch, seq] bool."""
+    batch, seq, _ = x.shape
+    heads = view.num_heads
+    if heads == 0:
+        return x.new_zeros(batch, seq, 0)
+    shape = (batch, seq, heads, view.head_size)
+    q = view.query(x).view(shape).transpose(1, 2)
+    k = view.key(x).view(shape).transpose(1, 2)
+    v = view.value(x).view(shape).transpose(1, 2)
+    ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask[:, None, None, :])
+    return ctx.transpose(1, 2).reshape(batch, seq, heads * view.head_size)
+
+
+def run_sublayer(adapter: EncoderAdapter, k: int, x: torch.Tensor, key_mask: torch.Tensor) -> SublayerOutput:
+    view = adapter.layer(k // 2)
+    if k % 2 == 0:
+        act = attention_context(view, x, key_mask)
+        pre = x + view.attn_out(act)
+        return SublayerOutput(act, pre, view.attn_norm(pre))
+    act = view.ffn_act(view.ffn_in(x))
+    pre = x + view.ffn_out(act)
+    return SublayerOutput(act, pre, view.ffn_norm(pre))
+
+
+def run_from(adapter: EncoderAdapter, start: int, x: torch.Tensor, key_mask: torch.Tensor,
+             keep_acts: bool = False) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Run sublayers start .. 2L-1; returns the last hidden states and, if asked, each act."""
+    acts = []
+    for k in range(start, 2 * adapter.num_layers):
+        out = run_sublayer(adapter, k, x, key_mask)
+        if keep_acts:
+            acts.append(out.act)
+        x = out.output
+    return x, acts
+
+
+def forward_logits(adapter: EncoderAdapter, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None,
+                   key_mask: torch.Tensor) -> torch.Tensor:
+    """The whole model, functionally: task logits."""
+    hidden, _ = run_from(adapter, 0, adapter.embed(input_ids, token_type_ids), key_mask)
+    return adapter.head(hidden)

@@ -1,0 +1,97 @@
+"""Physical removal of heads and neurons, in place, keeping the model's own class.
+
+Heads: rows of Q, K and V and columns of the attention output projection. Neurons: rows of the
+first FFN projection and columns of the second. A layer left with no heads gets a
+:class:`HeadlessAttention` in place of its self-attention, so the sublayer is its residual path
+(plus the output bias) and LayerNorm, exactly as a fully masked sublayer.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+from torch.nn.utils import skip_init
+
+from kprune.adapters import EncoderAdapter
+
+
+class HeadlessAttention(nn.Module):
+    """Self-attention with no heads: a [..., 0] context, or the output bias where the family's
+    attention module owns its output projection (DistilBERT). It keeps the (empty) projections of
+    the module it replaces under their names, so parameter names and module paths are unchanged."""
+
+    def __init__(self, replaced: nn.Module, out_proj_name: str | None = None):
+        super().__init__()
+        self.out_proj_name = out_proj_name
+        for name, child in replaced.named_children():
+            if isinstance(child, nn.Linear):
+                setattr(self, name, child)
+
+    def forward(self, hidden_states: torch.Tensor, *args, **kwargs):
+        empty = hidden_states.new_zeros(*hidden_states.shape[:-1], 0)
+        if self.out_proj_name is not None:
+            return getattr(self, self.out_proj_name)(empty), None
+        return empty, None
+
+
+def _slice_linear(linear: nn.Linear, rows: torch.Tensor | None = None, cols: torch.Tensor | None = None) -> nn.Linear:
+    weight = linear.weight.detach()
+    bias = None if linear.bias is None else linear.bias.detach()
+    if rows is not None:
+        weight = weight.index_select(0, rows)
+        bias = None if bias is None else bias.index_select(0, rows)
+    if cols is not None:
+        weight = weight.index_select(1, cols)
+    new = skip_init(nn.Linear, weight.shape[1], weight.shape[0], bias=bias is not None,
+                    device=weight.device, dtype=weight.dtype)
+    with torch.no_grad():
+        new.weight.copy_(weight)
+        if bias is not None:
+            new.bias.copy_(bias)
+    new.requires_grad_(linear.weight.requires_grad)
+    return new
+
+
+def head_columns(kept_heads: torch.Tensor, head_size: int) -> torch.Tensor:
+    """Indices of the context dimensions of the given heads."""
+    kept_heads = kept_heads.long()
+    return (kept_heads[:, None] * head_size + torch.arange(head_size, device=kept_heads.device)).reshape(-1)
+
+
+def prune_heads(adapter: EncoderAdapter, layer: int, kept_heads: Sequence[int] | torch.Tensor) -> None:
+    """Keep only ``kept_heads`` (indices into the layer's current heads) of one layer."""
+    arch, view = adapter.arch, adapter.layer(layer)
+    kept = torch.as_tensor(kept_heads, dtype=torch.long).sort().values
+    cols = head_columns(kept, view.head_size)
+    for path in (arch.query, arch.key, arch.value):
+        adapter.replace_in_layer(layer, path, _slice_linear(adapter.get_in_layer(layer, path), rows=cols))
+    adapter.replace_in_layer(layer, arch.attn_out, _slice_linear(view.attn_out, cols=cols))
+    attention = adapter.get_in_layer(layer, arch.headless_target)
+    if len(kept) == 0 and not isinstance(attention, HeadlessAttention):
+        owns_out = arch.attn_out.startswith(arch.headless_target + ".")
+        out_name = arch.attn_out.rsplit(".", 1)[1] if owns_out else None
+        adapter.replace_in_layer(layer, arch.headless_target, HeadlessAttention(attention, out_name))
+    elif len(kept) > 0:
+        for attr in ("num_attention_heads", "n_heads"):
+            if hasattr(attention, attr):
+                setattr(attention, attr, len(kept))
+        if hasattr(attention, "all_head_size"):
+            attention.all_head_size = len(kept) * view.head_size
+
+
+def prune_neurons(adapter: EncoderAdapter, layer: int, kept_neurons: Sequence[int] | torch.Tensor) -> None:
+    """Keep only ``kept_neurons`` (indices into the layer's current neurons) of one layer."""
+    arch, view = adapter.arch, adapter.layer(layer)
+    kept = torch.as_tensor(kept_neurons, dtype=torch.long).sort().values
+    adapter.replace_in_layer(layer, arch.ffn_in, _slice_linear(view.ffn_in, rows=kept))
+    adapter.replace_in_layer(layer, arch.ffn_out, _slice_linear(view.ffn_out, cols=kept))
+
+
+def resize_to(adapter: EncoderAdapter, heads: Sequence[int], neurons: Sequence[int]) -> None:
+    """Shrink a freshly built model to per-layer unit counts (weights to be loaded afterwards)."""
+    for layer, (h, n) in enumerate(zip(heads, neurons)):
+        if h != adapter.layer(layer).num_heads:
+            prune_heads(adapter, layer, range(h))
+        if n != adapter.layer(layer).num_neurons:
+            prune_neurons(adapter, layer, range(n))
