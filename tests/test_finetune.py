@@ -18,7 +18,7 @@ NEGATIVE = ["bad", "awful", "poor", "terrible", "dull", "boring"]
 FILLER = ["the", "a", "movie", "film", "was", "is", "it", "very", "really", "quite", "plot"]
 SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
-FAST = dict(epochs=4, learning_rate=2e-3, batch_size=8, max_length=16, warmup_ratio=0.1,
+FAST = dict(epochs=4, learning_rate=1e-2, batch_size=8, max_length=16, warmup_ratio=0.1,
             num_threads=1)
 
 

