@@ -47,8 +47,8 @@ RECIPES: dict[str, dict] = {
     "qqp": {"data": "qqp-split",  # prepared by prepare_qqp() in the cache directory
             "settings": dict(epochs=1, learning_rate=5e-5, batch_size=32, max_length=128)},
     "squad": {"data": "squad/v1.1",
-              "settings": dict(epochs=1, learning_rate=1e-4, batch_size=32, max_length=256,
-                               doc_stride=128, max_train_examples=4500,
+              "settings": dict(epochs=1, learning_rate=1e-4, batch_size=16, max_length=256,
+                               doc_stride=128, max_train_examples=4000,
                                max_eval_examples=2000)},
 }
 ORDER = ["stsb", "mrpc", "sst2", "qqp", "squad"]  # smallest first
@@ -77,6 +77,7 @@ def prepare_qqp(data_dir: Path, cache_dir: Path) -> Path:
                 len(good), len([r for r in rows if r]) - len(good), QQP_DEV_ROWS)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".qqp.tmp-", dir=target.parent))
+    os.chmod(staging, 0o755)
     for name, part in (("train.tsv", good[:-QQP_DEV_ROWS]), ("dev.tsv", good[-QQP_DEV_ROWS:])):
         with open(staging / name, "w", encoding="utf-8") as f:
             f.write("\n".join([header] + part) + "\n")

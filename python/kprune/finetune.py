@@ -385,6 +385,7 @@ def _save_atomically(model, tokenizer, record: dict, output_dir: Path) -> None:
     output_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.tmp-", dir=output_dir.parent))
     try:
+        os.chmod(staging, 0o755)  # mkdtemp makes it private; the result is an ordinary folder
         model.save_pretrained(str(staging))
         tokenizer.save_pretrained(str(staging))
         with open(staging / RECORD_NAME, "w", encoding="utf-8") as f:
