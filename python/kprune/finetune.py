@@ -315,9 +315,11 @@ def _load_model(model_dir, spec):
             model = AutoModelForSequenceClassification.from_pretrained(
                 str(model_dir), num_labels=1, problem_type="regression")
         else:
+            names = spec.label_names or tuple(f"LABEL_{i}" for i in range(spec.num_labels))
             model = AutoModelForSequenceClassification.from_pretrained(
                 str(model_dir), num_labels=spec.num_labels,
-                problem_type="single_label_classification")
+                problem_type="single_label_classification",
+                id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)})
     finally:
         hf_logging.set_verbosity(verbosity)
     return model
