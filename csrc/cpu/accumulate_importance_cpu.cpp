@@ -1,0 +1,69 @@
+// accumulate_importance on the CPU: one pass over act and grad, parallel over column blocks.
+#include <torch/library.h>
+
+#include "utils.h"
+
+namespace kprune {
+namespace cpu {
+namespace {
+
+// act, grad: [T, U]; offsets: int64 [G + 1]; grad_sq_sum, act_sq_sum: fp32 [U] (updated in place)
+void accumulate_importance_cpu(const at::Tensor& act, const at::Tensor& grad, const at::Tensor& offsets,
+                               const at::Tensor& grad_sq_sum, const at::Tensor& act_sq_sum) {
+  TORCH_CHECK(act.dim() == 2, "act must be [tokens, units], got ", act.sizes());
+  TORCH_CHECK(grad.sizes() == act.sizes(), "grad must match act ", act.sizes(), ", got ", grad.sizes());
+  TORCH_CHECK(act.is_floating_point(), "act must be floating point, got ", act.scalar_type());
+  check_same_dtype(act, grad, "grad");
+  TORCH_CHECK(offsets.dim() == 1 && offsets.numel() >= 1 && offsets.scalar_type() == at::kLong,
+              "offsets must be a non-empty 1-D int64 tensor, got ", offsets.sizes(), " ", offsets.scalar_type());
+  const int64_t tokens = act.size(0), units = act.size(1), groups = offsets.numel() - 1;
+  for (const at::Tensor* out : {&grad_sq_sum, &act_sq_sum}) {
+    TORCH_CHECK(out->dim() == 1 && out->size(0) == units && out->scalar_type() == at::kFloat,
+                "grad_sq_sum and act_sq_sum must be float32 [", units, "], got ", out->sizes(), " ",
+                out->scalar_type());
+  }
+  const at::Tensor off = offsets.contiguous();
+  const int64_t* o = off.data_ptr<int64_t>();
+  TORCH_CHECK(o[0] >= 0 && o[groups] <= tokens, "offsets must lie in [0, ", tokens, "], got ", o[0], " .. ",
+              o[groups]);
+  for (int64_t g = 0; g < groups; ++g)
+    TORCH_CHECK(o[g] <= o[g + 1], "offsets must be non-decreasing, got ", o[g], " > ", o[g + 1], " at ", g);
+  if (groups == 0 || units == 0 || o[groups] == o[0]) return;
+
+  // Rows may be strided (e.g. a column slice); columns must be dense and equal for both inputs.
+  const bool strided_ok = act.stride(1) == 1 && grad.strides() == act.strides();
+  const at::Tensor a = strided_ok ? act : act.contiguous();
+  const at::Tensor g = strided_ok ? grad : grad.contiguous();
+  const int64_t ld = a.stride(0);
+  at::Tensor gsq = grad_sq_sum.is_contiguous() ? grad_sq_sum : grad_sq_sum.contiguous();
+  at::Tensor asq = act_sq_sum.is_contiguous() ? act_sq_sum : act_sq_sum.contiguous();
+
+  // Column blocks: at most kImportanceWidth wide, at least 2 blocks per thread when units allow.
+  const int64_t threads = at::get_num_threads();
+  int64_t width = (units + 2 * threads - 1) / (2 * threads);
+  width = std::min<int64_t>(kImportanceWidth, std::max<int64_t>(64, (width + 15) / 16 * 16));
+  const int64_t blocks = (units + width - 1) / width;
+  const KernelTable& table = kernels();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.scalar_type(), "accumulate_importance_cpu", [&] {
+    using T = typename Storage<scalar_t>::type;
+    const T* ap = data<scalar_t>(a);
+    const T* gp = data<scalar_t>(g);
+    float* gs = gsq.data_ptr<float>();
+    float* as = asq.data_ptr<float>();
+    at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b) {
+        const int64_t u0 = b * width, w = std::min(width, units - u0);
+        run_importance(table, ap, gp, ld, o, groups, u0, w, gs, as);
+      }
+    });
+  });
+  if (!grad_sq_sum.is_same(gsq)) grad_sq_sum.copy_(gsq);
+  if (!act_sq_sum.is_same(asq)) act_sq_sum.copy_(asq);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(kprune, CPU, m) { m.impl("accumulate_importance", &accumulate_importance_cpu); }
+
+}  // namespace cpu
+}  // namespace kprune

@@ -1,0 +1,59 @@
+// gram_accumulate on the CPU: one fused gather + fp32 conversion pass, then two fp32 GEMMs.
+#include <torch/library.h>
+
+#include "utils.h"
+
+namespace kprune {
+namespace cpu {
+namespace {
+
+// a: [T, U] -> fp32 [T, k] holding a[:, columns] (all columns when columns is undefined)
+at::Tensor gather_float(const at::Tensor& a, const at::Tensor& columns) {
+  if (!columns.defined()) return a.scalar_type() == at::kFloat ? a : a.to(at::kFloat);
+  const at::Tensor cols = columns.contiguous();
+  const int64_t rows = a.size(0), k = cols.numel();
+  at::Tensor out = at::empty({rows, k}, a.options().dtype(at::kFloat));
+  if (rows == 0 || k == 0) return out;
+  const int64_t* c = cols.data_ptr<int64_t>();
+  const int64_t s0 = a.stride(0), s1 = a.stride(1);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.scalar_type(), "gram_gather", [&] {
+    const scalar_t* src = a.data_ptr<scalar_t>();
+    float* dst = out.data_ptr<float>();
+    at::parallel_for(0, rows, 64, [&](int64_t r0, int64_t r1) {
+      for (int64_t t = r0; t < r1; ++t) {
+        const scalar_t* row = src + t * s0;
+        float* o = dst + t * k;
+        for (int64_t j = 0; j < k; ++j) o[j] = static_cast<float>(row[c[j] * s1]);
+      }
+    });
+  });
+  return out;
+}
+
+// a: [T, U]; b: [T, M]; columns: int64 [k] or None; gram: fp32 [k, k] += A^T A; cross: fp32 [k, M] += A^T b
+void gram_accumulate_cpu(const at::Tensor& a, const at::Tensor& b, const std::optional<at::Tensor>& columns,
+                         const at::Tensor& gram, const at::Tensor& cross) {
+  TORCH_CHECK(a.dim() == 2 && b.dim() == 2 && a.size(0) == b.size(0), "a and b must be [tokens, *] with equal tokens, got ",
+              a.sizes(), " and ", b.sizes());
+  TORCH_CHECK(a.is_floating_point() && b.is_floating_point(), "a and b must be floating point");
+  const bool has_cols = columns.has_value() && columns->defined();
+  if (has_cols) check_index(*columns, a.size(1), "columns");
+  const int64_t k = has_cols ? columns->numel() : a.size(1);
+  TORCH_CHECK(gram.dim() == 2 && gram.size(0) == k && gram.size(1) == k && gram.scalar_type() == at::kFloat,
+              "gram must be float32 [", k, ", ", k, "], got ", gram.sizes(), " ", gram.scalar_type());
+  TORCH_CHECK(cross.dim() == 2 && cross.size(0) == k && cross.size(1) == b.size(1) &&
+                  cross.scalar_type() == at::kFloat,
+              "cross must be float32 [", k, ", ", b.size(1), "], got ", cross.sizes(), " ", cross.scalar_type());
+  if (a.size(0) == 0 || k == 0) return;
+  const at::Tensor sel = gather_float(a, has_cols ? *columns : at::Tensor());
+  const at::Tensor sel_t = sel.t();
+  gram.addmm_(sel_t, sel);
+  cross.addmm_(sel_t, b.scalar_type() == at::kFloat ? b : b.to(at::kFloat));
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(kprune, CPU, m) { m.impl("gram_accumulate", &gram_accumulate_cpu); }
+
+}  // namespace cpu
+}  // namespace kprune

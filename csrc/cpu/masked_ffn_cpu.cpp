@@ -1,0 +1,136 @@
+// masked_ffn on the CPU: GEMMs on the kept rows/columns of the weights only, with the
+// bias + activation + mask epilogue fused in one pass between them (and its mirror in backward).
+#include <torch/library.h>
+
+#include <tuple>
+
+#include "utils.h"
+
+namespace kprune {
+namespace cpu {
+namespace {
+
+struct FfnShapes {
+  int64_t tokens, d, units, k;
+};
+
+FfnShapes check_ffn(const at::Tensor& x, const at::Tensor& w_in, const std::optional<at::Tensor>& b_in,
+                    const at::Tensor& w_out, const at::Tensor& kept, const at::Tensor& mask) {
+  TORCH_CHECK(x.dim() == 2, "x must be [tokens, d], got ", x.sizes());
+  TORCH_CHECK(x.is_floating_point(), "x must be floating point, got ", x.scalar_type());
+  TORCH_CHECK(w_in.dim() == 2 && w_in.size(1) == x.size(1), "w_in must be [F, ", x.size(1), "], got ", w_in.sizes());
+  TORCH_CHECK(w_out.dim() == 2 && w_out.size(1) == w_in.size(0), "w_out must be [d_out, ", w_in.size(0), "], got ",
+              w_out.sizes());
+  check_same_dtype(x, w_in, "w_in");
+  check_same_dtype(x, w_out, "w_out");
+  if (b_in.has_value()) {
+    TORCH_CHECK(b_in->dim() == 1 && b_in->size(0) == w_in.size(0), "b_in must be [", w_in.size(0), "], got ",
+                b_in->sizes());
+  }
+  check_index(kept, w_in.size(0), "kept");
+  TORCH_CHECK(mask.dim() == 1 && mask.size(0) == kept.size(0), "mask must be [", kept.size(0), "], got ",
+              mask.sizes());
+  return {x.size(0), x.size(1), w_in.size(0), kept.size(0)};
+}
+
+at::Tensor bias_float(const std::optional<at::Tensor>& b_in, const at::Tensor& kept) {
+  if (!b_in.has_value()) return at::zeros({kept.size(0)}, kept.options().dtype(at::kFloat));
+  return b_in->index_select(0, kept).to(at::kFloat).contiguous();
+}
+
+// x: [T, d]; w_in: [F, d]; w_out: [d_out, F]; kept: [k]; mask: [k] -> (out [T, d_out], act [T, k])
+std::tuple<at::Tensor, at::Tensor> masked_ffn_cpu(const at::Tensor& x, const at::Tensor& w_in,
+                                                  const std::optional<at::Tensor>& b_in, const at::Tensor& w_out,
+                                                  const std::optional<at::Tensor>& b_out, const at::Tensor& kept,
+                                                  const at::Tensor& mask, c10::string_view activation) {
+  const FfnShapes s = check_ffn(x, w_in, b_in, w_out, kept, mask);
+  const int kind = parse_activation(std::string(activation));
+  const at::Tensor w_in_k = w_in.index_select(0, kept);  // [k, d]
+  at::Tensor h = at::mm(x, w_in_k.t());                   // [T, k]; becomes act * mask
+  at::Tensor act = at::empty_like(h);
+  const at::Tensor bias = bias_float(b_in, kept);
+  const at::Tensor mask_f = mask.to(at::kFloat).contiguous();
+  if (s.tokens > 0 && s.k > 0) {
+    const KernelTable& table = kernels();
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "masked_ffn_cpu", [&] {
+      using T = typename Storage<scalar_t>::type;
+      T* hp = data<scalar_t>(h);
+      T* ap = data<scalar_t>(act);
+      const float* bp = bias.data_ptr<float>();
+      const float* mp = mask_f.data_ptr<float>();
+      at::parallel_for(0, s.tokens, std::max<int64_t>(1, 16384 / s.k), [&](int64_t r0, int64_t r1) {
+        run_ffn_forward(table, hp, ap, s.k, r0, r1, s.k, bp, mp, kind);
+      });
+    });
+  }
+  const at::Tensor w_out_k = w_out.index_select(1, kept);  // [d_out, k]
+  at::Tensor out = b_out.has_value() ? at::addmm(*b_out, h, w_out_k.t()) : at::mm(h, w_out_k.t());
+  return {out, act};
+}
+
+// grad_out: [T, d_out]; grad_act: [T, k] or None -> (grad_x [T, d] or [0], grad_mask [k] or [0])
+std::tuple<at::Tensor, at::Tensor> masked_ffn_backward_cpu(
+    const at::Tensor& grad_out, const std::optional<at::Tensor>& grad_act, const at::Tensor& x, const at::Tensor& w_in,
+    const std::optional<at::Tensor>& b_in, const at::Tensor& w_out, const at::Tensor& kept, const at::Tensor& mask,
+    const at::Tensor& act, c10::string_view activation, bool need_x, bool need_mask) {
+  const FfnShapes s = check_ffn(x, w_in, b_in, w_out, kept, mask);
+  const int kind = parse_activation(std::string(activation));
+  TORCH_CHECK(grad_out.dim() == 2 && grad_out.size(0) == s.tokens && grad_out.size(1) == w_out.size(0),
+              "grad_out must be [", s.tokens, ", ", w_out.size(0), "], got ", grad_out.sizes());
+  TORCH_CHECK(act.dim() == 2 && act.size(0) == s.tokens && act.size(1) == s.k, "act must be [", s.tokens, ", ", s.k,
+              "], got ", act.sizes());
+  const auto dtype = x.scalar_type();
+  const at::Tensor w_out_k = w_out.index_select(1, kept);         // [d_out, k]
+  at::Tensor gs = at::mm(grad_out.to(dtype), w_out_k);            // [T, k]
+  const at::Tensor act_c = act.to(dtype).contiguous();
+  at::Tensor grad_x = at::empty({0}, x.options());
+  at::Tensor grad_mask = at::empty({0}, mask.options());
+  if (!need_x) {
+    if (need_mask) grad_mask = (gs.to(at::kFloat) * act_c).sum(0).to(mask.scalar_type());
+    return {grad_x, grad_mask};
+  }
+  const at::Tensor w_in_k = w_in.index_select(0, kept);  // [k, d]
+  const at::Tensor h = at::mm(x, w_in_k.t());            // [T, k] without bias
+  const at::Tensor ga = grad_act.has_value() ? grad_act->to(dtype).contiguous() : at::Tensor();
+  TORCH_CHECK(!ga.defined() || ga.sizes() == act.sizes(), "grad_act must match act ", act.sizes());
+  const at::Tensor bias = bias_float(b_in, kept);
+  const at::Tensor mask_f = mask.to(at::kFloat).contiguous();
+  const int64_t chunks = num_chunks(s.tokens);
+  const auto acc_dtype = dtype == at::kDouble ? at::kDouble : at::kFloat;
+  at::Tensor partial = at::zeros({chunks, s.k}, x.options().dtype(acc_dtype));
+  if (s.tokens > 0 && s.k > 0) {
+    const KernelTable& table = kernels();
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "masked_ffn_backward_cpu", [&] {
+      using T = typename Storage<scalar_t>::type;
+      using A = typename Cvt<T>::acc;
+      T* gp = data<scalar_t>(gs);
+      const T* hp = data<scalar_t>(h);
+      const T* ap = data<scalar_t>(act_c);
+      const T* gap = ga.defined() ? data<scalar_t>(ga) : nullptr;
+      const float* bp = bias.data_ptr<float>();
+      const float* mp = mask_f.data_ptr<float>();
+      A* pp = partial.data_ptr<A>();
+      const int64_t rows = (s.tokens + chunks - 1) / chunks;
+      at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
+        for (int64_t c = c0; c < c1; ++c) {
+          const int64_t r0 = c * rows, r1 = std::min(s.tokens, r0 + rows);
+          if (r0 >= r1) continue;
+          run_ffn_backward(table, gp, hp, ap, gap, s.k, r0, r1, s.k, bp, mp, kind, pp + c * s.k);
+        }
+      });
+    });
+  }
+  grad_x = at::mm(gs, w_in_k);  // gs now holds the pre-activation gradient
+  if (need_mask) grad_mask = partial.sum(0).to(mask.scalar_type());
+  return {grad_x, grad_mask};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(kprune, CPU, m) {
+  m.impl("masked_ffn", &masked_ffn_cpu);
+  m.impl("masked_ffn_backward", &masked_ffn_backward_cpu);
+}
+
+}  // namespace cpu
+}  // namespace kprune

@@ -1,0 +1,113 @@
+// Helpers shared by the CPU ATen bindings.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <c10/util/Half.h>
+
+#include <string>
+
+#include "isa.h"
+#include "kprune/cpu_kernels.h"
+
+namespace kprune {
+namespace cpu {
+
+// fp16 accumulates in fp32 (the generic, non-table path).
+template <>
+struct Cvt<c10::Half> {
+  using acc = float;
+  static KPRUNE_INLINE float load(c10::Half v) { return static_cast<float>(v); }
+  static KPRUNE_INLINE c10::Half store(float v) { return c10::Half(v); }
+};
+
+// The storage type the raw kernels see for an ATen scalar type.
+template <typename scalar_t>
+struct Storage {
+  using type = scalar_t;
+};
+template <>
+struct Storage<c10::BFloat16> {
+  using type = Bf16;
+};
+
+template <typename scalar_t>
+typename Storage<scalar_t>::type* data(const at::Tensor& t) {
+  return reinterpret_cast<typename Storage<scalar_t>::type*>(t.data_ptr<scalar_t>());
+}
+
+inline int parse_activation(const std::string& name) {
+  if (name == "gelu") return math::kGelu;
+  if (name == "gelu_tanh") return math::kGeluTanh;
+  if (name == "relu") return math::kRelu;
+  if (name == "silu") return math::kSilu;
+  TORCH_CHECK_VALUE(false, "activation '", name, "' is not supported; expected one of gelu, gelu_tanh, relu, silu");
+}
+
+inline void check_index(const at::Tensor& index, int64_t bound, const char* name) {
+  TORCH_CHECK(index.dim() == 1 && index.scalar_type() == at::kLong, name, " must be a 1-D int64 tensor, got ",
+              index.sizes(), " ", index.scalar_type());
+  if (index.numel() > 0 && index.device().is_cpu()) {
+    const int64_t lo = index.min().item<int64_t>(), hi = index.max().item<int64_t>();
+    TORCH_CHECK(lo >= 0 && hi < bound, name, " values must lie in [0, ", bound, "), got [", lo, ", ", hi, "]");
+  }
+}
+
+inline void check_same_dtype(const at::Tensor& ref, const at::Tensor& t, const char* name) {
+  TORCH_CHECK(!t.defined() || t.scalar_type() == ref.scalar_type(), name, " must have dtype ", ref.scalar_type(),
+              ", got ", t.scalar_type());
+}
+
+// Splits [0, n) into about 2 chunks per thread; each chunk owns a row of `partial` ([chunks, k]).
+inline int64_t num_chunks(int64_t n) {
+  return std::max<int64_t>(1, std::min<int64_t>(n, 2 * at::get_num_threads()));
+}
+
+// Table kernels for float / bf16 (chosen instruction set); the generic templates otherwise.
+inline void run_importance(const KernelTable& t, const float* a, const float* g, int64_t ld, const int64_t* o,
+                           int64_t groups, int64_t u0, int64_t w, float* gsq, float* asq) {
+  t.importance_f32(a, g, ld, o, groups, u0, w, gsq, asq);
+}
+inline void run_importance(const KernelTable& t, const Bf16* a, const Bf16* g, int64_t ld, const int64_t* o,
+                           int64_t groups, int64_t u0, int64_t w, float* gsq, float* asq) {
+  t.importance_bf16(a, g, ld, o, groups, u0, w, gsq, asq);
+}
+template <typename T>
+void run_importance(const KernelTable&, const T* a, const T* g, int64_t ld, const int64_t* o, int64_t groups,
+                    int64_t u0, int64_t w, float* gsq, float* asq) {
+  importance_block<T>(a, g, ld, o, groups, u0, w, gsq, asq);
+}
+
+inline void run_ffn_forward(const KernelTable& t, float* h, float* act, int64_t ld, int64_t r0, int64_t r1,
+                            int64_t k, const float* bias, const float* mask, int kind) {
+  t.ffn_forward_f32(h, ld, act, ld, r0, r1, k, bias, mask, kind);
+}
+inline void run_ffn_forward(const KernelTable& t, Bf16* h, Bf16* act, int64_t ld, int64_t r0, int64_t r1, int64_t k,
+                            const float* bias, const float* mask, int kind) {
+  t.ffn_forward_bf16(h, ld, act, ld, r0, r1, k, bias, mask, kind);
+}
+template <typename T>
+void run_ffn_forward(const KernelTable&, T* h, T* act, int64_t ld, int64_t r0, int64_t r1, int64_t k,
+                     const float* bias, const float* mask, int kind) {
+  ffn_forward<T>(h, ld, act, ld, r0, r1, k, bias, mask, kind);
+}
+
+inline void run_ffn_backward(const KernelTable& t, float* gs, const float* h, const float* act, const float* ga,
+                             int64_t ld, int64_t r0, int64_t r1, int64_t k, const float* bias, const float* mask,
+                             int kind, float* gm) {
+  t.ffn_backward_f32(gs, h, act, ga, ld, r0, r1, k, bias, mask, kind, gm);
+}
+inline void run_ffn_backward(const KernelTable& t, Bf16* gs, const Bf16* h, const Bf16* act, const Bf16* ga,
+                             int64_t ld, int64_t r0, int64_t r1, int64_t k, const float* bias, const float* mask,
+                             int kind, float* gm) {
+  t.ffn_backward_bf16(gs, h, act, ga, ld, r0, r1, k, bias, mask, kind, gm);
+}
+template <typename T>
+void run_ffn_backward(const KernelTable&, T* gs, const T* h, const T* act, const T* ga, int64_t ld, int64_t r0,
+                      int64_t r1, int64_t k, const float* bias, const float* mask, int kind,
+                      typename Cvt<T>::acc* gm) {
+  ffn_backward<T>(gs, h, act, ga, ld, r0, r1, k, bias, mask, kind, gm);
+}
+
+}  // namespace cpu
+}  // namespace kprune

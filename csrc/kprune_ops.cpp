@@ -1,0 +1,60 @@
+// The one schema file: every kprune op is declared here; backends only add implementations
+// (TORCH_LIBRARY_IMPL in csrc/cpu/*_cpu.cpp and csrc/cuda/*_cuda.cu).
+#if defined(KPRUNE_PYTHON_MODULE)
+#include <Python.h>
+#endif
+
+#include <torch/library.h>
+
+#include <string>
+
+#include "cpu/isa.h"
+
+namespace {
+
+std::string cpu_capability() { return kprune::cpu::isa_name(kprune::cpu::active_isa()); }
+
+std::string set_cpu_capability(const std::string& name) {
+  using kprune::cpu::Isa;
+  Isa want = name == "avx512" ? Isa::kAvx512 : name == "avx2" ? Isa::kAvx2 : Isa::kGeneric;
+  TORCH_CHECK_VALUE(name == "avx512" || name == "avx2" || name == "generic",
+                    "cpu capability must be one of generic, avx2, avx512; got '", name, "'");
+  return kprune::cpu::isa_name(kprune::cpu::set_isa(want));
+}
+
+}  // namespace
+
+TORCH_LIBRARY(kprune, m) {
+  // act, grad: [T, U]; offsets: int64 [G + 1]; grad_sq_sum, act_sq_sum: fp32 [U]
+  m.def("accumulate_importance(Tensor act, Tensor grad, Tensor offsets, Tensor(a!) grad_sq_sum, "
+        "Tensor(b!) act_sq_sum) -> ()");
+  // a: [T, U]; b: [T, M]; columns: int64 [k]; gram: fp32 [k, k]; cross: fp32 [k, M]
+  m.def("gram_accumulate(Tensor a, Tensor b, Tensor? columns, Tensor(a!) gram, Tensor(b!) cross) -> ()");
+  // gram: [..., k, k]; rhs: [..., k, m] -> fp32 [..., k, m]; precision: 0 auto, 32, 64
+  m.def("solve_damped(Tensor gram, Tensor rhs, float damping=1e-4, int max_tries=8, int precision=0) -> Tensor");
+  // x: [T, d]; w_in: [F, d]; w_out: [d_out, F]; kept: int64 [k]; mask: [k] -> (out [T, d_out], act [T, k])
+  m.def("masked_ffn(Tensor x, Tensor w_in, Tensor? b_in, Tensor w_out, Tensor? b_out, Tensor kept, Tensor mask, "
+        "str activation) -> (Tensor, Tensor)");
+  // -> (grad_x [T, d] or [0], grad_mask [k] or [0])
+  m.def("masked_ffn_backward(Tensor grad_out, Tensor? grad_act, Tensor x, Tensor w_in, Tensor? b_in, Tensor w_out, "
+        "Tensor kept, Tensor mask, Tensor act, str activation, bool need_x, bool need_mask) -> (Tensor, Tensor)");
+  // context: [T, H * hs]; w_out: [d, H * hs]; kept_heads: int64 [k]; mask: [k] -> (out [T, d], act [T, k * hs])
+  m.def("masked_attention_output(Tensor context, Tensor w_out, Tensor? b_out, Tensor kept_heads, Tensor mask, "
+        "int head_size) -> (Tensor, Tensor)");
+  // -> (grad_context [T, H * hs] or [0], grad_mask [k] or [0])
+  m.def("masked_attention_output_backward(Tensor grad_out, Tensor? grad_act, Tensor context, Tensor w_out, "
+        "Tensor kept_heads, Tensor mask, Tensor act, int head_size, bool need_context, bool need_mask) "
+        "-> (Tensor, Tensor)");
+  // The shared host/device activation math, exposed for tests: f(x) or f'(x), float32/float64.
+  m.def("activation_math(Tensor x, str activation, bool derivative) -> Tensor");
+  m.def("cpu_capability() -> str", &cpu_capability);
+  m.def("set_cpu_capability(str name) -> str", &set_cpu_capability);
+}
+
+#if defined(KPRUNE_PYTHON_MODULE)
+// Importing kprune_ext._C loads this library, which registers the ops above.
+extern "C" PyObject* PyInit__C(void) {
+  static PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", "kprune compiled ops (torch.ops.kprune)", -1, nullptr};
+  return PyModule_Create(&module);
+}
+#endif
