@@ -1,0 +1,161 @@
+"""Command line: ``kprune prune | evaluate | info``."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+from kprune.errors import DataError, KPruneError
+
+logger = logging.getLogger("kprune")
+
+
+def _load(model_dir: str):
+    import transformers
+
+    from kprune.io import load_pruned
+
+    if not Path(model_dir).is_dir():
+        raise DataError(f"--model {model_dir!r} is not a directory; expected a Hugging Face model folder")
+    model = load_pruned(model_dir)
+    try:
+        tokenizer = transformers.AutoTokenizer.from_pretrained(model_dir)
+    except (OSError, ValueError) as error:
+        raise DataError(f"--model {model_dir!r} has no usable tokenizer: {error}") from error
+    return model, tokenizer
+
+
+def check_model_fits_task(model, spec) -> None:
+    """The task's labels must fit the model's head."""
+    from kprune.adapters import head_kind_of
+
+    head = head_kind_of(model)
+    if (spec.kind == "qa") != (head == "qa"):
+        raise DataError(f"task {spec.name!r} ({spec.kind}) does not fit the model's head {type(model).__name__}")
+    labels = int(getattr(model.config, "num_labels", 0))
+    if spec.kind != "qa" and labels != spec.num_labels:
+        raise DataError(f"task {spec.name!r} has {spec.num_labels} label(s) but the model's head has {labels}; "
+                        "prune a model fine-tuned for this task")
+
+
+def _cmd_prune(args) -> int:
+    from kprune.config import KPruneConfig, check_reduction
+    from kprune.data import sample_features
+    from kprune.io import check_output_dir, save_pruned
+    from kprune.pruner import prune
+    from kprune.tasks import get_task
+
+    check_reduction(args.flops_reduction)
+    check_output_dir(args.output, args.overwrite)
+    if args.num_tokens <= 0:
+        raise DataError(f"--num-tokens {args.num_tokens} must be a positive number of tokens")
+    spec = get_task(args.task)
+    model, tokenizer = _load(args.model)
+    check_model_fits_task(model, spec)
+    started = time.perf_counter()
+    samples = sample_features(spec.name, args.data, tokenizer, num_tokens=args.num_tokens, seed=args.seed,
+                              max_length=args.max_length)
+    sampling = time.perf_counter() - started
+    config = KPruneConfig(batch_size=args.batch_size, gradient_groups=args.gradient_groups,
+                          weight_tuning=not args.no_weight_tuning, progress=not args.quiet)
+    result = prune(model, samples, spec.kind, args.flops_reduction, config)
+    report = dict(result.report, task_name=spec.name, data=str(args.data), model=str(args.model), seed=args.seed)
+    report["seconds"]["sampling"] = round(sampling, 3)
+    save_pruned(result.model, args.output, tokenizer, extra_files={"report.json": report}, overwrite=args.overwrite)
+    summary = {key: report[key] for key in ("flops_reduction", "params_before", "params_after", "heads_kept",
+                                            "neurons_kept")}
+    summary["seconds"] = report["seconds"]["total"]
+    summary["output"] = str(args.output)
+    print(json.dumps(summary))
+    return 0
+
+
+def _cmd_evaluate(args) -> int:
+    from kprune.evaluation import evaluate
+    from kprune.tasks import get_task
+
+    spec = get_task(args.task)
+    model, tokenizer = _load(args.model)
+    check_model_fits_task(model, spec)
+    metrics = evaluate(model, tokenizer, spec.name, args.data, split=args.split, batch_size=args.batch_size,
+                       max_length=args.max_length, max_examples=args.max_examples)
+    print(json.dumps(metrics))
+    return 0
+
+
+def _cmd_info(args) -> int:
+    from kprune.adapters import EncoderAdapter
+    from kprune.flops import model_flops
+    from kprune.pruner import count_parameters
+
+    model, _ = _load(args.model)
+    adapter = EncoderAdapter(model)
+    heads, neurons = adapter.units_kept()
+    layers = adapter.num_layers
+    full = model_flops([adapter.original_heads] * layers, [adapter.original_neurons] * layers, args.seq_len,
+                       adapter.hidden_size, adapter.head_size)
+    now = model_flops(heads, neurons, args.seq_len, adapter.hidden_size, adapter.head_size)
+    print(json.dumps({
+        "architecture": adapter.arch.family, "class": type(model).__name__, "layers": layers,
+        "hidden_size": adapter.hidden_size, "heads_kept": heads, "heads_per_layer": adapter.original_heads,
+        "neurons_kept": neurons, "neurons_per_layer": adapter.original_neurons, "seq_len": args.seq_len,
+        "encoder_flops": now, "encoder_flops_unpruned": full, "flops_reduction": 1 - now / full,
+        "params": count_parameters(model),
+    }))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kprune", description="Retraining-free pruning of Transformer encoders")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log each step")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("prune", help="prune a fine-tuned model to a FLOPs budget")
+    p.add_argument("--model", required=True, help="fine-tuned Hugging Face model folder")
+    p.add_argument("--task", required=True, help="sst2, mrpc, stsb, qqp, mnli, qnli, rte, cola, squad or squad_v2")
+    p.add_argument("--data", required=True, help="GLUE task folder, SQuAD folder/JSON, CSV/JSONL file, or datasets name")
+    p.add_argument("--flops-reduction", type=float, default=0.5, help="fraction of encoder FLOPs to remove (0..1)")
+    p.add_argument("--output", required=True, help="new folder for the pruned model and report.json")
+    p.add_argument("--num-tokens", type=int, default=100_000, help="token budget of the sample (default 100000)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-length", type=int, default=128)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--gradient-groups", choices=("batch", "sample"), default="batch",
+                   help="batch: the paper's batch gradients; sample: per-sample Fisher")
+    p.add_argument("--no-weight-tuning", action="store_true", help="skip the least-squares weight tuning")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_prune)
+
+    e = sub.add_parser("evaluate", help="print a JSON object of the task's metrics")
+    e.add_argument("--model", required=True)
+    e.add_argument("--task", required=True)
+    e.add_argument("--data", required=True)
+    e.add_argument("--split", default="dev")
+    e.add_argument("--batch-size", type=int, default=64)
+    e.add_argument("--max-length", type=int, default=128)
+    e.add_argument("--max-examples", type=int, default=None)
+    e.set_defaults(func=_cmd_evaluate)
+
+    i = sub.add_parser("info", help="architecture, units kept, FLOPs and parameters")
+    i.add_argument("--model", required=True)
+    i.add_argument("--seq-len", type=float, default=128.0, help="sequence length the FLOPs are counted at")
+    i.set_defaults(func=_cmd_info)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except KPruneError as error:
+        print(f"kprune: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,166 @@
+import copy
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import kprune
+from conftest import model_outputs, padded_batch, random_samples, tiny_model
+from kprune.adapters import EncoderAdapter
+from kprune.errors import ConfigError, DataError, NumericalError, UnsupportedModelError
+from kprune.pruner import KPruner
+from kprune.search import kept_units, search_threshold
+
+FAST = dict(progress=False, batch_size=8)
+
+
+def prune(model, task, reduction=0.5, samples=None, **config):
+    samples = samples if samples is not None else random_samples(24)
+    return kprune.prune(model, samples, task, reduction, kprune.KPruneConfig(**{**FAST, **config}))
+
+
+def test_every_family_and_head_meets_the_budget(family_head):
+    family, head = family_head
+    model = tiny_model(family, head, layers=2)
+    before = copy.deepcopy(model.state_dict())
+    result = prune(model, head, 0.6)
+    report = result.report
+    assert report["flops_after"] <= report["flops_budget"] * (1 + 1e-9)
+    assert report["flops_reduction"] >= 0.6 - 1e-9
+    assert type(result.model) is type(model)
+    assert report["params_after"] < report["params_before"]
+    for name, tensor in model.state_dict().items():   # the input model is left unchanged
+        assert torch.equal(tensor, before[name]), name
+    ids, mask = padded_batch(random_samples(3, seed=9), pad_id=model.config.pad_token_id or 0)
+    assert torch.isfinite(model_outputs(result.model, ids, mask)).all()
+
+
+@pytest.mark.parametrize("groups", ["batch", "sample"])
+def test_same_samples_same_model(groups):
+    model = tiny_model("bert", "classification", layers=2)
+    a = prune(model, "classification", 0.5, gradient_groups=groups).model
+    b = prune(model, "classification", 0.5, gradient_groups=groups).model
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_sample_gradient_groups_do_not_depend_on_batching():
+    model = tiny_model("bert", "classification", layers=2)
+    samples = random_samples(20, seed=4)
+    reports = [prune(model, "classification", 0.5, samples, gradient_groups="sample", batch_size=bs).report
+               for bs in (4, 20)]
+    assert reports[0]["heads_kept"] == reports[1]["heads_kept"]
+    assert reports[0]["neurons_kept"] == reports[1]["neurons_kept"]
+
+
+class RandomScores(KPruner):
+    """The real driver with arbitrary scores, to check the budget holds whatever they are."""
+
+    def __init__(self, *args, score_seed=0, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._g = torch.Generator().manual_seed(score_seed)
+
+    def _scores(self, k, stats):
+        return {j: torch.rand(s.act_sq.numel() // self._widths(j)[1], generator=self._g, dtype=torch.float64)
+                .float() ** 4 for j, s in stats.items()}
+
+
+@settings(max_examples=12, deadline=None)
+@given(reduction=st.floats(0.01, 0.99), score_seed=st.integers(0, 10_000))
+def test_budget_holds_for_any_scores(reduction, score_seed):
+    model = tiny_model("bert", "classification", layers=3)
+    pruner = RandomScores(model, random_samples(8), "classification", reduction,
+                          kprune.KPruneConfig(**FAST, weight_tuning=False), score_seed=score_seed)
+    report = pruner.run().report
+    assert report["flops_after"] <= report["flops_budget"] * (1 + 1e-12)
+
+
+@settings(max_examples=200, deadline=None)
+@given(scores=st.lists(st.floats(0, 1e6, allow_nan=False), min_size=0, max_size=40),
+       budget=st.floats(0, 100), cost=st.floats(0.1, 10))
+def test_search_threshold_is_lowest_fitting(scores, budget, cost):
+    s = torch.tensor(scores, dtype=torch.float64)
+    costs = torch.full_like(s, cost)
+    tau = search_threshold(s, costs, budget)
+    kept = kept_units(s, tau)
+    assert kept.numel() * cost <= budget + 1e-9
+    # lowest threshold: keeping every unit at tau as well would not fit (unless nothing was cut)
+    if not math.isinf(tau):
+        assert int((s >= tau).sum()) * cost > budget
+
+
+def test_weight_tuning_lowers_reconstruction_error():
+    from kprune.sublayers import run_sublayer
+    model = tiny_model("bert", "classification", layers=2)
+    samples = random_samples(30, seed=5)
+    errors = {}
+    for tuning in (False, True):
+        pruner = KPruner(model, samples, "classification", 0.6, kprune.KPruneConfig(**FAST, weight_tuning=tuning))
+        steps = pruner.steps()
+        for _ in range(2):        # attention and FFN of layer 0
+            next(steps)
+        teacher = EncoderAdapter(model)
+        err = 0.0
+        for batch in pruner.batches:
+            with torch.no_grad():
+                x0 = teacher.embed(batch.input_ids, batch.token_type_ids)
+                t = run_sublayer(teacher, 1, run_sublayer(teacher, 0, x0, batch.key_mask).output, batch.key_mask)
+                s = run_sublayer(pruner.student, 1, run_sublayer(pruner.student, 0, x0, batch.key_mask).output,
+                                 batch.key_mask)
+            err += float((s.pre_norm - t.pre_norm)[batch.key_mask].square().sum())
+        errors[tuning] = err
+        steps.close()
+    assert errors[True] < errors[False]
+
+
+@pytest.mark.parametrize("reduction", [0, 1, -0.1, 1.5, float("nan"), "0.5", True])
+def test_reduction_outside_open_interval_is_refused(reduction):
+    with pytest.raises(ConfigError, match="flops_reduction"):
+        kprune.prune(tiny_model("bert", "classification"), random_samples(4), "classification", reduction)
+
+
+def test_empty_and_malformed_samples_are_refused():
+    model = tiny_model("bert", "classification")
+    with pytest.raises(DataError, match="empty"):
+        kprune.prune(model, [], "classification", 0.5)
+    with pytest.raises(DataError, match="no tokens"):
+        kprune.prune(model, [{"input_ids": torch.tensor([], dtype=torch.long)}], "classification", 0.5)
+    with pytest.raises(DataError, match="outside the model's vocabulary"):
+        kprune.prune(model, [{"input_ids": torch.tensor([1, 999])}], "classification", 0.5)
+
+
+def test_task_must_fit_the_head():
+    with pytest.raises(ConfigError, match="ForQuestionAnswering"):
+        kprune.prune(tiny_model("bert", "classification"), random_samples(4), "qa", 0.5)
+    with pytest.raises(ConfigError, match="num_labels=1"):
+        kprune.prune(tiny_model("bert", "classification"), random_samples(4), "regression", 0.5)
+    with pytest.raises(ConfigError, match="task kind"):
+        kprune.prune(tiny_model("bert", "classification"), random_samples(4), "sst2", 0.5)
+
+
+def test_unsupported_model_is_refused():
+    import transformers
+    config = transformers.GPT2Config(n_layer=1, n_head=2, n_embd=16, vocab_size=50, num_labels=2)
+    with pytest.raises(UnsupportedModelError, match="gpt2"):
+        kprune.prune(transformers.GPT2ForSequenceClassification(config), random_samples(4), "classification", 0.5)
+
+
+def test_non_finite_outputs_are_reported():
+    model = tiny_model("bert", "classification")
+    with torch.no_grad():
+        model.bert.encoder.layer[1].output.dense.weight[0, 0] = float("nan")
+    with pytest.raises(NumericalError, match="non-finite"):
+        prune(model, "classification")
+
+
+def test_padded_tokenizer_batch_is_accepted():
+    model = tiny_model("bert", "classification")
+    samples = random_samples(10)
+    ids, mask = padded_batch(samples)
+    by_list = prune(model, "classification", 0.5, samples).report
+    by_batch = prune(model, "classification", 0.5, {"input_ids": ids, "attention_mask": mask}).report
+    assert by_list["heads_kept"] == by_batch["heads_kept"]
+    assert by_list["num_tokens"] == by_batch["num_tokens"] == sum(s["input_ids"].numel() for s in samples)
