@@ -228,6 +228,13 @@ def test_csv_and_jsonl_columns(tmp_path):
 
     unlabelled = write_text(tmp_path / "u.jsonl", json.dumps({"sentence": "x", "label": -1}) + "\n")
     assert load_examples("sst2", unlabelled)[0].label is None
+    unscored = write_text(tmp_path / "s.jsonl", json.dumps({"sentence1": "a", "sentence2": "b", "label": -1.0}))
+    assert load_examples("stsb", unscored)[0].label is None
+
+    rows = "sentence,label\n" + "".join(f"film {i},{i % 2}\n" for i in range(12)) + "too,many,fields\n"
+    assert len(load_examples("sst2", write_text(tmp_path / "m.csv", rows))) == 12
+    lines = "".join(json.dumps({"sentence": f"s{i}", "label": 1}) + "\n" for i in range(12)) + "{broken\n"
+    assert len(load_examples("sst2", write_text(tmp_path / "m.jsonl", lines))) == 12
 
     with pytest.raises(DataError, match="columns"):
         load_examples("sst2", write_text(tmp_path / "bad.csv", "review,stars\ngood,5\n"))

@@ -251,9 +251,8 @@ def _example_from_record(spec: TaskSpec, record: dict, text_columns: list[str], 
         raw = record.get(label_column)
         if isinstance(raw, str) and raw.strip() == "":
             raise _Malformed(f"{label_column!r} is empty")
-        if isinstance(raw, (int, float)) and not isinstance(raw, bool) and raw == -1 \
-                and spec.kind == "classification":
-            label = None  # `datasets` marks unlabelled (test) rows with -1
+        if isinstance(raw, (int, float)) and not isinstance(raw, bool) and raw == -1:
+            label = None  # `datasets` marks unlabelled (test) rows with -1 (STS-B scores are 0..5)
         else:
             label = _parse_label(spec, raw, where)
     return Example(texts=tuple(texts), label=label)
@@ -294,11 +293,10 @@ def _read_glue_tsv(spec: TaskSpec, file: Path) -> list[Example]:
     return examples
 
 
-def _records_from_file(file: Path) -> tuple[list[tuple[int, Any]], int]:
-    """(line number, record) pairs of a CSV / JSONL / JSON file, plus the count of unreadable lines."""
+def _records_from_file(file: Path) -> list[tuple[int, Any]]:
+    """(line number, record) pairs of a CSV / JSONL / JSON file; an unreadable line's record is None."""
     suffix = file.suffix.lower()
     records: list[tuple[int, Any]] = []
-    unreadable = 0
     if suffix == ".csv":
         with open(file, encoding="utf-8-sig", newline="") as handle:
             reader = csv.DictReader(handle)
@@ -307,9 +305,7 @@ def _records_from_file(file: Path) -> tuple[list[tuple[int, Any]], int]:
                     records.append((reader.line_num, None))  # wrong number of fields
                 else:
                     records.append((reader.line_num, row))
-            if reader.fieldnames is None:
-                return [], 0
-        return records, unreadable
+        return records
     with open(file, encoding="utf-8-sig") as handle:
         text = handle.read()
     if suffix == ".json":
@@ -325,7 +321,7 @@ def _records_from_file(file: Path) -> tuple[list[tuple[int, Any]], int]:
                 if not isinstance(data, list):
                     raise DataError(f"{file} holds JSON that is neither a list of records nor "
                                     f"{{\"data\": [records]}}")
-                return [(i + 1, r) for i, r in enumerate(data)], 0
+                return [(i + 1, r) for i, r in enumerate(data)]
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
@@ -333,12 +329,12 @@ def _records_from_file(file: Path) -> tuple[list[tuple[int, Any]], int]:
             records.append((number, json.loads(line)))
         except json.JSONDecodeError:
             records.append((number, None))
-    return records, unreadable
+    return records
 
 
 def _read_records(spec: TaskSpec, file: Path) -> list[Example]:
     source = str(file)
-    records, _ = _records_from_file(file)
+    records = _records_from_file(file)
     if not records:
         raise DataError(f"{source} is empty")
     names: list[str] = []
