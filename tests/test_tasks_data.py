@@ -296,6 +296,14 @@ def test_squad_misaligned_answer_start_is_repaired(tmp_path):
     examples = load_examples("squad", write_text(tmp_path / "s.json", json.dumps(data)))
     answer = examples[1].answers[0]
     assert CONTEXT_1[answer["answer_start"]:answer["answer_start"] + len(answer["text"])] == "paris"
+    # an answer text absent from the context is kept for scoring, not used for positions
+    data["data"][0]["paragraphs"][0]["qas"][0]["answers"].insert(0, {"text": "not there", "answer_start": 3})
+    examples = load_examples("squad", write_text(tmp_path / "t.json", json.dumps(data)))
+    assert examples[0].answers[0] == {"text": "not there", "answer_start": -1}
+    feature = encode("squad", examples[:1], make_bert_tokenizer(tmp_path / "tok"), max_length=64)[0]
+    offsets = feature["offset_mapping"]
+    span = CONTEXT_1[offsets[feature["start_positions"]][0]:offsets[feature["end_positions"]][1]]
+    assert span == "denver broncos"
 
 
 def _check_answer_positions(examples, features):

@@ -400,16 +400,21 @@ def _answers_list(raw: Any) -> list[dict]:
 
 
 def _aligned(context: str, answer: dict) -> dict:
-    """The answer with ``answer_start`` pointing at its text in ``context`` (nearest occurrence)."""
+    """The answer with ``answer_start`` pointing at its text in ``context`` (nearest occurrence).
+
+    An answer whose text is not in the context keeps its text (it still counts when scoring) with
+    ``answer_start`` -1; :func:`encode` then takes the next answer for the start/end positions.
+    """
     text, start = answer["text"], answer["answer_start"]
     if start >= 0 and context[start:start + len(text)] == text:
         return answer
-    occurrences, position = [], context.find(text)
-    while position != -1 and text:
+    occurrences, position = [], context.find(text) if text else -1
+    while position != -1:
         occurrences.append(position)
         position = context.find(text, position + 1)
     if not occurrences:
-        raise _Malformed(f"answer {text[:40]!r} is not in the context")
+        logger.debug("answer %r is not in its context: kept for scoring only", text[:40])
+        return {"text": text, "answer_start": -1}
     return {"text": text, "answer_start": min(occurrences, key=lambda p: abs(p - start))}
 
 
@@ -715,10 +720,13 @@ def _encode_qa(spec: TaskSpec, examples: Sequence[Example], tokenizer, max_lengt
                 if example.is_impossible:
                     feature["start_positions"], feature["end_positions"] = 0, 0
                 elif example.answers:
-                    answer = example.answers[0]
-                    start_char = answer["answer_start"]
-                    end_char = start_char + len(answer["text"])
-                    start, end = _answer_tokens(offsets, sequence_ids, start_char, end_char)
+                    located = [a for a in example.answers if a["answer_start"] >= 0]
+                    if located:
+                        start_char = located[0]["answer_start"]
+                        end_char = start_char + len(located[0]["text"])
+                        start, end = _answer_tokens(offsets, sequence_ids, start_char, end_char)
+                    else:
+                        start, end = 0, 0  # no answer text found in the context (see _aligned)
                     feature["start_positions"], feature["end_positions"] = start, end
                 feature["example_index"] = index
                 feature["offset_mapping"] = [o if s == 1 else None for o, s in zip(offsets, sequence_ids)]
@@ -738,7 +746,7 @@ def encode(task: str, examples: Sequence[Example], tokenizer, max_length: int = 
     context gives several windows, whose starts are ``doc_stride`` context tokens apart (the original
     BERT ``run_squad`` meaning; consecutive windows overlap by what is left of a window after that
     step). Questions longer than half of ``max_length`` are cut. Each window's feature holds
-    ``start_positions``/``end_positions`` (token indices of the first answer; 0, the CLS token, when the
+    ``start_positions``/``end_positions`` (token indices of the first answer found in the context; 0, the CLS token, when the
     answer is not inside the window or the question is unanswerable; absent when the answers are
     unknown), ``example_index`` (position in ``examples``) and ``offset_mapping`` (character
     ``(start, end)`` in the context per token, ``None`` for tokens outside the context).
