@@ -746,9 +746,9 @@ def encode(task: str, examples: Sequence[Example], tokenizer, max_length: int = 
     context gives several windows, whose starts are ``doc_stride`` context tokens apart (the original
     BERT ``run_squad`` meaning; consecutive windows overlap by what is left of a window after that
     step). Questions longer than half of ``max_length`` are cut. Each window's feature holds
-    ``start_positions``/``end_positions`` (token indices of the first answer found in the context; 0, the CLS token, when the
-    answer is not inside the window or the question is unanswerable; absent when the answers are
-    unknown), ``example_index`` (position in ``examples``) and ``offset_mapping`` (character
+    ``start_positions``/``end_positions`` (token indices of the first answer found in the context;
+    0, the CLS token, when the answer is not inside the window or the question is unanswerable;
+    absent when the answers are unknown), ``example_index`` (position in ``examples``) and ``offset_mapping`` (character
     ``(start, end)`` in the context per token, ``None`` for tokens outside the context).
     """
     spec = get_task(task)
