@@ -7,6 +7,7 @@ first FFN projection and columns of the second. A layer left with no heads gets 
 """
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import torch
@@ -43,8 +44,10 @@ def _slice_linear(linear: nn.Linear, rows: torch.Tensor | None = None, cols: tor
         bias = None if bias is None else bias.index_select(0, rows)
     if cols is not None:
         weight = weight.index_select(1, cols)
-    new = skip_init(nn.Linear, weight.shape[1], weight.shape[0], bias=bias is not None,
-                    device=weight.device, dtype=weight.dtype)
+    with warnings.catch_warnings():  # "initializing zero-element tensors" for emptied layers
+        warnings.simplefilter("ignore", UserWarning)
+        new = skip_init(nn.Linear, weight.shape[1], weight.shape[0], bias=bias is not None,
+                        device=weight.device, dtype=weight.dtype)
     with torch.no_grad():
         new.weight.copy_(weight)
         if bias is not None:
