@@ -682,7 +682,8 @@ def _encode_qa(spec: TaskSpec, examples: Sequence[Example], tokenizer, max_lengt
                doc_stride: int) -> list[dict]:
     if not getattr(tokenizer, "is_fast", False):
         raise ConfigError(f"extractive QA needs a fast tokenizer (for offset mappings); got "
-                          f"{type(tokenizer).__name__}: load it with AutoTokenizer.from_pretrained(..., use_fast=True)")
+                          f"{type(tokenizer).__name__}: load it with "
+                          f"AutoTokenizer.from_pretrained(..., use_fast=True)")
     for example in examples:
         if example.question is None or example.context is None:
             raise DataError(f"an example of task {spec.name!r} has no question/context (id {example.id!r})")
@@ -748,8 +749,9 @@ def encode(task: str, examples: Sequence[Example], tokenizer, max_length: int = 
     step). Questions longer than half of ``max_length`` are cut. Each window's feature holds
     ``start_positions``/``end_positions`` (token indices of the first answer found in the context;
     0, the CLS token, when the answer is not inside the window or the question is unanswerable;
-    absent when the answers are unknown), ``example_index`` (position in ``examples``) and ``offset_mapping`` (character
-    ``(start, end)`` in the context per token, ``None`` for tokens outside the context).
+    absent when the answers are unknown), ``example_index`` (position in ``examples``) and
+    ``offset_mapping`` (character ``(start, end)`` in the context per token, ``None`` for tokens
+    outside the context).
     """
     spec = get_task(task)
     _check_lengths(max_length, doc_stride)
