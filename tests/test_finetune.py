@@ -193,3 +193,51 @@ def test_length_bucketed_batches_cover_every_index_once_and_are_seeded():
     # Bucketing: within a batch lengths are close (spread far below the global 1..50 range).
     spreads = [max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in batches]
     assert sum(spreads) / len(spreads) < 5
+
+
+def test_regression_task_gets_a_regression_head(tiny, tmp_path):
+    model_dir, _ = tiny
+    data_dir = tmp_path / "stsb"
+    data_dir.mkdir()
+    rng = random.Random(0)
+    for split, rows in (("train", 48), ("dev", 16)):
+        with open(data_dir / f"{split}.tsv", "w") as f:
+            f.write("index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore\n")
+            for i in range(rows):
+                a, b = _sentence(rng, i % 2), _sentence(rng, (i // 2) % 2)
+                f.write(f"{i}\tmain\tx\t2012\t{i}\tx\tx\t{a}\t{b}\t{5.0 * (i % 2 == (i // 2) % 2):.3f}\n")
+    out = tmp_path / "out"
+    record = ft.finetune(model_dir, "stsb", data_dir, out, **dict(FAST, epochs=2, learning_rate=1e-3))
+    assert {"pearson", "spearmanr"} <= set(record["dev_metrics"])
+    config = json.loads((out / "config.json").read_text())
+    assert config["problem_type"] == "regression"
+    assert config["architectures"] == ["BertForSequenceClassification"]
+    assert len(config["id2label"]) == 1
+
+
+def test_qa_task_trains_a_span_head(tiny, tmp_path):
+    model_dir, _ = tiny
+    rng = random.Random(0)
+
+    def squad(questions):
+        paragraphs = []
+        for i in range(questions):
+            word = rng.choice(POSITIVE + NEGATIVE)
+            context = f"the movie was {word} and the plot was dull"
+            paragraphs.append({"context": context, "qas": [{
+                "id": f"q{i}", "question": "how was the movie",
+                "answers": [{"text": word, "answer_start": context.index(word)}]}]})
+        return {"version": "1.1", "data": [{"title": "t", "paragraphs": paragraphs}]}
+
+    data_dir = tmp_path / "squad"
+    data_dir.mkdir()
+    (data_dir / "train-v1.1.json").write_text(json.dumps(squad(48)))
+    (data_dir / "dev-v1.1.json").write_text(json.dumps(squad(8)))
+    out = tmp_path / "out"
+    record = ft.finetune(model_dir, "squad", data_dir, out,
+                         **dict(FAST, epochs=3, max_length=32, doc_stride=8))
+    assert {"exact_match", "f1"} <= set(record["dev_metrics"])
+    assert record["train_loss"][-1] < record["train_loss"][0]
+    assert record["settings"]["learning_rate"] == FAST["learning_rate"]
+    config = json.loads((out / "config.json").read_text())
+    assert config["architectures"] == ["BertForQuestionAnswering"]
