@@ -141,11 +141,18 @@ def main(argv: list[str] | None = None) -> int:
         "qqp_dev": f"last {QQP_DEV_ROWS} well-formed rows of glue/QQP/train_subset.tsv",
     })
     tasks = [t for t in ORDER if t in args.tasks]
+    failed: list[str] = []
     for task in tasks:
         recipe = RECIPES[task]
         output = cache_dir / "finetuned" / task
         data = task_data(task, data_dir, cache_dir)
-        ensure_finetuned(encoder, task, data, output, num_threads=args.threads, **recipe["settings"])
+        try:
+            ensure_finetuned(encoder, task, data, output, num_threads=args.threads,
+                             **recipe["settings"])
+        except Exception:  # one failed task must not cost the others
+            logger.exception("fine-tuning %s failed; going on with the next task", task)
+            failed.append(task)
+            continue
         record = read_record(output)
         entry = {
             "checkpoint": str(output),
@@ -167,7 +174,9 @@ def main(argv: list[str] | None = None) -> int:
         write_results(args.results, results)
         logger.info("%s: dev %s (train %.0f s, eval %.0f s)", task, record["dev_metrics"],
                     record["train_seconds"], record["eval_seconds"])
-    return 0
+    if failed:
+        logger.error("failed tasks: %s", failed)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
