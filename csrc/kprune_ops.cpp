@@ -53,7 +53,7 @@ TORCH_LIBRARY(kprune, m) {
 
 #if defined(KPRUNE_PYTHON_MODULE)
 // Importing kprune_ext._C loads this library, which registers the ops above.
-extern "C" PyObject* PyInit__C(void) {
+PyMODINIT_FUNC PyInit__C(void) {
   static PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", "kprune compiled ops (torch.ops.kprune)", -1, nullptr};
   return PyModule_Create(&module);
 }

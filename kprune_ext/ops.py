@@ -1,11 +1,243 @@
-"""Typed entry points of the kprune ops. The compiled versions (torch.ops.kprune.*) replace these
-once the extension is built; until then every call goes to ``kprune_ext.reference``."""
+"""Typed entry points of the kprune ops.
+
+Each function calls the compiled op (torch.ops.kprune.<name>) when the extension is loaded and has a
+kernel for the inputs' device, and the PyTorch reference (``kprune_ext.reference``) otherwise, or
+whenever ``KPRUNE_DISABLE_EXT=1`` is set. Signatures and semantics are those of the references.
+The masked sublayers' compiled versions give gradients for x/context and mask only (never the weights).
+"""
 from __future__ import annotations
 
-from kprune_ext import reference
+import torch
 
-accumulate_importance = reference.accumulate_importance
-gram_accumulate = reference.gram_accumulate
-solve_damped = reference.solve_damped
-masked_ffn = reference.masked_ffn
-masked_attention_output = reference.masked_attention_output
+import kprune_ext
+from kprune_ext import _loader, reference
+
+_DISPATCH_KEYS = {"cpu": "CPU", "cuda": "CUDA", "meta": "Meta"}
+_has_kernel_cache: dict[tuple[str, str], bool] = {}
+
+
+def _compiled(name: str, device: torch.device) -> bool:
+    """True when torch.ops.kprune.<name> should run for tensors on ``device``."""
+    if not kprune_ext.EXTENSION_LOADED or _loader.disabled_by_env():
+        return False
+    key = (name, device.type)
+    if key not in _has_kernel_cache:
+        dispatch_key = _DISPATCH_KEYS.get(device.type)
+        _has_kernel_cache[key] = dispatch_key is not None and (
+            dispatch_key == "Meta" or torch._C._dispatch_has_kernel_for_dispatch_key(f"kprune::{name}", dispatch_key)
+        )
+    return _has_kernel_cache[key]
+
+
+def _check_activation(activation: str) -> None:
+    if activation not in reference.ACTIVATIONS:
+        raise ValueError(f"activation {activation!r} is not supported; expected one of {reference.ACTIVATIONS}")
+
+
+_PRECISIONS = {"auto": 0, "float32": 32, "float64": 64}
+
+
+def accumulate_importance(
+    act: torch.Tensor,
+    grad: torch.Tensor,
+    offsets: torch.Tensor,
+    grad_sq_sum: torch.Tensor,
+    act_sq_sum: torch.Tensor,
+) -> None:
+    """grad_sq_sum[u] += sum_g (sum_{t in g} act*grad)^2; act_sq_sum[u] += sum_t act^2 (see reference)."""
+    if _compiled("accumulate_importance", act.device):
+        torch.ops.kprune.accumulate_importance.default(act, grad, offsets, grad_sq_sum, act_sq_sum)
+    else:
+        reference.accumulate_importance(act, grad, offsets, grad_sq_sum, act_sq_sum)
+
+
+def gram_accumulate(
+    a: torch.Tensor,
+    b: torch.Tensor,
+    columns: torch.Tensor | None,
+    gram: torch.Tensor,
+    cross: torch.Tensor,
+) -> None:
+    """gram += A^T A, cross += A^T b in fp32 with A = a[:, columns] (see reference)."""
+    if _compiled("gram_accumulate", a.device):
+        torch.ops.kprune.gram_accumulate.default(a, b, columns, gram, cross)
+    else:
+        reference.gram_accumulate(a, b, columns, gram, cross)
+
+
+def solve_damped(
+    gram: torch.Tensor,
+    rhs: torch.Tensor,
+    damping: float = 1e-4,
+    max_tries: int = 8,
+    *,
+    precision: str = "auto",
+) -> torch.Tensor:
+    """Solve (G + lambda I) X = R by Cholesky with escalating damping (see reference).
+
+    precision: "auto" factors in float64 up to k = 1024 unknowns and in float32 above (as accurate as
+    torch.linalg.lstsq in float32, about twice as fast); "float64" / "float32" force one. The
+    reference always uses float64.
+    """
+    if precision not in _PRECISIONS:
+        raise ValueError(f"precision {precision!r} is not supported; expected one of {tuple(_PRECISIONS)}")
+    if _compiled("solve_damped", gram.device):
+        return torch.ops.kprune.solve_damped.default(gram, rhs, float(damping), int(max_tries), _PRECISIONS[precision])
+    return reference.solve_damped(gram, rhs, damping, max_tries)
+
+
+def masked_ffn(
+    x: torch.Tensor,
+    w_in: torch.Tensor,
+    b_in: torch.Tensor | None,
+    w_out: torch.Tensor,
+    b_out: torch.Tensor | None,
+    kept: torch.Tensor,
+    mask: torch.Tensor,
+    activation: str,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """FFN restricted to the kept neurons: returns (out [tokens, d], act [tokens, k]) (see reference)."""
+    _check_activation(activation)
+    if _compiled("masked_ffn", x.device):
+        return torch.ops.kprune.masked_ffn.default(x, w_in, b_in, w_out, b_out, kept, mask, activation)
+    return reference.masked_ffn(x, w_in, b_in, w_out, b_out, kept, mask, activation)
+
+
+def masked_attention_output(
+    context: torch.Tensor,
+    w_out: torch.Tensor,
+    b_out: torch.Tensor | None,
+    kept_heads: torch.Tensor,
+    mask: torch.Tensor,
+    head_size: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Attention output projection restricted to the kept heads: (out, kept contexts) (see reference)."""
+    if _compiled("masked_attention_output", context.device):
+        return torch.ops.kprune.masked_attention_output.default(context, w_out, b_out, kept_heads, mask, int(head_size))
+    return reference.masked_attention_output(context, w_out, b_out, kept_heads, mask, head_size)
+
+
+def activation_math(x: torch.Tensor, activation: str, derivative: bool = False) -> torch.Tensor:
+    """The kernels' shared host/device activation math (float32/float64), for tests."""
+    _check_activation(activation)
+    return torch.ops.kprune.activation_math.default(x, activation, bool(derivative))
+
+
+def cpu_capability() -> str | None:
+    """Instruction set of the CPU kernels in use (avx512, avx2, generic), None without the extension."""
+    return torch.ops.kprune.cpu_capability() if kprune_ext.EXTENSION_LOADED else None
+
+
+def set_cpu_capability(name: str) -> str:
+    """Cap the CPU kernels' instruction set (tests/benchmarks); returns the one now in use."""
+    return torch.ops.kprune.set_cpu_capability(name)
+
+
+# ---- fake (meta) kernels and autograd of the compiled ops -------------------------------------
+
+def _register() -> None:
+    lib = "kprune::"
+
+    @torch.library.register_fake(lib + "accumulate_importance")
+    def _(act, grad, offsets, grad_sq_sum, act_sq_sum):
+        torch._check(act.dim() == 2, lambda: f"act must be [tokens, units], got {tuple(act.shape)}")
+        torch._check(grad.dim() == 2 and grad.shape[0] == act.shape[0] and grad.shape[1] == act.shape[1],
+                     lambda: f"grad must match act {tuple(act.shape)}, got {tuple(grad.shape)}")
+        torch._check(offsets.dim() == 1 and offsets.dtype == torch.int64, lambda: "offsets must be 1-D int64")
+        for out in (grad_sq_sum, act_sq_sum):
+            torch._check(out.dim() == 1 and out.shape[0] == act.shape[1] and out.dtype == torch.float32,
+                         lambda: f"grad_sq_sum and act_sq_sum must be float32 [{act.shape[1]}]")
+
+    @torch.library.register_fake(lib + "gram_accumulate")
+    def _(a, b, columns, gram, cross):
+        torch._check(a.dim() == 2 and b.dim() == 2 and a.shape[0] == b.shape[0], lambda: "a, b: [tokens, *]")
+        k = a.shape[1] if columns is None else columns.shape[0]
+        torch._check(gram.dim() == 2 and gram.shape[0] == k and gram.shape[1] == k, lambda: f"gram must be [{k}, {k}]")
+        torch._check(cross.dim() == 2 and cross.shape[0] == k and cross.shape[1] == b.shape[1],
+                     lambda: f"cross must be [{k}, {b.shape[1]}]")
+
+    @torch.library.register_fake(lib + "solve_damped")
+    def _(gram, rhs, damping=1e-4, max_tries=8, precision=0):
+        torch._check(gram.dim() >= 2 and gram.shape[-1] == gram.shape[-2], lambda: "gram must be [..., k, k]")
+        torch._check(rhs.dim() >= 2 and rhs.shape[-2] == gram.shape[-1], lambda: "rhs must be [..., k, m]")
+        batch = torch.broadcast_shapes(gram.shape[:-2], rhs.shape[:-2])
+        return rhs.new_empty((*batch, rhs.shape[-2], rhs.shape[-1]), dtype=torch.float32)
+
+    def _ffn_checks(x, w_in, w_out, kept, mask):
+        torch._check(x.dim() == 2 and w_in.dim() == 2 and w_in.shape[1] == x.shape[1], lambda: "w_in must be [F, d]")
+        torch._check(w_out.dim() == 2 and w_out.shape[1] == w_in.shape[0], lambda: "w_out must be [d_out, F]")
+        torch._check(kept.dim() == 1 and mask.dim() == 1 and mask.shape[0] == kept.shape[0], lambda: "mask must be [k]")
+
+    @torch.library.register_fake(lib + "masked_ffn")
+    def _(x, w_in, b_in, w_out, b_out, kept, mask, activation):
+        _ffn_checks(x, w_in, w_out, kept, mask)
+        return x.new_empty((x.shape[0], w_out.shape[0])), x.new_empty((x.shape[0], kept.shape[0]))
+
+    @torch.library.register_fake(lib + "masked_ffn_backward")
+    def _(grad_out, grad_act, x, w_in, b_in, w_out, kept, mask, act, activation, need_x, need_mask):
+        _ffn_checks(x, w_in, w_out, kept, mask)
+        return (x.new_empty(x.shape) if need_x else x.new_empty((0,)),
+                mask.new_empty(mask.shape) if need_mask else mask.new_empty((0,)))
+
+    def _attention_checks(context, w_out, kept_heads, mask, head_size):
+        torch._check(context.dim() == 2 and w_out.dim() == 2 and w_out.shape[1] == context.shape[1],
+                     lambda: "w_out must be [d, heads * head_size]")
+        torch._check(head_size > 0, lambda: "head_size must be positive")
+        torch._check(kept_heads.dim() == 1 and mask.dim() == 1 and mask.shape[0] == kept_heads.shape[0],
+                     lambda: "mask must be [k]")
+
+    @torch.library.register_fake(lib + "masked_attention_output")
+    def _(context, w_out, b_out, kept_heads, mask, head_size):
+        _attention_checks(context, w_out, kept_heads, mask, head_size)
+        return (context.new_empty((context.shape[0], w_out.shape[0])),
+                context.new_empty((context.shape[0], kept_heads.shape[0] * head_size)))
+
+    @torch.library.register_fake(lib + "masked_attention_output_backward")
+    def _(grad_out, grad_act, context, w_out, kept_heads, mask, act, head_size, need_context, need_mask):
+        _attention_checks(context, w_out, kept_heads, mask, head_size)
+        return (context.new_empty(context.shape) if need_context else context.new_empty((0,)),
+                mask.new_empty(mask.shape) if need_mask else mask.new_empty((0,)))
+
+    @torch.library.register_fake(lib + "activation_math")
+    def _(x, activation, derivative):
+        return torch.empty_like(x)
+
+    def _ffn_setup(ctx, inputs, output):
+        x, w_in, b_in, w_out, _b_out, kept, mask, activation = inputs
+        ctx.save_for_backward(x, w_in, b_in, w_out, kept, mask, output[1])
+        ctx.activation = activation
+
+    def _ffn_backward(ctx, grad_out, grad_act):
+        x, w_in, b_in, w_out, kept, mask, act = ctx.saved_tensors
+        need_x, need_mask = ctx.needs_input_grad[0], ctx.needs_input_grad[6]
+        if not (need_x or need_mask):
+            return (None,) * 8
+        if grad_out is None:
+            grad_out = x.new_zeros((x.shape[0], w_out.shape[0]))
+        grad_x, grad_mask = torch.ops.kprune.masked_ffn_backward.default(
+            grad_out, grad_act, x, w_in, b_in, w_out, kept, mask, act, ctx.activation, need_x, need_mask)
+        return (grad_x if need_x else None, None, None, None, None, None, grad_mask if need_mask else None, None)
+
+    torch.library.register_autograd(lib + "masked_ffn", _ffn_backward, setup_context=_ffn_setup)
+
+    def _attention_setup(ctx, inputs, output):
+        context, w_out, _b_out, kept_heads, mask, head_size = inputs
+        ctx.save_for_backward(context, w_out, kept_heads, mask, output[1])
+        ctx.head_size = head_size
+
+    def _attention_backward(ctx, grad_out, grad_act):
+        context, w_out, kept_heads, mask, act = ctx.saved_tensors
+        need_context, need_mask = ctx.needs_input_grad[0], ctx.needs_input_grad[4]
+        if not (need_context or need_mask):
+            return (None,) * 6
+        if grad_out is None:
+            grad_out = context.new_zeros((context.shape[0], w_out.shape[0]))
+        grad_context, grad_mask = torch.ops.kprune.masked_attention_output_backward.default(
+            grad_out, grad_act, context, w_out, kept_heads, mask, act, ctx.head_size, need_context, need_mask)
+        return (grad_context if need_context else None, None, None, None, grad_mask if need_mask else None, None)
+
+    torch.library.register_autograd(lib + "masked_attention_output", _attention_backward, setup_context=_attention_setup)
+
+
+if kprune_ext.EXTENSION_LOADED:
+    _register()

@@ -2,6 +2,8 @@
 // per-head mask, then one GEMM on the kept columns of W_out.
 #include <torch/library.h>
 
+#include <ATen/ops/arange.h>
+
 #include <tuple>
 
 #include "utils.h"

@@ -3,6 +3,13 @@
 // float32 above (as accurate as torch.linalg.lstsq in float32 and ~2x faster).
 #include <torch/library.h>
 
+#include <ATen/ExpandUtils.h>
+#include <ATen/ops/cholesky_solve.h>
+#include <ATen/ops/isfinite.h>
+#include <ATen/ops/linalg_cholesky_ex.h>
+#include <ATen/ops/ones_like.h>
+#include <ATen/ops/where.h>
+
 #include <vector>
 
 #include "utils.h"
