@@ -83,3 +83,39 @@ def test_empty_data_is_an_error(workspace, capsys, tmp_path):
 def test_console_script_help():
     done = subprocess.run([sys.executable, "-m", "kprune.cli", "--help"], capture_output=True, text=True)
     assert done.returncode == 0 and "prune" in done.stdout
+
+
+@pytest.mark.parametrize("task", ["squad", "stsb"])
+def test_prune_qa_and_regression_tasks(tmp_path, capsys, task):
+    import transformers
+
+    from fixtures_data import write_squad
+
+    tokenizer = make_bert_tokenizer(tmp_path / "tok")
+    head = "qa" if task == "squad" else "regression"
+    config = tiny_config("bert", head)
+    config.vocab_size = len(tokenizer)
+    torch.manual_seed(0)
+    cls = transformers.BertForQuestionAnswering if head == "qa" else transformers.BertForSequenceClassification
+    cls(config).save_pretrained(tmp_path / "model")
+    tokenizer.save_pretrained(tmp_path / "model")
+    if task == "squad":
+        data = write_squad(tmp_path / "squad" / "train-v1.1.json")
+        write_squad(tmp_path / "squad" / "dev-v1.1.json")
+        data = data.parent
+    else:
+        data = tmp_path / "STS-B"
+        rows = [["index", "genre", "filename", "year", "old_index", "source1", "source2", "sentence1", "sentence2",
+                 "score"]]
+        rows += [[str(i), "g", "f", "y", "o", "s", "s", "the film was good", "a fun movie", f"{i % 5}.0"]
+                 for i in range(12)]
+        write_tsv(data / "train.tsv", rows)
+        write_tsv(data / "dev.tsv", rows)
+    out = tmp_path / "pruned"
+    code, stdout, err = run(capsys, "prune", "--model", str(tmp_path / "model"), "--task", task, "--data", str(data),
+                            "--flops-reduction", "0.7", "--output", str(out), "--num-tokens", "300", "--quiet")
+    assert code == 0, err
+    assert json.loads(stdout)["flops_reduction"] >= 0.7
+    code, stdout, err = run(capsys, "evaluate", "--model", str(out), "--task", task, "--data", str(data))
+    metrics = json.loads(stdout)
+    assert code == 0 and (("f1" in metrics and "exact_match" in metrics) if task == "squad" else "pearson" in metrics)
