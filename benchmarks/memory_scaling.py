@@ -1,0 +1,72 @@
+"""Peak memory of a K-prune run against the number of layers (it should not grow with them).
+
+    python benchmarks/memory_scaling.py [--layers 2 4 8 12] [--num-tokens 30000] [--hidden 384]
+
+Each depth runs in its own process (peak RSS is per process) on a randomly initialised BERT of that
+depth with synthetic samples; prints a table and writes benchmarks/results/memory_scaling.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results" / "memory_scaling.json"
+
+
+def one_run(layers: int, num_tokens: int, hidden: int) -> dict:
+    import torch
+    import transformers
+
+    import kprune
+
+    torch.manual_seed(0)
+    config = transformers.BertConfig(vocab_size=1000, hidden_size=hidden, num_hidden_layers=layers,
+                                     num_attention_heads=hidden // 32, intermediate_size=4 * hidden, num_labels=2)
+    model = transformers.BertForSequenceClassification(config).eval()
+    g = torch.Generator().manual_seed(0)
+    samples, total = [], 0
+    while total < num_tokens:
+        n = int(torch.randint(16, 64, (1,), generator=g))
+        samples.append({"input_ids": torch.randint(5, 1000, (n,), generator=g)})
+        total += n
+    baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    started = time.perf_counter()
+    report = kprune.prune(model, samples, "classification", 0.5, kprune.KPruneConfig(progress=False)).report
+    return {"layers": layers, "hidden": hidden, "num_tokens": report["num_tokens"],
+            "rss_before_mb": round(baseline, 1), "peak_rss_mb": report["peak_rss_mb"],
+            "peak_minus_model_mb": round(report["peak_rss_mb"] - baseline, 1),
+            "seconds": round(time.perf_counter() - started, 1)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--layers", type=int, nargs="+", default=[2, 4, 8, 12])
+    parser.add_argument("--num-tokens", type=int, default=30_000)
+    parser.add_argument("--hidden", type=int, default=384)
+    parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child is not None:
+        print(json.dumps(one_run(args.child, args.num_tokens, args.hidden)))
+        return
+    rows = []
+    for layers in args.layers:
+        done = subprocess.run([sys.executable, __file__, "--child", str(layers), "--num-tokens", str(args.num_tokens),
+                               "--hidden", str(args.hidden)], capture_output=True, text=True, check=True)
+        rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
+        print(rows[-1], flush=True)
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps({"command": " ".join(sys.argv), "rows": rows}, indent=2) + "\n")
+    print("| layers | tokens | RSS after model built (MB) | peak RSS (MB) | peak - model (MB) | seconds |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['layers']} | {r['num_tokens']} | {r['rss_before_mb']} | {r['peak_rss_mb']} | "
+              f"{r['peak_minus_model_mb']} | {r['seconds']} |")
+
+
+if __name__ == "__main__":
+    main()
