@@ -119,3 +119,17 @@ def test_prune_qa_and_regression_tasks(tmp_path, capsys, task):
     code, stdout, err = run(capsys, "evaluate", "--model", str(out), "--task", task, "--data", str(data))
     metrics = json.loads(stdout)
     assert code == 0 and (("f1" in metrics and "exact_match" in metrics) if task == "squad" else "pearson" in metrics)
+
+
+def test_same_seed_same_model(workspace, capsys):
+    outputs = []
+    for name, seed in (("a", "1"), ("b", "1"), ("c", "2")):
+        out = workspace / name
+        code, _, err = run(capsys, "prune", "--model", str(workspace / "model"), "--task", "sst2", "--data",
+                           str(workspace / "SST-2"), "--output", str(out), "--num-tokens", "60", "--seed", seed,
+                           "--quiet")
+        assert code == 0, err
+        outputs.append(json.loads((out / "report.json").read_text()))
+    assert (workspace / "a" / "model.safetensors").read_bytes() == (workspace / "b" / "model.safetensors").read_bytes()
+    assert outputs[0]["num_tokens"] == outputs[1]["num_tokens"]
+    assert (workspace / "a" / "model.safetensors").read_bytes() != (workspace / "c" / "model.safetensors").read_bytes()
