@@ -46,7 +46,7 @@ def _extensions():
         with_cuda = True
 
     define_macros = [("KPRUNE_PYTHON_MODULE", None)]
-    cxx_flags = ["-O3", "-fno-trapping-math", "-fvisibility=hidden"]
+    cxx_flags = ["-O3", "-g0", "-fno-trapping-math", "-fvisibility=hidden"]
     extra = {"cxx": cxx_flags}
     ext_cls = CppExtension
     if with_cuda:
@@ -54,7 +54,7 @@ def _extensions():
         sources += cuda_sources
         define_macros.append(("KPRUNE_WITH_CUDA", None))
         define_macros.append(("KPRUNE_TORCH_BINDINGS", None))
-        extra["nvcc"] = ["-O3", "--use_fast_math", "--expt-relaxed-constexpr"]
+        extra["nvcc"] = ["-O3", "-g0", "--expt-relaxed-constexpr"]
     ext = ext_cls(
         name="kprune_ext._C",
         sources=sources,

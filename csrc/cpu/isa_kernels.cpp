@@ -19,13 +19,13 @@ namespace {
   template <typename T>                                                                                       \
   ATTR void ffn_forward_##SUFFIX(T* h, int64_t ldh, T* act, int64_t lda, int64_t r0, int64_t r1, int64_t k,   \
                                  const float* bias, const float* mask, int kind) {                            \
-    ffn_forward<T>(h, ldh, act, lda, r0, r1, k, bias, mask, kind);                                          \
+    ffn_forward<T, float>(h, ldh, act, lda, r0, r1, k, bias, mask, kind);                                          \
   }                                                                                                           \
   template <typename T>                                                                                       \
   ATTR void ffn_backward_##SUFFIX(T* gs, const T* h, const T* act, const T* ga, int64_t ld, int64_t r0,       \
                                   int64_t r1, int64_t k, const float* bias, const float* mask, int kind,      \
                                   float* gm) {                                                                \
-    ffn_backward<T>(gs, h, act, ga, ld, r0, r1, k, bias, mask, kind, gm);                                   \
+    ffn_backward<T, float>(gs, h, act, ga, ld, r0, r1, k, bias, mask, kind, gm);                                   \
   }                                                                                                           \
   ATTR void cholesky_solve_##SUFFIX(const double* l, int64_t n, double* x, int64_t m, int64_t ldx) {          \
     math::cholesky_solve_lower<double>(l, n, n, x, m, ldx);                                                   \

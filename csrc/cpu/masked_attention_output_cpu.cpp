@@ -42,7 +42,7 @@ std::tuple<at::Tensor, at::Tensor> masked_attention_output_cpu(const at::Tensor&
   const int64_t tokens = context.size(0), k = kept_heads.size(0), width = k * head_size;
   const at::Tensor ctx = context.stride(1) == 1 ? context : context.contiguous();
   const at::Tensor heads = kept_heads.contiguous();
-  const at::Tensor mask_f = mask.to(at::kFloat).contiguous();
+  const at::Tensor mask_f = mask.to(param_dtype(context.scalar_type())).contiguous();
   at::Tensor act = at::empty({tokens, width}, context.options());
   at::Tensor scaled = at::empty({tokens, width}, context.options());
   if (tokens > 0 && width > 0) {
@@ -52,9 +52,9 @@ std::tuple<at::Tensor, at::Tensor> masked_attention_output_cpu(const at::Tensor&
       T* ap = data<scalar_t>(act);
       T* sp = data<scalar_t>(scaled);
       const int64_t* hp = heads.data_ptr<int64_t>();
-      const float* mp = mask_f.data_ptr<float>();
+      const Param<T>* mp = mask_f.data_ptr<Param<T>>();
       at::parallel_for(0, tokens, std::max<int64_t>(1, 32768 / width), [&](int64_t r0, int64_t r1) {
-        attention_forward_rows<T>(cp, ctx.stride(0), hp, k, head_size, mp, ap, sp, r0, r1);
+        attention_forward_rows<T, Param<T>>(cp, ctx.stride(0), hp, k, head_size, mp, ap, sp, r0, r1);
       });
     });
   }
@@ -83,7 +83,7 @@ std::tuple<at::Tensor, at::Tensor> masked_attention_output_backward_cpu(
   TORCH_CHECK(!ga.defined() || ga.sizes() == act.sizes(), "grad_act must match act ", act.sizes());
   at::Tensor grad_context = need_context ? at::zeros(context.sizes(), context.options()) : at::empty({0}, context.options());
   at::Tensor grad_mask = at::empty({0}, mask.options());
-  const at::Tensor mask_f = mask.to(at::kFloat).contiguous();
+  const at::Tensor mask_f = mask.to(param_dtype(context.scalar_type())).contiguous();
   const int64_t chunks = num_chunks(tokens);
   at::Tensor partial = at::zeros({chunks, k}, context.options().dtype(dtype == at::kDouble ? at::kDouble : at::kFloat));
   if (tokens > 0 && width > 0 && need_context) {
@@ -95,14 +95,14 @@ std::tuple<at::Tensor, at::Tensor> masked_attention_output_backward_cpu(
       const T* gap = ga.defined() ? data<scalar_t>(ga) : nullptr;
       T* dp = data<scalar_t>(grad_context);
       const int64_t* hp = heads.data_ptr<int64_t>();
-      const float* mp = mask_f.data_ptr<float>();
+      const Param<T>* mp = mask_f.data_ptr<Param<T>>();
       A* pp = partial.data_ptr<A>();
       const int64_t rows = (tokens + chunks - 1) / chunks;
       at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
         for (int64_t c = c0; c < c1; ++c) {
           const int64_t r0 = c * rows, r1 = std::min(tokens, r0 + rows);
           if (r0 < r1)
-            attention_backward_rows<T>(gp, ap, gap, hp, k, head_size, mp, dp, context.size(1), r0, r1, pp + c * k);
+            attention_backward_rows<T, Param<T>>(gp, ap, gap, hp, k, head_size, mp, dp, context.size(1), r0, r1, pp + c * k);
         }
       });
     });

@@ -33,9 +33,9 @@ FfnShapes check_ffn(const at::Tensor& x, const at::Tensor& w_in, const std::opti
   return {x.size(0), x.size(1), w_in.size(0), kept.size(0)};
 }
 
-at::Tensor bias_float(const std::optional<at::Tensor>& b_in, const at::Tensor& kept) {
-  if (!b_in.has_value()) return at::zeros({kept.size(0)}, kept.options().dtype(at::kFloat));
-  return b_in->index_select(0, kept).to(at::kFloat).contiguous();
+at::Tensor bias_param(const std::optional<at::Tensor>& b_in, const at::Tensor& kept, at::ScalarType dtype) {
+  if (!b_in.has_value()) return at::zeros({kept.size(0)}, kept.options().dtype(dtype));
+  return b_in->index_select(0, kept).to(dtype).contiguous();
 }
 
 // x: [T, d]; w_in: [F, d]; w_out: [d_out, F]; kept: [k]; mask: [k] -> (out [T, d_out], act [T, k])
@@ -48,16 +48,16 @@ std::tuple<at::Tensor, at::Tensor> masked_ffn_cpu(const at::Tensor& x, const at:
   const at::Tensor w_in_k = w_in.index_select(0, kept);  // [k, d]
   at::Tensor h = at::mm(x, w_in_k.t());                   // [T, k]; becomes act * mask
   at::Tensor act = at::empty_like(h);
-  const at::Tensor bias = bias_float(b_in, kept);
-  const at::Tensor mask_f = mask.to(at::kFloat).contiguous();
+  const at::Tensor bias = bias_param(b_in, kept, param_dtype(x.scalar_type()));
+  const at::Tensor mask_f = mask.to(param_dtype(x.scalar_type())).contiguous();
   if (s.tokens > 0 && s.k > 0) {
     const KernelTable& table = kernels();
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "masked_ffn_cpu", [&] {
       using T = typename Storage<scalar_t>::type;
       T* hp = data<scalar_t>(h);
       T* ap = data<scalar_t>(act);
-      const float* bp = bias.data_ptr<float>();
-      const float* mp = mask_f.data_ptr<float>();
+      const Param<T>* bp = bias.data_ptr<Param<T>>();
+      const Param<T>* mp = mask_f.data_ptr<Param<T>>();
       at::parallel_for(0, s.tokens, std::max<int64_t>(1, 16384 / s.k), [&](int64_t r0, int64_t r1) {
         run_ffn_forward(table, hp, ap, s.k, r0, r1, s.k, bp, mp, kind);
       });
@@ -93,8 +93,8 @@ std::tuple<at::Tensor, at::Tensor> masked_ffn_backward_cpu(
   const at::Tensor h = at::mm(x, w_in_k.t());            // [T, k] without bias
   const at::Tensor ga = grad_act.has_value() ? grad_act->to(dtype).contiguous() : at::Tensor();
   TORCH_CHECK(!ga.defined() || ga.sizes() == act.sizes(), "grad_act must match act ", act.sizes());
-  const at::Tensor bias = bias_float(b_in, kept);
-  const at::Tensor mask_f = mask.to(at::kFloat).contiguous();
+  const at::Tensor bias = bias_param(b_in, kept, param_dtype(x.scalar_type()));
+  const at::Tensor mask_f = mask.to(param_dtype(x.scalar_type())).contiguous();
   const int64_t chunks = num_chunks(s.tokens);
   const auto acc_dtype = dtype == at::kDouble ? at::kDouble : at::kFloat;
   at::Tensor partial = at::zeros({chunks, s.k}, x.options().dtype(acc_dtype));
@@ -107,8 +107,8 @@ std::tuple<at::Tensor, at::Tensor> masked_ffn_backward_cpu(
       const T* hp = data<scalar_t>(h);
       const T* ap = data<scalar_t>(act_c);
       const T* gap = ga.defined() ? data<scalar_t>(ga) : nullptr;
-      const float* bp = bias.data_ptr<float>();
-      const float* mp = mask_f.data_ptr<float>();
+      const Param<T>* bp = bias.data_ptr<Param<T>>();
+      const Param<T>* mp = mask_f.data_ptr<Param<T>>();
       A* pp = partial.data_ptr<A>();
       const int64_t rows = (s.tokens + chunks - 1) / chunks;
       at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {

@@ -4,14 +4,10 @@
 #include <torch/library.h>
 
 #include <ATen/ExpandUtils.h>
-#include <ATen/ops/cholesky_solve.h>
-#include <ATen/ops/isfinite.h>
-#include <ATen/ops/linalg_cholesky_ex.h>
-#include <ATen/ops/ones_like.h>
-#include <ATen/ops/where.h>
 
 #include <vector>
 
+#include "solve_common.h"
 #include "utils.h"
 
 namespace kprune {
@@ -21,10 +17,6 @@ namespace {
 constexpr int64_t kOwnSolverMaxK = 128;
 constexpr int64_t kFloat64MaxK = 1024;
 constexpr int64_t kRhsBlock = 64;
-
-[[noreturn]] void fail(int64_t max_tries, double damping) {
-  TORCH_CHECK(false, "damped Cholesky failed after ", max_tries, " escalations (final damping ", damping, ")");
-}
 
 // g: float64 [B, k, k]; x: float64 [B, k, m] (rhs in, solution out)
 void solve_small(const at::Tensor& g, at::Tensor& x, double damping, int64_t max_tries) {
@@ -51,7 +43,7 @@ void solve_small(const at::Tensor& g, at::Tensor& x, double damping, int64_t max
     }
   });
   for (int64_t b = 0; b < batch; ++b)
-    if (!ok[b]) fail(max_tries, final_damping[b]);
+    if (!ok[b]) damped_cholesky_failed(max_tries, final_damping[b]);
   const KernelTable& table = kernels();
   const int64_t col_blocks = (m + kRhsBlock - 1) / kRhsBlock;
   double* xp = x.data_ptr<double>();
@@ -61,26 +53,6 @@ void solve_small(const at::Tensor& g, at::Tensor& x, double damping, int64_t max
       table.cholesky_solve_f64(lp + b * k * k, k, xp + b * k * m + c0, std::min(kRhsBlock, m - c0), m);
     }
   });
-}
-
-// g: [B, k, k]; r: [B, k, m], both in the working dtype -> solution in the working dtype
-at::Tensor solve_lapack(const at::Tensor& g, const at::Tensor& r, double damping, int64_t max_tries) {
-  const at::Tensor diag_mean = g.diagonal(0, -2, -1).mean(-1);
-  at::Tensor lambda = at::where(diag_mean > 0, diag_mean, at::ones_like(diag_mean)) * damping;  // [B]
-  for (int64_t attempt = 0; attempt < max_tries; ++attempt) {
-    at::Tensor shifted = g.clone();
-    shifted.diagonal(0, -2, -1).add_(lambda.unsqueeze(-1));
-    auto [chol, info] = at::linalg_cholesky_ex(shifted);
-    const at::Tensor failed = info != 0;
-    if (!failed.any().item<bool>()) {
-      at::Tensor x = at::cholesky_solve(r, chol);
-      TORCH_CHECK(at::isfinite(x).all().item<bool>(), "damped Cholesky solve produced non-finite values (damping ",
-                  lambda.max().item<double>(), ")");
-      return x;
-    }
-    lambda = at::where(failed, lambda * 10, lambda);
-  }
-  fail(max_tries, lambda.max().item<double>() / 10);
 }
 
 // gram: [..., k, k]; rhs: [..., k, m] -> fp32 [..., k, m] solving (gram + lambda I) X = rhs
@@ -115,7 +87,7 @@ at::Tensor solve_damped_cpu(const at::Tensor& gram, const at::Tensor& rhs, doubl
     x = r.is_alias_of(rhs) ? r.clone(at::MemoryFormat::Contiguous) : r.contiguous();
     solve_small(g, x, damping, max_tries);
   } else {
-    x = solve_lapack(g, r, damping, max_tries);
+    x = solve_damped_aten(g, r, damping, max_tries);
   }
   return x.to(at::kFloat).reshape(out_shape);
 }

@@ -66,6 +66,11 @@ inline void check_same_dtype(const at::Tensor& ref, const at::Tensor& t, const c
 }
 
 // Splits [0, n) into about 2 chunks per thread; each chunk owns a row of `partial` ([chunks, k]).
+// Bias/mask parameters reach the kernels as float, or double for float64 data.
+inline at::ScalarType param_dtype(at::ScalarType data) { return data == at::kDouble ? at::kDouble : at::kFloat; }
+template <typename T>
+using Param = std::conditional_t<std::is_same_v<T, double>, double, float>;
+
 inline int64_t num_chunks(int64_t n) {
   return std::max<int64_t>(1, std::min<int64_t>(n, 2 * at::get_num_threads()));
 }
@@ -93,10 +98,10 @@ inline void run_ffn_forward(const KernelTable& t, Bf16* h, Bf16* act, int64_t ld
                             const float* bias, const float* mask, int kind) {
   t.ffn_forward_bf16(h, ld, act, ld, r0, r1, k, bias, mask, kind);
 }
-template <typename T>
+template <typename T, typename P>
 void run_ffn_forward(const KernelTable&, T* h, T* act, int64_t ld, int64_t r0, int64_t r1, int64_t k,
-                     const float* bias, const float* mask, int kind) {
-  ffn_forward<T>(h, ld, act, ld, r0, r1, k, bias, mask, kind);
+                     const P* bias, const P* mask, int kind) {
+  ffn_forward<T, P>(h, ld, act, ld, r0, r1, k, bias, mask, kind);
 }
 
 inline void run_ffn_backward(const KernelTable& t, float* gs, const float* h, const float* act, const float* ga,
@@ -109,11 +114,10 @@ inline void run_ffn_backward(const KernelTable& t, Bf16* gs, const Bf16* h, cons
                              int kind, float* gm) {
   t.ffn_backward_bf16(gs, h, act, ga, ld, r0, r1, k, bias, mask, kind, gm);
 }
-template <typename T>
+template <typename T, typename P>
 void run_ffn_backward(const KernelTable&, T* gs, const T* h, const T* act, const T* ga, int64_t ld, int64_t r0,
-                      int64_t r1, int64_t k, const float* bias, const float* mask, int kind,
-                      typename Cvt<T>::acc* gm) {
-  ffn_backward<T>(gs, h, act, ga, ld, r0, r1, k, bias, mask, kind, gm);
+                      int64_t r1, int64_t k, const P* bias, const P* mask, int kind, typename Cvt<T>::acc* gm) {
+  ffn_backward<T, P>(gs, h, act, ga, ld, r0, r1, k, bias, mask, kind, gm);
 }
 
 }  // namespace cpu

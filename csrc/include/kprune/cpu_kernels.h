@@ -16,6 +16,7 @@ namespace cpu {
 // bfloat16 as its raw bits (layout-compatible with c10::BFloat16).
 using Bf16 = uint16_t;
 
+// P (bias/mask parameters): float, or double for float64 data.
 // Storage <-> accumulation conversions; other types (c10::Half) specialise this in their TU.
 template <typename T>
 struct Cvt {
@@ -72,10 +73,10 @@ KPRUNE_INLINE void importance_block(const T* __restrict act, const T* __restrict
 
 // FFN forward epilogue on rows [r0, r1) of h: [rows, k] (ldh), the bare GEMM result x W_in[kept]^T.
 // act[t, j] = f(h + bias[j]) (lda; bias never null: zeros when the layer has none); h becomes act * mask[j] (the output projection's input).
-template <typename T, int Kind>
+template <typename T, int Kind, typename P>
 KPRUNE_INLINE void ffn_forward_rows(T* __restrict h, int64_t ldh, T* __restrict act, int64_t lda, int64_t r0,
-                                    int64_t r1, int64_t k, const float* __restrict bias,
-                                    const float* __restrict mask) {
+                                    int64_t r1, int64_t k, const P* __restrict bias,
+                                    const P* __restrict mask) {
   using A = typename Cvt<T>::acc;
   for (int64_t t = r0; t < r1; ++t) {
     T* __restrict hr = h + t * ldh;
@@ -94,10 +95,10 @@ KPRUNE_INLINE void ffn_forward_rows(T* __restrict h, int64_t ldh, T* __restrict 
 // gradient of the masked activations; h: recomputed x W_in[kept]^T (no bias); act: forward act;
 // grad_act: gradient flowing into the act output (read only when HasGradAct). grad_mask_part[j] += sum_t gs*act;
 // gs becomes the gradient of the pre-activation: (gs*mask + grad_act) * f'(h + bias).
-template <typename T, int Kind, bool HasGradAct>
+template <typename T, int Kind, bool HasGradAct, typename P>
 KPRUNE_INLINE void ffn_backward_rows(T* __restrict gs, const T* __restrict h, const T* __restrict act,
                                      const T* __restrict grad_act, int64_t ld, int64_t r0, int64_t r1, int64_t k,
-                                     const float* __restrict bias, const float* __restrict mask,
+                                     const P* __restrict bias, const P* __restrict mask,
                                      typename Cvt<T>::acc* __restrict grad_mask_part) {
   using A = typename Cvt<T>::acc;
   for (int64_t t = r0; t < r1; ++t) {
@@ -117,9 +118,9 @@ KPRUNE_INLINE void ffn_backward_rows(T* __restrict gs, const T* __restrict h, co
 
 // Attention forward on rows [r0, r1): context: [rows, H * hs] (ldc); for the j-th kept head
 // act[t, j*hs + i] = context[t, heads[j]*hs + i] and scaled = act * mask[j]; act, scaled: [rows, k*hs].
-template <typename T>
+template <typename T, typename P>
 KPRUNE_INLINE void attention_forward_rows(const T* __restrict context, int64_t ldc, const int64_t* heads, int64_t k,
-                                          int64_t hs, float const* __restrict mask, T* __restrict act,
+                                          int64_t hs, const P* __restrict mask, T* __restrict act,
                                           T* __restrict scaled, int64_t r0, int64_t r1) {
   using A = typename Cvt<T>::acc;
   const int64_t width = k * hs;
@@ -139,10 +140,10 @@ KPRUNE_INLINE void attention_forward_rows(const T* __restrict context, int64_t l
 
 // Attention backward on rows [r0, r1): gs: [rows, k*hs] = grad_out W_out[:, kept cols];
 // grad_context: [rows, H*hs], pruned heads left untouched (zero); grad_mask_part[j] += sum gs*act.
-template <typename T>
+template <typename T, typename P>
 KPRUNE_INLINE void attention_backward_rows(const T* __restrict gs, const T* __restrict act,
                                            const T* __restrict grad_act, const int64_t* heads, int64_t k, int64_t hs,
-                                           float const* __restrict mask, T* __restrict grad_context, int64_t ldc,
+                                           const P* __restrict mask, T* __restrict grad_context, int64_t ldc,
                                            int64_t r0, int64_t r1, typename Cvt<T>::acc* __restrict grad_mask_part) {
   using A = typename Cvt<T>::acc;
   const int64_t width = k * hs;
@@ -167,40 +168,40 @@ KPRUNE_INLINE void attention_backward_rows(const T* __restrict gs, const T* __re
 }
 
 // Activation-code dispatch of the two FFN epilogues (Kind becomes a compile-time constant).
-template <typename T>
+template <typename T, typename P>
 KPRUNE_INLINE void ffn_forward(T* h, int64_t ldh, T* act, int64_t lda, int64_t r0, int64_t r1, int64_t k,
-                               const float* bias, const float* mask, int kind) {
+                               const P* bias, const P* mask, int kind) {
   switch (kind) {
-    case math::kGelu: return ffn_forward_rows<T, math::kGelu>(h, ldh, act, lda, r0, r1, k, bias, mask);
-    case math::kGeluTanh: return ffn_forward_rows<T, math::kGeluTanh>(h, ldh, act, lda, r0, r1, k, bias, mask);
-    case math::kRelu: return ffn_forward_rows<T, math::kRelu>(h, ldh, act, lda, r0, r1, k, bias, mask);
-    case math::kSilu: return ffn_forward_rows<T, math::kSilu>(h, ldh, act, lda, r0, r1, k, bias, mask);
-    default: return ffn_forward_rows<T, math::kIdentity>(h, ldh, act, lda, r0, r1, k, bias, mask);
+    case math::kGelu: return ffn_forward_rows<T, math::kGelu, P>(h, ldh, act, lda, r0, r1, k, bias, mask);
+    case math::kGeluTanh: return ffn_forward_rows<T, math::kGeluTanh, P>(h, ldh, act, lda, r0, r1, k, bias, mask);
+    case math::kRelu: return ffn_forward_rows<T, math::kRelu, P>(h, ldh, act, lda, r0, r1, k, bias, mask);
+    case math::kSilu: return ffn_forward_rows<T, math::kSilu, P>(h, ldh, act, lda, r0, r1, k, bias, mask);
+    default: return ffn_forward_rows<T, math::kIdentity, P>(h, ldh, act, lda, r0, r1, k, bias, mask);
   }
 }
 
-template <typename T, bool G>
+template <typename T, bool G, typename P>
 KPRUNE_INLINE void ffn_backward_kind(T* gs, const T* h, const T* act, const T* ga, int64_t ld, int64_t r0, int64_t r1,
-                                     int64_t k, const float* bias, const float* mask, int kind,
+                                     int64_t k, const P* bias, const P* mask, int kind,
                                      typename Cvt<T>::acc* gm) {
   switch (kind) {
-    case math::kGelu: return ffn_backward_rows<T, math::kGelu, G>(gs, h, act, ga, ld, r0, r1, k, bias, mask, gm);
+    case math::kGelu: return ffn_backward_rows<T, math::kGelu, G, P>(gs, h, act, ga, ld, r0, r1, k, bias, mask, gm);
     case math::kGeluTanh:
-      return ffn_backward_rows<T, math::kGeluTanh, G>(gs, h, act, ga, ld, r0, r1, k, bias, mask, gm);
-    case math::kRelu: return ffn_backward_rows<T, math::kRelu, G>(gs, h, act, ga, ld, r0, r1, k, bias, mask, gm);
-    case math::kSilu: return ffn_backward_rows<T, math::kSilu, G>(gs, h, act, ga, ld, r0, r1, k, bias, mask, gm);
-    default: return ffn_backward_rows<T, math::kIdentity, G>(gs, h, act, ga, ld, r0, r1, k, bias, mask, gm);
+      return ffn_backward_rows<T, math::kGeluTanh, G, P>(gs, h, act, ga, ld, r0, r1, k, bias, mask, gm);
+    case math::kRelu: return ffn_backward_rows<T, math::kRelu, G, P>(gs, h, act, ga, ld, r0, r1, k, bias, mask, gm);
+    case math::kSilu: return ffn_backward_rows<T, math::kSilu, G, P>(gs, h, act, ga, ld, r0, r1, k, bias, mask, gm);
+    default: return ffn_backward_rows<T, math::kIdentity, G, P>(gs, h, act, ga, ld, r0, r1, k, bias, mask, gm);
   }
 }
 
 // grad_act may be null.
-template <typename T>
+template <typename T, typename P>
 KPRUNE_INLINE void ffn_backward(T* gs, const T* h, const T* act, const T* grad_act, int64_t ld, int64_t r0,
-                                int64_t r1, int64_t k, const float* bias, const float* mask, int kind,
+                                int64_t r1, int64_t k, const P* bias, const P* mask, int kind,
                                 typename Cvt<T>::acc* grad_mask_part) {
   if (grad_act)
-    return ffn_backward_kind<T, true>(gs, h, act, grad_act, ld, r0, r1, k, bias, mask, kind, grad_mask_part);
-  return ffn_backward_kind<T, false>(gs, h, act, grad_act, ld, r0, r1, k, bias, mask, kind, grad_mask_part);
+    return ffn_backward_kind<T, true, P>(gs, h, act, grad_act, ld, r0, r1, k, bias, mask, kind, grad_mask_part);
+  return ffn_backward_kind<T, false, P>(gs, h, act, grad_act, ld, r0, r1, k, bias, mask, kind, grad_mask_part);
 }
 
 }  // namespace cpu

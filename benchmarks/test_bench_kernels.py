@@ -1,0 +1,189 @@
+"""Kernel benchmarks at BERT-base shapes (16,384 tokens, hidden 768, 3,072 neurons, 12 heads of 64).
+
+Every case checks its result against the PyTorch reference before timing. Groups compare the
+compiled op ("ext") with its reference ("ref") and with the baseline the kernel must beat:
+  importance   ref = the unfused PyTorch composition                      target ext >= 3x
+  masked_ffn / masked_attention  "dense" = full sublayer, 0/1 mask multiplied in, 50% kept  target >= 1.5x
+  solve        "lstsq" = torch.linalg.lstsq on the same damped normal equations            target >= 1.5x
+Run: pytest benchmarks/test_bench_kernels.py --benchmark-only --benchmark-group-by=group
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import kprune_ext
+from kprune_ext import ops, reference
+
+pytestmark = pytest.mark.skipif(
+    not kprune_ext.EXTENSION_LOADED, reason=f"compiled extension not loaded: {kprune_ext.EXTENSION_ERROR}"
+)
+
+TOKENS, HIDDEN, NEURONS, HEADS, HEAD_SIZE, SAMPLE_LEN = 16_384, 768, 3_072, 12, 64, 128
+ROUNDS = dict(rounds=3, warmup_rounds=1, iterations=1)
+
+
+def assert_close(got, want, tol=1e-4):
+    got, want = (got,) if torch.is_tensor(got) else got, (want,) if torch.is_tensor(want) else want
+    for g, w in zip(got, want):
+        scale = max(float(w.abs().max()), 1.0)
+        torch.testing.assert_close(g.float(), w.float(), rtol=tol, atol=tol * scale)
+
+
+# ---- accumulate_importance --------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def importance_inputs():
+    g = torch.Generator().manual_seed(0)
+    act = torch.randn(TOKENS, NEURONS, generator=g)
+    grad = torch.randn(TOKENS, NEURONS, generator=g) * 1e-3
+    return act, grad
+
+
+@pytest.mark.parametrize("groups", ["samples", "batch"])
+@pytest.mark.parametrize("impl", ["ext", "ref"])
+def test_importance(benchmark, importance_inputs, groups, impl):
+    act, grad = importance_inputs
+    step = SAMPLE_LEN if groups == "samples" else TOKENS
+    offsets = torch.arange(0, TOKENS + 1, step)
+    fn = ops.accumulate_importance if impl == "ext" else reference.accumulate_importance
+
+    def run(impl_fn=fn):
+        out = (torch.zeros(NEURONS), torch.zeros(NEURONS))
+        impl_fn(act, grad, offsets, *out)
+        return out
+
+    assert_close(run(), run(reference.accumulate_importance))
+    benchmark.group = f"importance[{groups}]"
+    benchmark.pedantic(run, **ROUNDS)
+
+
+# ---- masked sublayers ---------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def ffn_inputs():
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(TOKENS, HIDDEN, generator=g)
+    w_in, b_in = torch.randn(NEURONS, HIDDEN, generator=g) / HIDDEN**0.5, torch.randn(NEURONS, generator=g) * 0.1
+    w_out, b_out = torch.randn(HIDDEN, NEURONS, generator=g) / NEURONS**0.5, torch.randn(HIDDEN, generator=g) * 0.1
+    kept = torch.randperm(NEURONS, generator=g)[: NEURONS // 2].sort().values
+    mask = torch.ones(kept.numel())
+    full_mask = torch.zeros(NEURONS)
+    full_mask[kept] = 1.0
+    return x, w_in, b_in, w_out, b_out, kept, mask, full_mask
+
+
+def dense_masked_ffn(x, w_in, b_in, w_out, b_out, full_mask):
+    act = F.gelu(F.linear(x, w_in, b_in))
+    return F.linear(act * full_mask, w_out, b_out), act
+
+
+@pytest.mark.parametrize("impl", ["ext", "ref", "dense"])
+def test_masked_ffn(benchmark, ffn_inputs, impl):
+    x, w_in, b_in, w_out, b_out, kept, mask, full_mask = ffn_inputs
+    args = (x, w_in, b_in, w_out, b_out, kept, mask, "gelu")
+    want = reference.masked_ffn(*args)
+    if impl == "dense":
+        run = lambda: dense_masked_ffn(x, w_in, b_in, w_out, b_out, full_mask)  # noqa: E731
+        assert_close(run()[0], want[0])
+    else:
+        run = (lambda: ops.masked_ffn(*args)) if impl == "ext" else (lambda: reference.masked_ffn(*args))
+        assert_close(run(), want)
+    benchmark.group = "masked_ffn forward (50% kept)"
+    benchmark.pedantic(run, **ROUNDS)
+
+
+@pytest.mark.parametrize("impl", ["ext", "ref"])
+def test_masked_ffn_backward(benchmark, ffn_inputs, impl):
+    x, w_in, b_in, w_out, b_out, kept, mask, _ = ffn_inputs
+    fn = ops.masked_ffn if impl == "ext" else reference.masked_ffn
+    grad_out = torch.randn(TOKENS, HIDDEN, generator=torch.Generator().manual_seed(2))
+
+    def grads(impl_fn):
+        xr, mr = x.detach().requires_grad_(), mask.detach().requires_grad_()
+        out, _ = impl_fn(xr, w_in, b_in, w_out, b_out, kept, mr, "gelu")
+        out.backward(grad_out)
+        return xr.grad, mr.grad
+
+    want = grads(reference.masked_ffn)
+    run = lambda: grads(fn)  # noqa: E731
+    assert_close(run(), want, tol=1e-3)
+    benchmark.group = "masked_ffn forward+backward (50% kept)"
+    benchmark.pedantic(run, **ROUNDS)
+
+
+@pytest.fixture(scope="module")
+def attention_inputs():
+    g = torch.Generator().manual_seed(3)
+    context = torch.randn(TOKENS, HIDDEN, generator=g)
+    w_out, b_out = torch.randn(HIDDEN, HIDDEN, generator=g) / HIDDEN**0.5, torch.randn(HIDDEN, generator=g) * 0.1
+    kept = torch.randperm(HEADS, generator=g)[: HEADS // 2].sort().values
+    mask = torch.ones(kept.numel())
+    full_mask = torch.zeros(HEADS)
+    full_mask[kept] = 1.0
+    return context, w_out, b_out, kept, mask, full_mask.repeat_interleave(HEAD_SIZE)
+
+
+@pytest.mark.parametrize("impl", ["ext", "ref", "dense"])
+def test_masked_attention_output(benchmark, attention_inputs, impl):
+    context, w_out, b_out, kept, mask, full_mask = attention_inputs
+    args = (context, w_out, b_out, kept, mask, HEAD_SIZE)
+    want = reference.masked_attention_output(*args)
+    if impl == "dense":
+        run = lambda: F.linear(context * full_mask, w_out, b_out)  # noqa: E731
+        assert_close(run(), want[0])
+    else:
+        run = (lambda: ops.masked_attention_output(*args)) if impl == "ext" else (lambda: reference.masked_attention_output(*args))
+        assert_close(run(), want)
+    benchmark.group = "masked_attention_output forward (50% kept)"
+    benchmark.pedantic(run, **ROUNDS)
+
+
+# ---- least squares ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("impl", ["ext", "ref"])
+def test_gram_accumulate(benchmark, importance_inputs, impl):
+    act, _ = importance_inputs
+    target = act[:, :HIDDEN]
+    columns = torch.arange(0, NEURONS, 2)
+    fn = ops.gram_accumulate if impl == "ext" else reference.gram_accumulate
+
+    def run():
+        out = (torch.zeros(columns.numel(), columns.numel()), torch.zeros(columns.numel(), HIDDEN))
+        fn(act, target, columns, *out)
+        return out
+
+    want = (torch.zeros(columns.numel(), columns.numel()), torch.zeros(columns.numel(), HIDDEN))
+    reference.gram_accumulate(act, target, columns, *want)
+    assert_close(run(), want)
+    benchmark.group = "gram_accumulate (1,536 of 3,072 columns)"
+    benchmark.pedantic(run, **ROUNDS)
+
+
+def normal_equations(batch, k, m, seed):
+    g = torch.Generator().manual_seed(seed)
+    a = torch.randn(batch, 4 * k, k, generator=g)
+    gram = a.transpose(1, 2) @ a
+    return gram, torch.randn(batch, k, m, generator=g)
+
+
+def damped(gram, damping=1e-4):
+    lam = gram.diagonal(dim1=-2, dim2=-1).mean(-1) * damping
+    return gram + lam[:, None, None] * torch.eye(gram.shape[-1])
+
+
+@pytest.mark.parametrize("impl", ["ext", "ref", "lstsq"])
+@pytest.mark.parametrize("shape", ["heads 12x64", "ffn 1x3072"])
+def test_solve_damped(benchmark, impl, shape):
+    batch, k = (12, 64) if shape.startswith("heads") else (1, 3072)
+    gram, rhs = normal_equations(batch, k, HIDDEN, seed=k)
+    want = reference.solve_damped(gram, rhs)
+    if impl == "lstsq":
+        shifted = damped(gram)
+        run = lambda: torch.linalg.lstsq(shifted, rhs).solution  # noqa: E731
+    else:
+        run = (lambda: ops.solve_damped(gram, rhs)) if impl == "ext" else (lambda: reference.solve_damped(gram, rhs))
+    assert_close(run(), want, tol=1e-3)
+    benchmark.group = f"solve_damped {shape} (768 right-hand sides)"
+    benchmark.pedantic(run, **ROUNDS)

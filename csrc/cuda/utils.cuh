@@ -1,0 +1,43 @@
+// Helpers shared by the CUDA kernels. Only the CUDA runtime and kprune/hd_math.h: the device code
+// compiles (and is compile-checked in CI) without torch's CUDA headers.
+#pragma once
+
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "kprune/hd_math.h"
+
+namespace kprune {
+namespace cuda {
+
+using Bf16 = uint16_t;  // bfloat16 as raw bits (layout of c10::BFloat16)
+
+// Storage <-> accumulation conversions on the device.
+template <typename T>
+struct Cvt {
+  using acc = T;
+  static __device__ __forceinline__ acc load(T v) { return v; }
+  static __device__ __forceinline__ T store(acc v) { return v; }
+};
+template <>
+struct Cvt<Bf16> {
+  using acc = float;
+  static __device__ __forceinline__ float load(Bf16 v) { return math::bf16_to_float(v); }
+  static __device__ __forceinline__ Bf16 store(float v) { return math::float_to_bf16(v); }
+};
+template <>
+struct Cvt<__half> {
+  using acc = float;
+  static __device__ __forceinline__ float load(__half v) { return __half2float(v); }
+  static __device__ __forceinline__ __half store(float v) { return __float2half_rn(v); }
+};
+
+inline unsigned int blocks_for(int64_t n, int threads) {
+  int64_t b = (n + threads - 1) / threads;
+  return static_cast<unsigned int>(b < 65535 * 32 ? (b > 0 ? b : 1) : 65535 * 32);
+}
+
+}  // namespace cuda
+}  // namespace kprune

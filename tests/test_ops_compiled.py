@@ -1,0 +1,371 @@
+"""The compiled ops (torch.ops.kprune.*) against the PyTorch references: shapes x dtypes, gradients,
+torch.library.opcheck, every CPU instruction-set variant. Skipped when the extension is not built."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import kprune_ext
+from kprune_ext import ops, reference
+
+pytestmark = pytest.mark.skipif(
+    not kprune_ext.EXTENSION_LOADED, reason=f"compiled extension not loaded: {kprune_ext.EXTENSION_ERROR}"
+)
+
+DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+TOL = {torch.float64: 1e-9, torch.float32: 1e-4, torch.bfloat16: 3e-2, torch.float16: 5e-3}
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+HIDDEN_UNITS = [(32, 48), (768, 3072), (1024, 4096)]  # tiny, BERT-base, BERT-large
+
+
+def close(got, want, dtype, scale_tol=True):
+    """Per-dtype tolerance relative to the reference's magnitude."""
+    tol = TOL[dtype]
+    scale = max(float(want.abs().max()), 1.0) if (scale_tol and want.numel()) else 1.0
+    torch.testing.assert_close(got.double(), want.double(), rtol=tol, atol=tol * scale)
+
+
+def isa_variants():
+    if not kprune_ext.EXTENSION_LOADED:
+        return ["generic"]
+    best = ops.cpu_capability()
+    order = ["generic", "avx2", "avx512"]
+    return order[: order.index(best) + 1]
+
+
+@pytest.fixture(params=isa_variants())
+def isa(request):
+    previous = ops.cpu_capability()
+    assert ops.set_cpu_capability(request.param) == request.param
+    yield request.param
+    ops.set_cpu_capability(previous)
+
+
+# ---- shared host/device math ------------------------------------------------------------------
+
+@pytest.mark.parametrize("activation", reference.ACTIVATIONS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_activation_math_matches_torch(activation, dtype):
+    x = torch.linspace(-12, 12, 20001, dtype=dtype)
+    tol = 2e-6 if dtype == torch.float32 else 1e-12
+    torch.testing.assert_close(ops.activation_math(x, activation), reference.apply_activation(x, activation), rtol=tol, atol=tol)
+    xg = x.double().requires_grad_()
+    reference.apply_activation(xg, activation).sum().backward()
+    torch.testing.assert_close(ops.activation_math(x, activation, derivative=True), xg.grad.to(dtype), rtol=tol, atol=5 * tol)
+
+
+# ---- accumulate_importance --------------------------------------------------------------------
+
+def importance_case(tokens, units, lengths, dtype, device="cpu", start=0, layout="contiguous"):
+    g = torch.Generator().manual_seed(tokens * 7 + units)
+    act = torch.randn(tokens, units, generator=g).to(dtype)
+    grad = (torch.randn(tokens, units, generator=g) * 0.1).to(dtype)
+    if layout == "column_slice":
+        act = torch.cat([act, act], 1)[:, 1: units + 1]
+        grad = torch.cat([grad, grad], 1)[:, 1: units + 1]
+    elif layout == "transposed":
+        act, grad = act.t().contiguous().t(), grad.t().contiguous().t()
+    offsets = torch.tensor([start] + lengths, dtype=torch.long).cumsum(0)
+    return act.to(device), grad.to(device), offsets.to(device)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES + [torch.float64])
+@pytest.mark.parametrize(
+    "tokens,units,lengths,start",
+    [(40, 48, [10, 0, 25], 2), (64, 768, [16, 16, 32], 0), (32, 3072, [32], 0), (24, 4096, [8, 8, 8], 0),
+     (5, 7, [], 0), (0, 16, [0, 0], 0), (300, 1000, [128, 100, 72], 0)],
+)
+def test_accumulate_importance(device, dtype, tokens, units, lengths, start):
+    act, grad, offsets = importance_case(tokens + start, units, lengths, dtype, device, start)
+    got = [torch.full((units,), 0.25, device=device) for _ in range(2)]
+    want = [torch.full((units,), 0.25, device=device) for _ in range(2)]
+    ops.accumulate_importance(act, grad, offsets, *got)
+    reference.accumulate_importance(act, grad, offsets, *want)
+    for g, w in zip(got, want):
+        close(g, w, torch.float32)
+
+
+@pytest.mark.parametrize("layout", ["column_slice", "transposed"])
+def test_accumulate_importance_non_contiguous(layout, isa):
+    act, grad, offsets = importance_case(50, 600, [20, 30], torch.float32, layout=layout)
+    assert not act.is_contiguous()
+    got, want = [torch.zeros(600) for _ in range(2)], [torch.zeros(600) for _ in range(2)]
+    ops.accumulate_importance(act, grad, offsets, *got)
+    reference.accumulate_importance(act, grad, offsets, *want)
+    for g, w in zip(got, want):
+        close(g, w, torch.float32)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_accumulate_importance_isa_variants(dtype, isa):
+    act, grad, offsets = importance_case(200, 1100, [128, 72], dtype)
+    got, want = [torch.zeros(1100) for _ in range(2)], [torch.zeros(1100) for _ in range(2)]
+    ops.accumulate_importance(act, grad, offsets, *got)
+    reference.accumulate_importance(act, grad, offsets, *want)
+    for g, w in zip(got, want):
+        close(g, w, torch.float32)
+
+
+@pytest.mark.parametrize(
+    "offsets,match", [([3, 1], "non-decreasing"), ([0, 99], "lie in"), ([-1, 2], "lie in")]
+)
+def test_accumulate_importance_rejects_bad_offsets(offsets, match):
+    act = torch.randn(10, 4)
+    with pytest.raises(RuntimeError, match=match):
+        ops.accumulate_importance(act, act, torch.tensor(offsets), torch.zeros(4), torch.zeros(4))
+
+
+# ---- gram_accumulate --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("units,columns", [(48, None), (48, [5, 0, 47, 3]), (3072, "half"), (768, []), (64, "transposed")])
+def test_gram_accumulate(device, dtype, units, columns):
+    g = torch.Generator().manual_seed(units)
+    a = torch.randn(40, units, generator=g).to(dtype)
+    if columns == "transposed":
+        a, columns = a.t().contiguous().t(), [1, 2, 60]
+    b = torch.randn(40, 24, generator=g).to(dtype)
+    if columns == "half":
+        columns = list(range(0, units, 2))
+    cols = None if columns is None else torch.tensor(columns, dtype=torch.long, device=device)
+    k = units if columns is None else len(columns)
+    got = [torch.ones(k, k, device=device), torch.ones(k, 24, device=device)]
+    want = [t.clone() for t in got]
+    ops.gram_accumulate(a.to(device), b.to(device), cols, *got)
+    reference.gram_accumulate(a.to(device), b.to(device), cols, *want)
+    for x, y in zip(got, want):
+        close(x, y, torch.float32)
+
+
+def test_gram_accumulate_rejects_bad_columns():
+    a = torch.randn(4, 3)
+    with pytest.raises(RuntimeError, match="columns"):
+        ops.gram_accumulate(a, a, torch.tensor([3]), torch.zeros(1, 1), torch.zeros(1, 3))
+
+
+# ---- solve_damped -----------------------------------------------------------------------------
+
+def spd(batch, k, m, seed=0, rows_per_unknown=3):
+    g = torch.Generator().manual_seed(seed)
+    a = torch.randn(*batch, rows_per_unknown * k, k, generator=g, dtype=torch.float64)
+    return (a.transpose(-1, -2) @ a).float(), torch.randn(*batch, k, m, generator=g)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize(
+    "batch,k,m", [((12,), 64, 768), ((), 200, 30), ((2, 3), 16, 5), ((), 1100, 8), ((4,), 0, 3), ((3,), 5, 0)]
+)
+def test_solve_damped(device, batch, k, m, isa):
+    gram, rhs = spd(batch, k, m, seed=k)
+    got = ops.solve_damped(gram.to(device), rhs.to(device))
+    want = reference.solve_damped(gram.to(device), rhs.to(device))
+    assert got.dtype == torch.float32 and got.shape == want.shape
+    tol = 1e-4 if k > 1024 else 1e-5  # float32 factorisation above k = 1024
+    torch.testing.assert_close(got, want, rtol=tol, atol=tol * max(float(want.abs().max()) if want.numel() else 1, 1))
+
+
+@pytest.mark.parametrize("precision", ["float32", "float64"])
+def test_solve_damped_precision(precision):
+    gram, rhs = spd((3,), 40, 6)
+    torch.testing.assert_close(ops.solve_damped(gram, rhs, precision=precision), reference.solve_damped(gram, rhs),
+                               rtol=1e-4, atol=1e-4)
+
+
+def test_solve_damped_broadcasts_batch():
+    gram, _ = spd((), 10, 1)
+    rhs = torch.randn(3, 10, 4)
+    torch.testing.assert_close(ops.solve_damped(gram, rhs), reference.solve_damped(gram, rhs), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("k", [8, 300])
+def test_solve_damped_singular_and_escalation(k):
+    zero = torch.zeros(2, k, k)
+    rhs = torch.randn(2, k, 3)
+    torch.testing.assert_close(ops.solve_damped(zero, rhs), reference.solve_damped(zero, rhs))
+    indefinite = -torch.eye(k).expand(2, k, k).clone()
+    indefinite[1] = torch.eye(k)  # one system fine at once, one needs 5 escalations
+    torch.testing.assert_close(ops.solve_damped(indefinite, rhs), reference.solve_damped(indefinite, rhs), rtol=1e-5, atol=1e-5)
+    with pytest.raises(RuntimeError, match="failed after 3"):
+        ops.solve_damped(indefinite, rhs, max_tries=3)
+    with pytest.raises(RuntimeError, match="failed after"):
+        ops.solve_damped(torch.full((k, k), float("nan")), rhs[0])
+
+
+# ---- masked FFN -------------------------------------------------------------------------------
+
+def ffn_case(tokens, d, units, kept, dtype, device="cpu", bias=True, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(tokens, d, generator=g)
+    w_in = torch.randn(units, d, generator=g) / d**0.5
+    w_out = torch.randn(d, units, generator=g) / units**0.5
+    b_in, b_out = torch.randn(units, generator=g) * 0.1, torch.randn(d, generator=g) * 0.1
+    if kept == "half":
+        kept = torch.randperm(units, generator=g)[: units // 2]
+    kept = torch.tensor(kept, dtype=torch.long) if isinstance(kept, list) else kept
+    mask = torch.rand(kept.numel(), generator=g) + 0.5
+    t = [x, w_in, b_in if bias else None, w_out, b_out if bias else None]
+    t = [None if v is None else v.to(dtype=dtype, device=device) for v in t]
+    return (*t, kept.to(device), mask.to(dtype=dtype, device=device))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES + [torch.float64])
+@pytest.mark.parametrize("activation", reference.ACTIVATIONS)
+@pytest.mark.parametrize("d,units", HIDDEN_UNITS)
+def test_masked_ffn(device, dtype, activation, d, units):
+    args = ffn_case(6, d, units, "half", dtype, device)
+    got = ops.masked_ffn(*args, activation)
+    want = reference.masked_ffn(*args, activation)
+    for g, w in zip(got, want):
+        assert g.dtype == w.dtype and g.shape == w.shape
+        close(g, w, dtype)
+
+
+@pytest.mark.parametrize("kept,bias", [([], True), ([], False), (list(range(48)), False), ([7], True)])
+def test_masked_ffn_edge_cases(kept, bias):
+    args = ffn_case(5, 32, 48, kept, torch.float32, bias=bias)
+    for g, w in zip(ops.masked_ffn(*args, "gelu"), reference.masked_ffn(*args, "gelu")):
+        close(g, w, torch.float32)
+
+
+def test_masked_ffn_non_contiguous_and_zero_tokens():
+    x, *rest = ffn_case(8, 32, 48, "half", torch.float32)
+    x_nc = x.t().contiguous().t()
+    for g, w in zip(ops.masked_ffn(x_nc, *rest, "silu"), reference.masked_ffn(x_nc, *rest, "silu")):
+        close(g, w, torch.float32)
+    for g, w in zip(ops.masked_ffn(x[:0], *rest, "silu"), reference.masked_ffn(x[:0], *rest, "silu")):
+        assert g.shape == w.shape
+
+
+def test_masked_ffn_rejects_unknown_activation():
+    with pytest.raises(ValueError, match="not supported"):
+        ops.masked_ffn(*ffn_case(2, 4, 6, [1], torch.float32), "tanh")
+
+
+def ffn_grads(fn, args, activation, weight_out, weight_act):
+    x, w_in, b_in, w_out, b_out, kept, mask = args
+    x, mask = x.detach().requires_grad_(), mask.detach().requires_grad_()
+    out, act = fn(x, w_in, b_in, w_out, b_out, kept, mask, activation)
+    ((out * weight_out).sum() + (act * weight_act).sum()).backward()
+    return x.grad, mask.grad
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("activation", reference.ACTIVATIONS)
+def test_masked_ffn_gradients(dtype, activation, isa):
+    args = ffn_case(24, 32, 96, "half", dtype)
+    g = torch.Generator().manual_seed(5)
+    weight_out, weight_act = torch.randn(24, 32, generator=g).to(dtype), torch.randn(24, 48, generator=g).to(dtype)
+    for got, want in zip(ffn_grads(ops.masked_ffn, args, activation, weight_out, weight_act),
+                         ffn_grads(reference.masked_ffn, args, activation, weight_out, weight_act)):
+        close(got, want, dtype)
+
+
+@pytest.mark.parametrize("activation", reference.ACTIVATIONS)
+def test_masked_ffn_gradcheck(activation):
+    x, w_in, b_in, w_out, b_out, kept, mask = ffn_case(5, 4, 7, [6, 0, 3], torch.float64, seed=1)
+    x.requires_grad_()
+    mask.requires_grad_()
+    assert torch.autograd.gradcheck(lambda x, m: ops.masked_ffn(x, w_in, b_in, w_out, b_out, kept, m, activation), (x, mask))
+
+
+# ---- masked attention output ------------------------------------------------------------------
+
+def attention_case(tokens, d, head_size, kept, dtype, device="cpu", bias=True, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    heads = d // head_size
+    context = torch.randn(tokens, d, generator=g)
+    w_out = torch.randn(d, d, generator=g) / d**0.5
+    b_out = torch.randn(d, generator=g) * 0.1
+    if kept == "half":
+        kept = torch.randperm(heads, generator=g)[: heads // 2]
+    kept = torch.tensor(kept, dtype=torch.long) if isinstance(kept, list) else kept
+    mask = torch.rand(kept.numel(), generator=g) + 0.5
+    return (context.to(dtype=dtype, device=device), w_out.to(dtype=dtype, device=device),
+            b_out.to(dtype=dtype, device=device) if bias else None, kept.to(device), mask.to(dtype=dtype, device=device))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES + [torch.float64])
+@pytest.mark.parametrize("d,head_size", [(32, 8), (768, 64), (1024, 64)])
+def test_masked_attention_output(device, dtype, d, head_size):
+    args = attention_case(6, d, head_size, "half", dtype, device)
+    got = ops.masked_attention_output(*args, head_size)
+    want = reference.masked_attention_output(*args, head_size)
+    for g, w in zip(got, want):
+        assert g.dtype == w.dtype and g.shape == w.shape
+        close(g, w, dtype)
+
+
+@pytest.mark.parametrize("kept,bias", [([], True), ([], False), ([0, 1, 2, 3], False), ([3, 0], True)])
+def test_masked_attention_output_edge_cases(kept, bias):
+    context, *rest = attention_case(5, 32, 8, kept, torch.float32, bias=bias)
+    for ctx in (context, context.t().contiguous().t()):
+        for g, w in zip(ops.masked_attention_output(ctx, *rest, 8), reference.masked_attention_output(ctx, *rest, 8)):
+            close(g, w, torch.float32)
+
+
+def attention_grads(fn, args, head_size, weight_out, weight_act):
+    context, w_out, b_out, kept, mask = args
+    context, mask = context.detach().requires_grad_(), mask.detach().requires_grad_()
+    out, act = fn(context, w_out, b_out, kept, mask, head_size)
+    ((out * weight_out).sum() + (act * weight_act).sum()).backward()
+    return context.grad, mask.grad
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_masked_attention_output_gradients(dtype):
+    args = attention_case(20, 64, 16, [3, 1], dtype)
+    g = torch.Generator().manual_seed(6)
+    weight_out, weight_act = torch.randn(20, 64, generator=g).to(dtype), torch.randn(20, 32, generator=g).to(dtype)
+    for got, want in zip(attention_grads(ops.masked_attention_output, args, 16, weight_out, weight_act),
+                         attention_grads(reference.masked_attention_output, args, 16, weight_out, weight_act)):
+        close(got, want, dtype)
+
+
+def test_masked_attention_output_gradcheck():
+    context, w_out, b_out, kept, mask = attention_case(4, 12, 3, [2, 0], torch.float64)
+    context.requires_grad_()
+    mask.requires_grad_()
+    assert torch.autograd.gradcheck(lambda c, m: ops.masked_attention_output(c, w_out, b_out, kept, m, 3), (context, mask))
+
+
+# ---- torch.library.opcheck --------------------------------------------------------------------
+
+def opcheck_cases():
+    act, grad, offsets = importance_case(12, 8, [5, 7], torch.float32)
+    ffn = ffn_case(6, 8, 12, [1, 4, 9], torch.float32)
+    attention = attention_case(6, 8, 2, [3, 0], torch.float32)
+    gram, rhs = spd((2,), 5, 3)
+    a = torch.randn(6, 5)
+    return {
+        "accumulate_importance": (act, grad, offsets, torch.zeros(8), torch.zeros(8)),
+        "gram_accumulate": (a, torch.randn(6, 3), torch.tensor([4, 1]), torch.zeros(2, 2), torch.zeros(2, 3)),
+        "solve_damped": (gram, rhs, 1e-4, 8, 0),
+        "masked_ffn": (ffn[0].requires_grad_(), *ffn[1:6], ffn[6].requires_grad_(), "gelu"),
+        "masked_attention_output": (attention[0].requires_grad_(), *attention[1:4], attention[4].requires_grad_(), 2),
+    }
+
+
+@pytest.mark.parametrize("name", ["accumulate_importance", "gram_accumulate", "solve_damped", "masked_ffn",
+                                  "masked_attention_output"])
+def test_opcheck(name):
+    torch.library.opcheck(getattr(torch.ops.kprune, name).default, opcheck_cases()[name])
+
+
+# ---- dispatch ---------------------------------------------------------------------------------
+
+def test_backend_info():
+    info = kprune_ext.backend_info()
+    assert info["extension_loaded"] and info["cpu_capability"] in ("generic", "avx2", "avx512")
+
+
+def test_env_var_routes_to_reference_at_call_time(monkeypatch):
+    calls = []
+    monkeypatch.setattr(reference, "accumulate_importance", lambda *args: calls.append(args))
+    monkeypatch.setenv("KPRUNE_DISABLE_EXT", "1")
+    act = torch.randn(3, 2)
+    ops.accumulate_importance(act, act, torch.tensor([0, 3]), torch.zeros(2), torch.zeros(2))
+    assert len(calls) == 1
