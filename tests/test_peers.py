@@ -1,0 +1,182 @@
+"""The benchmark peers (benchmarks/peers): Kwon et al. 2022 and the magnitude baseline, on tiny random BERTs."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import transformers
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+
+import kprune  # noqa: E402
+from kprune.adapters import EncoderAdapter  # noqa: E402
+from kprune.sublayers import run_sublayer  # noqa: E402
+from peers import prune_kwon, prune_magnitude  # noqa: E402
+from peers._common import labelled_batches, masked_logits  # noqa: E402
+from peers.kwon import pruned_objective, rearrange, search_mask, tune_masks  # noqa: E402
+
+VOCAB = 50
+KINDS = ("classification", "regression", "qa")
+
+
+def tiny_bert(kind: str, seed: int = 0):
+    torch.manual_seed(seed)
+    config = transformers.BertConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                     intermediate_size=48, max_position_embeddings=64, initializer_range=0.2,
+                                     num_labels={"classification": 3, "regression": 1, "qa": 2}[kind])
+    if kind == "regression":
+        config.problem_type = "regression"
+    cls = (transformers.BertForQuestionAnswering if kind == "qa"
+           else transformers.BertForSequenceClassification)
+    return cls(config).eval()
+
+
+def labelled_samples(kind: str, count: int = 40, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(count):
+        n = int(torch.randint(4, 24, (1,), generator=g))
+        sample = {"input_ids": torch.randint(2, VOCAB, (n,), generator=g),
+                  "token_type_ids": (torch.arange(n) >= n // 2).long()}
+        if kind == "classification":
+            sample["labels"] = int(torch.randint(0, 3, (1,), generator=g))
+        elif kind == "regression":
+            sample["labels"] = float(torch.rand(1, generator=g)) * 5
+        else:
+            start = int(torch.randint(1, n, (1,), generator=g))
+            sample["start_positions"] = start
+            sample["end_positions"] = min(n - 1, start + 2)
+        out.append(sample)
+    return out
+
+
+PEERS = {
+    "kwon": prune_kwon,
+    "kwon-search-only": lambda *a, **k: prune_kwon(*a, rearrangement=False, mask_tuning=False, **k),
+    "magnitude": prune_magnitude,
+}
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("peer", sorted(PEERS))
+@pytest.mark.parametrize("reduction", [0.3, 0.6, 0.9])
+def test_peer_meets_budget_and_returns_a_pruned_model(peer, kind, reduction):
+    model = tiny_bert(kind)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    samples = labelled_samples(kind)
+    result = PEERS[peer](model, samples, kind, reduction, progress=False)
+    report = result.model, result.report
+    report = result.report
+    assert report["flops_after"] <= report["flops_budget"] * (1 + 1e-9)
+    assert report["flops_reduction"] >= reduction - 1e-9
+    assert type(result.model) is type(model)
+    assert report["params_after"] < report["params_before"]
+    adapter = EncoderAdapter(result.model)
+    assert adapter.units_kept() == (report["heads_kept"], report["neurons_kept"])
+    assert sum(report["heads_kept"]) < 8 or sum(report["neurons_kept"]) < 96   # physically smaller
+    ids = torch.randint(2, VOCAB, (3, 11))
+    with torch.no_grad():
+        out = result.model(input_ids=ids, attention_mask=torch.ones_like(ids))
+    logits = out.start_logits if kind == "qa" else out.logits
+    assert torch.isfinite(logits).all()
+    for key, value in model.state_dict().items():   # the input model is left unchanged
+        assert torch.equal(value, before[key]), key
+    reference = kprune.prune(tiny_bert(kind), samples, kind, reduction,
+                             config=kprune.KPruneConfig(progress=False)).report
+    assert set(reference) <= set(report)
+
+
+def test_search_mask_is_best_over_head_counts():
+    torch.manual_seed(1)
+    heads, neurons = torch.rand(2, 4, dtype=torch.float64), torch.rand(2, 48, dtype=torch.float64)
+    head_cost, neuron_cost, budget = 10.0, 1.0, 60.0
+    hm, nm = search_mask(heads, neurons, budget, head_cost, neuron_cost)
+    assert hm.sum() * head_cost + nm.sum() * neuron_cost <= budget
+    kept = float(heads[hm].sum() + neurons[nm].sum())
+    for h in range(0, 7):  # brute force over head counts; neurons greedily fill the rest
+        n = min(96, int((budget - h * head_cost) // neuron_cost))
+        best = float(heads.flatten().sort(descending=True).values[:h].sum()
+                     + neurons.flatten().sort(descending=True).values[:n].sum())
+        assert kept >= best - 1e-9
+
+
+def test_rearrangement_keeps_counts_and_does_not_raise_the_objective():
+    torch.manual_seed(2)
+    grads = torch.randn(30, 20) + torch.randn(30, 1)  # correlated units
+    kept = torch.zeros(20, dtype=torch.bool)
+    kept[grads.square().sum(0).argsort(descending=True)[:8]] = True
+    new = rearrange(kept, grads)
+    assert int(new.sum()) == 8
+    assert pruned_objective(new, grads) <= pruned_objective(kept, grads) + 1e-9
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_mask_tuning_lowers_layer_reconstruction_error(kind):
+    model = tiny_bert(kind, seed=3)
+    teacher = EncoderAdapter(model)
+    samples = labelled_samples(kind, seed=3)
+    result = prune_kwon(model, samples, kind, 0.6, mask_tuning=False, progress=False)
+    student = EncoderAdapter(result.model)
+    batches = labelled_batches(samples, VOCAB)
+    log = tune_masks(teacher, student, batches)
+    measured = [e for e in log if "error_before" in e]
+    assert measured
+    assert all(e["error_after"] <= e["error_before"] + 1e-9 for e in measured)
+    assert any(e["error_after"] < 0.99 * e["error_before"] for e in measured)
+    # the closed-form error of the first sublayer equals the directly measured one after tuning
+    first = log[0]
+    if "error_before" in first:
+        total, tokens = 0.0, 0
+        with torch.no_grad():
+            for b in batches:
+                x = teacher.embed(b.input_ids, b.token_type_ids)
+                diff = (run_sublayer(student, 0, x, b.key_mask).pre_norm
+                        - run_sublayer(teacher, 0, x, b.key_mask).pre_norm)[b.key_mask]
+                total += float(diff.double().square().sum())
+                tokens += b.num_tokens
+        assert total / tokens == pytest.approx(first["error_after"], rel=1e-3, abs=1e-6)
+
+
+def test_physical_pruning_equals_masking():
+    model = tiny_bert("classification", seed=4)
+    samples = labelled_samples("classification", seed=4)
+    result = prune_kwon(model, samples, "classification", 0.5, rearrangement=False, mask_tuning=False,
+                        progress=False)
+    teacher = EncoderAdapter(model)
+    batch = labelled_batches(samples, VOCAB)[0]
+    # recover the kept units from the weights: kept Q rows are a subset of the original rows
+    head_masks, neuron_masks = [], []
+    for l in range(teacher.num_layers):
+        full, pruned = teacher.layer(l), EncoderAdapter(result.model).layer(l)
+        rows = [i for i in range(full.ffn_in.out_features)
+                if any(torch.equal(full.ffn_in.weight[i], r) for r in pruned.ffn_in.weight)]
+        heads = [h for h in range(full.num_heads)
+                 if any(torch.equal(full.query.weight[h * 8:(h + 1) * 8], pruned.query.weight[j * 8:(j + 1) * 8])
+                        for j in range(pruned.num_heads))]
+        n = batch.input_ids.shape[0]
+        hm = torch.zeros(n, full.num_heads)
+        hm[:, heads] = 1
+        nm = torch.zeros(n, full.num_neurons)
+        nm[:, rows] = 1
+        head_masks.append(hm)
+        neuron_masks.append(nm)
+    with torch.no_grad():
+        masked = masked_logits(teacher, batch, head_masks, neuron_masks)
+        pruned = masked_logits(EncoderAdapter(result.model), batch)
+    torch.testing.assert_close(pruned, masked, rtol=1e-4, atol=1e-5)
+
+
+def test_unlabelled_regression_is_refused():
+    model = tiny_bert("regression")
+    samples = [{"input_ids": s["input_ids"]} for s in labelled_samples("regression")]
+    with pytest.raises(ValueError, match="labelled"):
+        prune_kwon(model, samples, "regression", 0.5, progress=False)
+
+
+def test_unlabelled_classification_uses_pseudo_labels():
+    model = tiny_bert("classification")
+    samples = [{"input_ids": s["input_ids"]} for s in labelled_samples("classification")]
+    result = prune_kwon(model, samples, "classification", 0.5, progress=False)
+    assert result.report["flops_after"] <= result.report["flops_budget"] * (1 + 1e-9)
