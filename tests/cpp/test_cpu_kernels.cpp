@@ -1,0 +1,112 @@
+// The raw CPU kernels of every instruction set this machine supports, against naive float64 loops.
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+#include <vector>
+
+#include "cpu/isa.h"
+#include "harness.h"
+
+using namespace kprune;
+using namespace kprune::cpu;
+
+static std::vector<float> pseudo_random(int64_t n, int seed) {
+  std::vector<float> v(n);
+  for (int64_t i = 0; i < n; ++i) v[i] = float(std::sin(0.7 * double(i) + seed) * 1.5);
+  return v;
+}
+
+static void test_importance(const KernelTable& t) {
+  const int64_t tokens = 300, units = 530, ld = 530;
+  const std::vector<int64_t> offsets = {3, 100, 100, 290};
+  const auto act = pseudo_random(tokens * units, 1), grad = pseudo_random(tokens * units, 2);
+  std::vector<double> want_g(units, 0.0), want_a(units, 0.0);
+  for (size_t g = 0; g + 1 < offsets.size(); ++g)
+    for (int64_t u = 0; u < units; ++u) {
+      double s = 0.0;
+      for (int64_t r = offsets[g]; r < offsets[g + 1]; ++r) s += double(act[r * ld + u]) * grad[r * ld + u];
+      want_g[u] += s * s;
+    }
+  for (int64_t r = offsets.front(); r < offsets.back(); ++r)
+    for (int64_t u = 0; u < units; ++u) want_a[u] += double(act[r * ld + u]) * act[r * ld + u];
+  std::vector<float> got_g(units, 0.0f), got_a(units, 0.0f);
+  for (int64_t u0 = 0; u0 < units; u0 += 200)  // column blocks, as the binding splits them
+    t.importance_f32(act.data(), grad.data(), ld, offsets.data(), 3, u0, std::min<int64_t>(200, units - u0),
+                     got_g.data(), got_a.data());
+  for (int64_t u = 0; u < units; ++u) {
+    KP_CHECK_NEAR(got_g[u], want_g[u], 1e-5 * (1.0 + want_g[u]));
+    KP_CHECK_NEAR(got_a[u], want_a[u], 1e-5 * (1.0 + want_a[u]));
+  }
+  std::vector<Bf16> act16(act.size()), grad16(act.size());
+  for (size_t i = 0; i < act.size(); ++i) {
+    act16[i] = math::float_to_bf16(act[i]);
+    grad16[i] = math::float_to_bf16(grad[i]);
+  }
+  std::vector<float> got16_g(units, 0.0f), got16_a(units, 0.0f);
+  for (int64_t u0 = 0; u0 < units; u0 += kImportanceWidth)
+    t.importance_bf16(act16.data(), grad16.data(), ld, offsets.data(), 3, u0,
+                      std::min<int64_t>(kImportanceWidth, units - u0), got16_g.data(), got16_a.data());
+  for (int64_t u = 0; u < units; ++u) KP_CHECK_NEAR(got16_a[u], want_a[u], 2e-2 * (1.0 + want_a[u]));
+}
+
+static void test_ffn(const KernelTable& t) {
+  const int64_t rows = 37, k = 45;
+  const auto h0 = pseudo_random(rows * k, 3), bias = pseudo_random(k, 4), mask = pseudo_random(k, 5);
+  const auto gs0 = pseudo_random(rows * k, 6), grad_act = pseudo_random(rows * k, 7);
+  for (int kind : {math::kGelu, math::kGeluTanh, math::kRelu, math::kSilu}) {
+    std::vector<float> h = h0, act(rows * k);
+    t.ffn_forward_f32(h.data(), k, act.data(), k, 0, rows, k, bias.data(), mask.data(), kind);
+    std::vector<float> gs = gs0, gm(k, 0.0f);
+    t.ffn_backward_f32(gs.data(), h0.data(), act.data(), grad_act.data(), k, 0, rows, k, bias.data(), mask.data(),
+                       kind, gm.data());
+    std::vector<double> want_gm(k, 0.0);
+    for (int64_t i = 0; i < rows * k; ++i) {
+      const int64_t j = i % k;
+      const double z = double(h0[i]) + bias[j], y = math::activation(z, kind);
+      KP_CHECK_NEAR(act[i], y, 3e-6 * (1.0 + std::fabs(y)));
+      KP_CHECK_NEAR(h[i], double(act[i]) * mask[j], 1e-6 * (1.0 + std::fabs(y)));
+      want_gm[j] += double(gs0[i]) * act[i];
+      const double want_pre = (double(gs0[i]) * mask[j] + grad_act[i]) * math::activation_grad(z, kind);
+      KP_CHECK_NEAR(gs[i], want_pre, 1e-5 * (1.0 + std::fabs(want_pre)));
+    }
+    for (int64_t j = 0; j < k; ++j) KP_CHECK_NEAR(gm[j], want_gm[j], 1e-4);
+  }
+}
+
+static void test_cholesky_solve(const KernelTable& t) {
+  const int64_t n = 9, m = 70;
+  std::vector<double> l(n * n, 0.0), x(n * m), b(n * m);
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t j = 0; j <= i; ++j) l[i * n + j] = i == j ? 2.0 + i : std::sin(double(i + 2 * j));
+  for (int64_t i = 0; i < n * m; ++i) x[i] = std::cos(0.3 * double(i));
+  for (int64_t i = 0; i < n; ++i)  // b = L L^T x
+    for (int64_t c = 0; c < m; ++c) {
+      double s = 0.0;
+      for (int64_t p = 0; p < n; ++p) {
+        double llt = 0.0;
+        for (int64_t q = 0; q < n; ++q) llt += l[i * n + q] * l[p * n + q];
+        s += llt * x[p * m + c];
+      }
+      b[i * m + c] = s;
+    }
+  t.cholesky_solve_f64(l.data(), n, b.data(), 64, m);             // first 64 columns
+  t.cholesky_solve_f64(l.data(), n, b.data() + 64, m - 64, m);    // the rest
+  for (int64_t i = 0; i < n * m; ++i) KP_CHECK_NEAR(b[i], x[i], 1e-10);
+}
+
+int main() {
+  std::printf("detected: %s\n", isa_name(detected_isa()));
+  const char* cap = std::getenv("KPRUNE_CPU_CAPABILITY");
+  if (cap && std::string(cap) == "generic") KP_CHECK(detected_isa() == Isa::kGeneric && active_isa() == Isa::kGeneric);
+  for (Isa isa : {Isa::kGeneric, Isa::kAvx2, Isa::kAvx512}) {
+    if (set_isa(isa) != isa) continue;  // not supported here
+    std::printf("testing %s\n", isa_name(isa));
+    const KernelTable& t = kernels();
+    test_importance(t);
+    test_ffn(t);
+    test_cholesky_solve(t);
+  }
+  return KP_REPORT();
+}
