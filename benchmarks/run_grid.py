@@ -1,0 +1,376 @@
+"""The pruning benchmark grid: K-prune against its peers and ablations on the fine-tuned MiniLM.
+
+    python benchmarks/run_grid.py [--data-dir ../shared/data] [--cache-dir ~/.cache/kprune-bench]
+                                  [--tasks ...] [--methods ...] [--reductions ...] [--seeds ...]
+                                  [--num-tokens 100000] [--threads 1]
+
+Starts from the checkpoints of benchmarks/finetune_recipe.py (``<cache-dir>/finetuned/<task>``;
+tasks without one are skipped and stay missing). A cell is (task, method, FLOPs reduction, seed); the
+seed draws the pruning sample. Each cell runs in its own subprocess (so its peak memory is its own):
+sample, prune, evaluate on the dev split with the fine-tuning recipe's settings, and time the pruned
+model against the unpruned one on CPU (batch 32 and batch 1, sequence length 128, interleaved runs).
+Results go to ``benchmarks/results/grid.json``, rewritten atomically after every cell; cells already
+there are not redone, so an interrupted run resumes. ``benchmarks/report.py`` renders RESULTS.md.
+Default order: K-prune and Kwon at 50/70/80% first, then the ablations and magnitude, then 40/60%,
+then the extra seeds (1, 2) of the 50% and 80% columns.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import logging
+import os
+import platform
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+sys.path.insert(0, str(REPO / "python"))
+sys.path.insert(0, str(HERE))
+
+logger = logging.getLogger("run_grid")
+
+TASK_ORDER = ["stsb", "mrpc", "sst2", "squad", "qqp"]
+METHODS = {
+    # name: (description, kind, options)
+    "kprune": "K-prune (paper defaults: λ_pred 1, λ_rep 2.5e-4, μ 64, T 2; KPMS + KPWT)",
+    "kwon": "Kwon et al. 2022: Fisher mask search + mask rearrangement + least-squares mask tuning",
+    "kprune-no-tuning": "K-prune without weight tuning (KPWT off)",
+    "kprune-pred-only": "K-prune with predictive knowledge only (λ_rep = 0)",
+    "kprune-rep-only": "K-prune with representational knowledge only (λ_pred = 0)",
+    "magnitude": "magnitude baseline: largest-weight heads and neurons, same fraction of each, no data",
+}
+MAIN_METHODS = ["kprune", "kwon"]
+OTHER_METHODS = ["kprune-no-tuning", "kprune-pred-only", "kprune-rep-only", "magnitude"]
+REDUCTIONS = [0.4, 0.5, 0.6, 0.7, 0.8]
+FIRST_REDUCTIONS = [0.5, 0.7, 0.8]
+SEEDED_REDUCTIONS = [0.5, 0.8]
+EXTRA_SEEDS = [1, 2]
+LATENCY_SHAPES = [(32, 128), (1, 128)]
+
+
+def cell_key(task: str, method: str, reduction: float, seed: int) -> str:
+    return f"{task}/{method}/{reduction:.2f}/{seed}"
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+# ------------------------------------------------------------------------------------------------
+# One cell (runs in a subprocess)
+# ------------------------------------------------------------------------------------------------
+
+def _rss_mb(field: str) -> float | None:
+    try:
+        with open("/proc/self/status", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
+def _reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS mark (VmHWM) of this process; False where that is not possible."""
+    try:
+        with open("/proc/self/clear_refs", "w", encoding="utf-8") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def prune_with(method: str, model, samples, kind: str, reduction: float, seed: int):
+    import kprune
+    from peers import prune_kwon, prune_magnitude
+
+    configs = {
+        "kprune": {},
+        "kprune-no-tuning": {"weight_tuning": False},
+        "kprune-pred-only": {"use_rep": False},
+        "kprune-rep-only": {"use_pred": False},
+    }
+    if method in configs:
+        return kprune.prune(model, samples, kind, reduction, config=kprune.KPruneConfig(**configs[method]))
+    if method == "kwon":
+        return prune_kwon(model, samples, kind, reduction, seed=seed)
+    if method == "magnitude":
+        return prune_magnitude(model, samples, kind, reduction, seed=seed)
+    raise ValueError(f"unknown method {method!r}; known: {', '.join(METHODS)}")
+
+
+def measure_latency(pruned, unpruned, vocab_size: int, repeats: dict[int, int] | None = None) -> dict:
+    """Median seconds per forward of both models on random ids, runs interleaved so that load from
+    other processes hits both alike; shapes (batch, seq) from LATENCY_SHAPES."""
+    import torch
+
+    repeats = repeats or {32: 5, 1: 20}
+    g = torch.Generator().manual_seed(0)
+    out = {}
+    for batch, seq in LATENCY_SHAPES:
+        ids = torch.randint(1000, vocab_size, (batch, seq), generator=g)
+        inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "token_type_ids": torch.zeros_like(ids)}
+        times = {"pruned": [], "unpruned": []}
+        with torch.inference_mode():
+            for model in (pruned, unpruned):  # warm-up
+                model(**inputs)
+            for _ in range(repeats[batch]):
+                for name, model in (("pruned", pruned), ("unpruned", unpruned)):
+                    start = time.perf_counter()
+                    model(**inputs)
+                    times[name].append(time.perf_counter() - start)
+        p, u = statistics.median(times["pruned"]), statistics.median(times["unpruned"])
+        out[f"b{batch}_s{seq}"] = {"pruned_s": p, "unpruned_s": u, "speedup": u / p, "repeats": repeats[batch]}
+    return out
+
+
+def run_cell(task: str, method: str, reduction: float, seed: int, data_dir: Path, cache_dir: Path,
+             num_tokens: int, threads: int) -> dict:
+    import torch
+    import transformers
+
+    import kprune_ext
+    from finetune_recipe import task_data
+    from kprune.data import sample_features
+    from kprune.evaluation import evaluate
+    from kprune.finetune import read_record
+    from kprune.tasks import get_task
+
+    torch.set_num_threads(threads)
+    spec = get_task(task)
+    checkpoint = cache_dir / "finetuned" / task
+    record = read_record(checkpoint)
+    settings = record["settings"]
+    data = task_data(task, data_dir, cache_dir)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(checkpoint)
+    cls = (transformers.AutoModelForQuestionAnswering if spec.kind == "qa"
+           else transformers.AutoModelForSequenceClassification)
+    model = cls.from_pretrained(checkpoint).eval()
+
+    samples = sample_features(task, data, tokenizer, num_tokens=num_tokens, seed=seed,
+                              max_length=settings["max_length"], doc_stride=settings["doc_stride"])
+    rss_before = _rss_mb("VmRSS")
+    exact_peak = _reset_peak_rss()
+    torch.manual_seed(seed)
+    started = time.perf_counter()
+    result = prune_with(method, model, samples, spec.kind, reduction, seed)
+    prune_seconds = time.perf_counter() - started
+    peak = _rss_mb("VmHWM") if exact_peak else result.report.get("peak_rss_mb")
+    pruned = result.model.eval()
+
+    started = time.perf_counter()
+    metrics = evaluate(pruned, tokenizer, task, data, split="dev", max_length=settings["max_length"],
+                       doc_stride=settings["doc_stride"], max_examples=settings.get("max_eval_examples"))
+    eval_seconds = time.perf_counter() - started
+    latency = measure_latency(pruned, model, model.config.vocab_size)
+    report = dict(result.report)
+    report.pop("mask_tuning", None)
+    return {
+        "task": task, "method": method, "reduction_target": reduction, "seed": seed,
+        "metric_name": spec.main_metric,
+        "metric": float(metrics[spec.main_metric]),
+        "metrics": {k: float(v) for k, v in metrics.items()},
+        "unpruned_metric": float(record["dev_metrics"][spec.main_metric]),
+        "flops_reduction": report["flops_reduction"],
+        "flops_before": report["flops_before"], "flops_after": report["flops_after"],
+        "params_before": report["params_before"], "params_after": report["params_after"],
+        "heads_kept": report["heads_kept"], "neurons_kept": report["neurons_kept"],
+        "prune_seconds": prune_seconds,
+        "prune_phase_seconds": report.get("seconds", {}),
+        "peak_rss_mb": peak, "rss_before_prune_mb": rss_before, "peak_is_per_call": exact_peak,
+        "eval_seconds": eval_seconds,
+        "latency": latency,
+        "num_samples": report["num_samples"], "num_tokens": report["num_tokens"],
+        "avg_seq_len": report["avg_seq_len"],
+        "extension": bool(kprune_ext.EXTENSION_LOADED),
+        "threads": threads,
+        "eval_settings": {"max_length": settings["max_length"], "doc_stride": settings["doc_stride"],
+                          "max_examples": settings.get("max_eval_examples"), "data": str(data)},
+        "finished_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+# ------------------------------------------------------------------------------------------------
+# The grid (parent process)
+# ------------------------------------------------------------------------------------------------
+
+def load_grid(path: Path) -> dict:
+    if path.is_file():
+        return json.loads(path.read_text())
+    return {"cells": {}}
+
+
+def write_grid(path: Path, grid: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".grid.", suffix=".json", dir=path.parent)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        json.dump(grid, f, indent=1, sort_keys=True)
+        f.write("\n")
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
+
+
+def planned_cells(tasks: list[str], methods: list[str], reductions: list[float], seeds: list[int]) -> list[tuple]:
+    """All requested cells, in the order that gives the headline comparison first."""
+    tasks = [t for t in TASK_ORDER if t in tasks] + [t for t in tasks if t not in TASK_ORDER]
+    main = [m for m in methods if m in MAIN_METHODS]
+    other = [m for m in methods if m not in MAIN_METHODS]
+    first = [r for r in reductions if any(abs(r - f) < 1e-9 for f in FIRST_REDUCTIONS)]
+    rest = [r for r in reductions if r not in first]
+    order: list[tuple] = []
+
+    def add(ms, rs, ss):
+        for s in ss:
+            for r in rs:
+                for t in tasks:
+                    for m in ms:
+                        cell = (t, m, r, s)
+                        if cell not in order:
+                            order.append(cell)
+
+    base = [s for s in seeds if s == seeds[0]]
+    add(main, first, base)
+    add(other, first, base)
+    add(main + other, rest, base)
+    extra = [s for s in seeds if s != seeds[0]]
+    seeded = [r for r in reductions if any(abs(r - f) < 1e-9 for f in SEEDED_REDUCTIONS)]
+    add(main, seeded, extra)
+    add(other, seeded, extra)
+    return order
+
+
+def machine_info(threads: int) -> dict:
+    import torch
+
+    import kprune_ext
+    return {
+        "cpu": cpu_name(), "cores": os.cpu_count(), "threads": threads,
+        "torch": torch.__version__, "python": platform.python_version(),
+        "kprune_extension": bool(kprune_ext.EXTENSION_LOADED),
+        "note": "cores shared with other jobs while the grid ran: seconds and latencies are noisy upper bounds",
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data-dir", type=Path, default=REPO.parent / "shared" / "data")
+    parser.add_argument("--cache-dir", type=Path, default=Path("~/.cache/kprune-bench"))
+    parser.add_argument("--tasks", nargs="+", default=TASK_ORDER)
+    parser.add_argument("--methods", nargs="+", default=MAIN_METHODS + OTHER_METHODS, choices=list(METHODS))
+    parser.add_argument("--reductions", nargs="+", type=float, default=REDUCTIONS)
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0] + EXTRA_SEEDS,
+                        help="the first is the fixed seed of every cell; the others run at 50%% and 80%% only")
+    parser.add_argument("--num-tokens", type=int, default=100_000)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--output", type=Path, default=HERE / "results" / "grid.json")
+    parser.add_argument("--list", action="store_true", help="print the planned cells and whether each is done")
+    parser.add_argument("--cell", nargs=4, metavar=("TASK", "METHOD", "REDUCTION", "SEED"), help=argparse.SUPPRESS)
+    parser.add_argument("--cell-output", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    data_dir = args.data_dir.expanduser().resolve()
+    cache_dir = args.cache_dir.expanduser().resolve()
+
+    if args.cell:
+        task, method, reduction, seed = args.cell
+        record = run_cell(task, method, float(reduction), int(seed), data_dir, cache_dir, args.num_tokens,
+                          args.threads)
+        args.cell_output.write_text(json.dumps(record))
+        return 0
+
+    from tqdm.auto import tqdm
+
+    from kprune.finetune import read_record
+
+    cells = planned_cells(args.tasks, args.methods, args.reductions, args.seeds)
+    grid = load_grid(args.output)
+    if args.list:
+        for cell in cells:
+            print(cell_key(*cell), "done" if cell_key(*cell) in grid["cells"] else "missing")
+        return 0
+    grid["meta"] = {
+        "command": "python benchmarks/run_grid.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
+        "machine": machine_info(args.threads),
+        "num_tokens": args.num_tokens,
+        "methods": METHODS,
+        "latency_shapes": [list(s) for s in LATENCY_SHAPES],
+        "updated_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+    baselines = grid.setdefault("baselines", {})
+    write_grid(args.output, grid)
+    def pending() -> list[tuple]:
+        """Cells not yet in the grid whose checkpoint exists, re-read before every cell so that tasks
+        fine-tuned while the grid runs join it in priority order."""
+        done = {k for k, c in load_grid(args.output)["cells"].items() if c.get("num_tokens_requested") == args.num_tokens}
+        ready = {t for t in {c[0] for c in cells} if read_record(cache_dir / "finetuned" / t) is not None}
+        return [c for c in cells if cell_key(*c) not in done and c[0] in ready]
+
+    todo = pending()
+    waiting = sorted({c[0] for c in cells} - {c[0] for c in cells if read_record(cache_dir / "finetuned" / c[0])})
+    logger.info("%d cells planned, %d done, %d ready to run; tasks without a checkpoint yet: %s",
+                len(cells), len(cells) - len([c for c in cells if cell_key(*c) not in grid["cells"]]), len(todo), waiting or "none")
+    failures = 0
+    failed: set[str] = set()
+    bar = tqdm(total=len(cells), initial=len(cells) - len([c for c in cells if cell_key(*c) not in grid["cells"]]),
+               desc="grid", unit="cell", dynamic_ncols=True)
+    while True:
+        todo = [c for c in pending() if cell_key(*c) not in failed]
+        if not todo:
+            break
+        task, method, reduction, seed = todo[0]
+        key = cell_key(task, method, reduction, seed)
+        bar.set_postfix_str(key)
+        record = read_record(cache_dir / "finetuned" / task)
+        with tempfile.TemporaryDirectory() as tmp:
+            out = Path(tmp) / "cell.json"
+            command = [sys.executable, str(Path(__file__).resolve()), "--data-dir", str(data_dir),
+                       "--cache-dir", str(cache_dir), "--num-tokens", str(args.num_tokens),
+                       "--threads", str(args.threads), "--cell", task, method, repr(reduction), str(seed),
+                       "--cell-output", str(out)]
+            started = time.perf_counter()
+            proc = subprocess.run(command)
+            if proc.returncode != 0 or not out.is_file():
+                failures += 1
+                failed.add(key)
+                logger.error("%s failed (exit %d); it stays missing and is retried on the next run", key,
+                             proc.returncode)
+                continue
+            result = json.loads(out.read_text())
+        result["cell_seconds"] = time.perf_counter() - started
+        result["num_tokens_requested"] = args.num_tokens
+        grid = load_grid(args.output)
+        grid["cells"][key] = result
+        grid.setdefault("baselines", {})[task] = {
+            "metric_name": result["metric_name"], "metric": result["unpruned_metric"],
+            "dev_metrics": record["dev_metrics"], "source": "finetune.json of the checkpoint (same evaluate settings)",
+            "params": result["params_before"], "flops": result["flops_before"],
+        }
+        grid["meta"]["updated_at"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+        write_grid(args.output, grid)
+        bar.update(1)
+        logger.info("%s: %s %.4f (unpruned %.4f), FLOPs -%.1f%%, prune %.0f s, speedup b32 %.2fx b1 %.2fx",
+                    key, result["metric_name"], result["metric"], result["unpruned_metric"],
+                    100 * result["flops_reduction"], result["prune_seconds"],
+                    result["latency"]["b32_s128"]["speedup"], result["latency"]["b1_s128"]["speedup"])
+    bar.close()
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
