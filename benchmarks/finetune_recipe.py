@@ -38,7 +38,7 @@ QQP_DEV_ROWS = 3000
 # Per task: data folder (relative to --data-dir) and the finetune() settings.
 RECIPES: dict[str, dict] = {
     "sst2": {"data": "glue/SST-2",
-             "settings": dict(epochs=2, learning_rate=5e-5, batch_size=32, max_length=64,
+             "settings": dict(epochs=1, learning_rate=5e-5, batch_size=32, max_length=64,
                               max_train_examples=20000)},
     "mrpc": {"data": "glue/MRPC",
              "settings": dict(epochs=3, learning_rate=5e-5, batch_size=32, max_length=128)},
