@@ -35,9 +35,13 @@ TORCH_LIBRARY(kprune, m) {
   // x: [T, d]; w_in: [F, d]; w_out: [d_out, F]; kept: int64 [k]; mask: [k] -> (out [T, d_out], act [T, k])
   m.def("masked_ffn(Tensor x, Tensor w_in, Tensor? b_in, Tensor w_out, Tensor? b_out, Tensor kept, Tensor mask, "
         "str activation) -> (Tensor, Tensor)");
-  // -> (grad_x [T, d] or [0], grad_mask [k] or [0])
+  // the same plus preact = x W_in[kept]^T [T, k] (no bias), kept for a backward without recomputation
+  m.def("masked_ffn_with_preact(Tensor x, Tensor w_in, Tensor? b_in, Tensor w_out, Tensor? b_out, Tensor kept, "
+        "Tensor mask, str activation) -> (Tensor, Tensor, Tensor)");
+  // -> (grad_x [T, d] or [0], grad_mask [k] or [0]); preact recomputed when None
   m.def("masked_ffn_backward(Tensor grad_out, Tensor? grad_act, Tensor x, Tensor w_in, Tensor? b_in, Tensor w_out, "
-        "Tensor kept, Tensor mask, Tensor act, str activation, bool need_x, bool need_mask) -> (Tensor, Tensor)");
+        "Tensor kept, Tensor mask, Tensor act, str activation, bool need_x, bool need_mask, Tensor? preact=None) "
+        "-> (Tensor, Tensor)");
   // context: [T, H * hs]; w_out: [d, H * hs]; kept_heads: int64 [k]; mask: [k] -> (out [T, d], act [T, k * hs])
   m.def("masked_attention_output(Tensor context, Tensor w_out, Tensor? b_out, Tensor kept_heads, Tensor mask, "
         "int head_size) -> (Tensor, Tensor)");

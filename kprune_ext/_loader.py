@@ -17,6 +17,7 @@ OPS = (
     "gram_accumulate",
     "solve_damped",
     "masked_ffn",
+    "masked_ffn_with_preact",
     "masked_ffn_backward",
     "masked_attention_output",
     "masked_attention_output_backward",

@@ -99,6 +99,10 @@ def masked_ffn(
     """FFN restricted to the kept neurons: returns (out [tokens, d], act [tokens, k]) (see reference)."""
     _check_activation(activation)
     if _compiled("masked_ffn", x.device):
+        if torch.is_grad_enabled() and (x.requires_grad or mask.requires_grad):
+            # keeps the pre-activation for the backward instead of recomputing a GEMM
+            out, act, _ = torch.ops.kprune.masked_ffn_with_preact.default(x, w_in, b_in, w_out, b_out, kept, mask, activation)
+            return out, act
         return torch.ops.kprune.masked_ffn.default(x, w_in, b_in, w_out, b_out, kept, mask, activation)
     return reference.masked_ffn(x, w_in, b_in, w_out, b_out, kept, mask, activation)
 
@@ -173,8 +177,14 @@ def _register() -> None:
         _ffn_checks(x, w_in, w_out, kept, mask)
         return x.new_empty((x.shape[0], w_out.shape[0])), x.new_empty((x.shape[0], kept.shape[0]))
 
+    @torch.library.register_fake(lib + "masked_ffn_with_preact")
+    def _(x, w_in, b_in, w_out, b_out, kept, mask, activation):
+        _ffn_checks(x, w_in, w_out, kept, mask)
+        return (x.new_empty((x.shape[0], w_out.shape[0])), x.new_empty((x.shape[0], kept.shape[0])),
+                x.new_empty((x.shape[0], kept.shape[0])))
+
     @torch.library.register_fake(lib + "masked_ffn_backward")
-    def _(grad_out, grad_act, x, w_in, b_in, w_out, kept, mask, act, activation, need_x, need_mask):
+    def _(grad_out, grad_act, x, w_in, b_in, w_out, kept, mask, act, activation, need_x, need_mask, preact=None):
         _ffn_checks(x, w_in, w_out, kept, mask)
         return (x.new_empty(x.shape) if need_x else x.new_empty((0,)),
                 mask.new_empty(mask.shape) if need_mask else mask.new_empty((0,)))
@@ -204,21 +214,25 @@ def _register() -> None:
 
     def _ffn_setup(ctx, inputs, output):
         x, w_in, b_in, w_out, _b_out, kept, mask, activation = inputs
-        ctx.save_for_backward(x, w_in, b_in, w_out, kept, mask, output[1])
+        preact = output[2] if len(output) > 2 else None
+        if preact is not None:
+            ctx.mark_non_differentiable(preact)
+        ctx.save_for_backward(x, w_in, b_in, w_out, kept, mask, output[1], preact)
         ctx.activation = activation
 
-    def _ffn_backward(ctx, grad_out, grad_act):
-        x, w_in, b_in, w_out, kept, mask, act = ctx.saved_tensors
+    def _ffn_backward(ctx, grad_out, grad_act, _grad_preact=None):
+        x, w_in, b_in, w_out, kept, mask, act, preact = ctx.saved_tensors
         need_x, need_mask = ctx.needs_input_grad[0], ctx.needs_input_grad[6]
         if not (need_x or need_mask):
             return (None,) * 8
         if grad_out is None:
             grad_out = x.new_zeros((x.shape[0], w_out.shape[0]))
         grad_x, grad_mask = torch.ops.kprune.masked_ffn_backward.default(
-            grad_out, grad_act, x, w_in, b_in, w_out, kept, mask, act, ctx.activation, need_x, need_mask)
+            grad_out, grad_act, x, w_in, b_in, w_out, kept, mask, act, ctx.activation, need_x, need_mask, preact)
         return (grad_x if need_x else None, None, None, None, None, None, grad_mask if need_mask else None, None)
 
     torch.library.register_autograd(lib + "masked_ffn", _ffn_backward, setup_context=_ffn_setup)
+    torch.library.register_autograd(lib + "masked_ffn_with_preact", _ffn_backward, setup_context=_ffn_setup)
 
     def _attention_setup(ctx, inputs, output):
         context, w_out, _b_out, kept_heads, mask, head_size = inputs

@@ -263,6 +263,21 @@ def test_masked_ffn_gradients(dtype, activation, isa):
         close(got, want, dtype)
 
 
+def direct_masked_ffn(*args):
+    """The op itself (autograd recomputes the pre-activation), not the wrapper (which saves it)."""
+    return torch.ops.kprune.masked_ffn.default(*args)
+
+
+@pytest.mark.parametrize("activation", ["gelu", "silu"])
+def test_masked_ffn_gradients_recompute_path(activation):
+    args = ffn_case(16, 32, 96, "half", torch.float32)
+    g = torch.Generator().manual_seed(7)
+    weight_out, weight_act = torch.randn(16, 32, generator=g), torch.randn(16, 48, generator=g)
+    for got, want in zip(ffn_grads(direct_masked_ffn, args, activation, weight_out, weight_act),
+                         ffn_grads(reference.masked_ffn, args, activation, weight_out, weight_act)):
+        close(got, want, torch.float32)
+
+
 @pytest.mark.parametrize("activation", reference.ACTIVATIONS)
 def test_masked_ffn_gradcheck(activation):
     x, w_in, b_in, w_out, b_out, kept, mask = ffn_case(5, 4, 7, [6, 0, 3], torch.float64, seed=1)
@@ -345,12 +360,13 @@ def opcheck_cases():
         "gram_accumulate": (a, torch.randn(6, 3), torch.tensor([4, 1]), torch.zeros(2, 2), torch.zeros(2, 3)),
         "solve_damped": (gram, rhs, 1e-4, 8, 0),
         "masked_ffn": (ffn[0].requires_grad_(), *ffn[1:6], ffn[6].requires_grad_(), "gelu"),
+        "masked_ffn_with_preact": (ffn[0], *ffn[1:6], ffn[6], "silu"),
         "masked_attention_output": (attention[0].requires_grad_(), *attention[1:4], attention[4].requires_grad_(), 2),
     }
 
 
 @pytest.mark.parametrize("name", ["accumulate_importance", "gram_accumulate", "solve_damped", "masked_ffn",
-                                  "masked_attention_output"])
+                                  "masked_ffn_with_preact", "masked_attention_output"])
 def test_opcheck(name):
     torch.library.opcheck(getattr(torch.ops.kprune, name).default, opcheck_cases()[name])
 

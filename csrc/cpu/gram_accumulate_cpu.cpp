@@ -30,6 +30,28 @@ at::Tensor gather_float(const at::Tensor& a, const at::Tensor& columns) {
   return out;
 }
 
+// gram: fp32 [k, k] += sel^T sel with sel: fp32 [T, k]. Only the blocks on and above the diagonal
+// are multiplied (the Gram matrix is symmetric): about (nb + 1) / (2 nb) of the GEMM work.
+void symmetric_gram_update(const at::Tensor& gram, const at::Tensor& sel) {
+  const int64_t k = sel.size(1);
+  const int64_t blocks = std::min<int64_t>(8, k / 256);
+  if (blocks < 2) {
+    gram.addmm_(sel.t(), sel);
+    return;
+  }
+  const int64_t width = (k + blocks - 1) / blocks;
+  for (int64_t i = 0; i < k; i += width) {
+    const int64_t wi = std::min(width, k - i);
+    const at::Tensor ai_t = sel.narrow(1, i, wi).t();
+    for (int64_t j = i; j < k; j += width) {
+      const int64_t wj = std::min(width, k - j);
+      const at::Tensor block = at::mm(ai_t, sel.narrow(1, j, wj));  // [wi, wj]
+      gram.narrow(0, i, wi).narrow(1, j, wj).add_(block);
+      if (j != i) gram.narrow(0, j, wj).narrow(1, i, wi).add_(block.t());
+    }
+  }
+}
+
 // a: [T, U]; b: [T, M]; columns: int64 [k] or None; gram: fp32 [k, k] += A^T A; cross: fp32 [k, M] += A^T b
 void gram_accumulate_cpu(const at::Tensor& a, const at::Tensor& b, const std::optional<at::Tensor>& columns,
                          const at::Tensor& gram, const at::Tensor& cross) {
@@ -46,9 +68,8 @@ void gram_accumulate_cpu(const at::Tensor& a, const at::Tensor& b, const std::op
               "cross must be float32 [", k, ", ", b.size(1), "], got ", cross.sizes(), " ", cross.scalar_type());
   if (a.size(0) == 0 || k == 0) return;
   const at::Tensor sel = gather_float(a, has_cols ? *columns : at::Tensor());
-  const at::Tensor sel_t = sel.t();
-  gram.addmm_(sel_t, sel);
-  cross.addmm_(sel_t, b.scalar_type() == at::kFloat ? b : b.to(at::kFloat));
+  symmetric_gram_update(gram, sel);
+  cross.addmm_(sel.t(), b.scalar_type() == at::kFloat ? b : b.to(at::kFloat));
 }
 
 }  // namespace

@@ -38,15 +38,19 @@ at::Tensor bias_param(const std::optional<at::Tensor>& b_in, const at::Tensor& k
   return b_in->index_select(0, kept).to(dtype).contiguous();
 }
 
-// x: [T, d]; w_in: [F, d]; w_out: [d_out, F]; kept: [k]; mask: [k] -> (out [T, d_out], act [T, k])
-std::tuple<at::Tensor, at::Tensor> masked_ffn_cpu(const at::Tensor& x, const at::Tensor& w_in,
-                                                  const std::optional<at::Tensor>& b_in, const at::Tensor& w_out,
-                                                  const std::optional<at::Tensor>& b_out, const at::Tensor& kept,
-                                                  const at::Tensor& mask, c10::string_view activation) {
+// x: [T, d]; w_in: [F, d]; w_out: [d_out, F]; kept: [k]; mask: [k]
+// -> (out [T, d_out], act [T, k], preact [T, k] = x W_in[kept]^T when keep_preact, else undefined)
+std::tuple<at::Tensor, at::Tensor, at::Tensor> ffn_forward_impl(const at::Tensor& x, const at::Tensor& w_in,
+                                                                const std::optional<at::Tensor>& b_in,
+                                                                const at::Tensor& w_out,
+                                                                const std::optional<at::Tensor>& b_out,
+                                                                const at::Tensor& kept, const at::Tensor& mask,
+                                                                c10::string_view activation, bool keep_preact) {
   const FfnShapes s = check_ffn(x, w_in, b_in, w_out, kept, mask);
   const int kind = parse_activation(std::string(activation));
   const at::Tensor w_in_k = w_in.index_select(0, kept);  // [k, d]
   at::Tensor h = at::mm(x, w_in_k.t());                   // [T, k]; becomes act * mask
+  at::Tensor preact = keep_preact ? h.clone() : at::Tensor();
   at::Tensor act = at::empty_like(h);
   const at::Tensor bias = bias_param(b_in, kept, param_dtype(x.scalar_type()));
   const at::Tensor mask_f = mask.to(param_dtype(x.scalar_type())).contiguous();
@@ -65,14 +69,30 @@ std::tuple<at::Tensor, at::Tensor> masked_ffn_cpu(const at::Tensor& x, const at:
   }
   const at::Tensor w_out_k = w_out.index_select(1, kept);  // [d_out, k]
   at::Tensor out = b_out.has_value() ? at::addmm(*b_out, h, w_out_k.t()) : at::mm(h, w_out_k.t());
+  return {out, act, preact};
+}
+
+std::tuple<at::Tensor, at::Tensor> masked_ffn_cpu(const at::Tensor& x, const at::Tensor& w_in,
+                                                  const std::optional<at::Tensor>& b_in, const at::Tensor& w_out,
+                                                  const std::optional<at::Tensor>& b_out, const at::Tensor& kept,
+                                                  const at::Tensor& mask, c10::string_view activation) {
+  auto [out, act, preact] = ffn_forward_impl(x, w_in, b_in, w_out, b_out, kept, mask, activation, false);
   return {out, act};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> masked_ffn_with_preact_cpu(
+    const at::Tensor& x, const at::Tensor& w_in, const std::optional<at::Tensor>& b_in, const at::Tensor& w_out,
+    const std::optional<at::Tensor>& b_out, const at::Tensor& kept, const at::Tensor& mask,
+    c10::string_view activation) {
+  return ffn_forward_impl(x, w_in, b_in, w_out, b_out, kept, mask, activation, true);
 }
 
 // grad_out: [T, d_out]; grad_act: [T, k] or None -> (grad_x [T, d] or [0], grad_mask [k] or [0])
 std::tuple<at::Tensor, at::Tensor> masked_ffn_backward_cpu(
     const at::Tensor& grad_out, const std::optional<at::Tensor>& grad_act, const at::Tensor& x, const at::Tensor& w_in,
     const std::optional<at::Tensor>& b_in, const at::Tensor& w_out, const at::Tensor& kept, const at::Tensor& mask,
-    const at::Tensor& act, c10::string_view activation, bool need_x, bool need_mask) {
+    const at::Tensor& act, c10::string_view activation, bool need_x, bool need_mask,
+    const std::optional<at::Tensor>& preact) {
   const FfnShapes s = check_ffn(x, w_in, b_in, w_out, kept, mask);
   const int kind = parse_activation(std::string(activation));
   TORCH_CHECK(grad_out.dim() == 2 && grad_out.size(0) == s.tokens && grad_out.size(1) == w_out.size(0),
@@ -90,7 +110,10 @@ std::tuple<at::Tensor, at::Tensor> masked_ffn_backward_cpu(
     return {grad_x, grad_mask};
   }
   const at::Tensor w_in_k = w_in.index_select(0, kept);  // [k, d]
-  const at::Tensor h = at::mm(x, w_in_k.t());            // [T, k] without bias
+  // [T, k] without bias: saved by masked_ffn_with_preact, else recomputed
+  const bool saved = preact.has_value() && preact->defined();
+  TORCH_CHECK(!saved || preact->sizes() == act.sizes(), "preact must match act ", act.sizes());
+  const at::Tensor h = saved ? preact->to(dtype).contiguous() : at::mm(x, w_in_k.t());
   const at::Tensor ga = grad_act.has_value() ? grad_act->to(dtype).contiguous() : at::Tensor();
   TORCH_CHECK(!ga.defined() || ga.sizes() == act.sizes(), "grad_act must match act ", act.sizes());
   const at::Tensor bias = bias_param(b_in, kept, param_dtype(x.scalar_type()));
@@ -129,6 +152,7 @@ std::tuple<at::Tensor, at::Tensor> masked_ffn_backward_cpu(
 
 TORCH_LIBRARY_IMPL(kprune, CPU, m) {
   m.impl("masked_ffn", &masked_ffn_cpu);
+  m.impl("masked_ffn_with_preact", &masked_ffn_with_preact_cpu);
   m.impl("masked_ffn_backward", &masked_ffn_backward_cpu);
 }
 

@@ -87,10 +87,12 @@ at::Tensor bias_param(const std::optional<at::Tensor>& b_in, const at::Tensor& k
   return b_in->index_select(0, kept).to(dtype).contiguous();
 }
 
-std::tuple<at::Tensor, at::Tensor> masked_ffn_cuda(const at::Tensor& x, const at::Tensor& w_in,
-                                                   const std::optional<at::Tensor>& b_in, const at::Tensor& w_out,
-                                                   const std::optional<at::Tensor>& b_out, const at::Tensor& kept,
-                                                   const at::Tensor& mask, c10::string_view activation) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor> ffn_forward_impl(const at::Tensor& x, const at::Tensor& w_in,
+                                                                const std::optional<at::Tensor>& b_in,
+                                                                const at::Tensor& w_out,
+                                                                const std::optional<at::Tensor>& b_out,
+                                                                const at::Tensor& kept, const at::Tensor& mask,
+                                                                c10::string_view activation, bool keep_preact) {
   TORCH_CHECK(x.dim() == 2 && w_in.dim() == 2 && w_out.dim() == 2 && kept.dim() == 1 && mask.dim() == 1 &&
                   mask.size(0) == kept.size(0),
               "masked_ffn: bad shapes");
@@ -98,6 +100,7 @@ std::tuple<at::Tensor, at::Tensor> masked_ffn_cuda(const at::Tensor& x, const at
   const c10::cuda::CUDAGuard guard(x.device());
   const at::Tensor w_in_k = w_in.index_select(0, kept);
   at::Tensor h = at::mm(x, w_in_k.t());
+  at::Tensor preact = keep_preact ? h.clone() : at::Tensor();
   at::Tensor act = at::empty_like(h);
   const auto pdtype = param_dtype(x.scalar_type());
   const at::Tensor bias = bias_param(b_in, kept, pdtype), mask_p = mask.to(pdtype).contiguous();
@@ -108,19 +111,36 @@ std::tuple<at::Tensor, at::Tensor> masked_ffn_cuda(const at::Tensor& x, const at
   KPRUNE_CHECK_LAUNCH();
   const at::Tensor w_out_k = w_out.index_select(1, kept);
   at::Tensor out = b_out.has_value() ? at::addmm(*b_out, h, w_out_k.t()) : at::mm(h, w_out_k.t());
+  return {out, act, preact};
+}
+
+std::tuple<at::Tensor, at::Tensor> masked_ffn_cuda(const at::Tensor& x, const at::Tensor& w_in,
+                                                   const std::optional<at::Tensor>& b_in, const at::Tensor& w_out,
+                                                   const std::optional<at::Tensor>& b_out, const at::Tensor& kept,
+                                                   const at::Tensor& mask, c10::string_view activation) {
+  auto [out, act, preact] = ffn_forward_impl(x, w_in, b_in, w_out, b_out, kept, mask, activation, false);
   return {out, act};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> masked_ffn_with_preact_cuda(
+    const at::Tensor& x, const at::Tensor& w_in, const std::optional<at::Tensor>& b_in, const at::Tensor& w_out,
+    const std::optional<at::Tensor>& b_out, const at::Tensor& kept, const at::Tensor& mask,
+    c10::string_view activation) {
+  return ffn_forward_impl(x, w_in, b_in, w_out, b_out, kept, mask, activation, true);
 }
 
 std::tuple<at::Tensor, at::Tensor> masked_ffn_backward_cuda(
     const at::Tensor& grad_out, const std::optional<at::Tensor>& grad_act, const at::Tensor& x, const at::Tensor& w_in,
     const std::optional<at::Tensor>& b_in, const at::Tensor& w_out, const at::Tensor& kept, const at::Tensor& mask,
-    const at::Tensor& act, c10::string_view activation, bool need_x, bool need_mask) {
+    const at::Tensor& act, c10::string_view activation, bool need_x, bool need_mask,
+    const std::optional<at::Tensor>& preact) {
   const int kind = parse_activation(activation);
   const c10::cuda::CUDAGuard guard(x.device());
   const auto dtype = x.scalar_type();
   const at::Tensor w_in_k = w_in.index_select(0, kept), w_out_k = w_out.index_select(1, kept);
   at::Tensor gs = at::mm(grad_out.to(dtype), w_out_k);
-  const at::Tensor h = at::mm(x, w_in_k.t());
+  const bool saved = preact.has_value() && preact->defined();
+  const at::Tensor h = saved ? preact->to(dtype).contiguous() : at::mm(x, w_in_k.t());
   const at::Tensor act_c = act.to(dtype).contiguous();
   const at::Tensor ga = grad_act.has_value() ? grad_act->to(dtype).contiguous() : at::Tensor();
   const auto pdtype = param_dtype(dtype);
@@ -142,6 +162,7 @@ std::tuple<at::Tensor, at::Tensor> masked_ffn_backward_cuda(
 
 TORCH_LIBRARY_IMPL(kprune, CUDA, m) {
   m.impl("masked_ffn", &masked_ffn_cuda);
+  m.impl("masked_ffn_with_preact", &masked_ffn_with_preact_cuda);
   m.impl("masked_ffn_backward", &masked_ffn_backward_cuda);
 }
 
