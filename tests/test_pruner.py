@@ -164,3 +164,15 @@ def test_padded_tokenizer_batch_is_accepted():
     by_batch = prune(model, "classification", 0.5, {"input_ids": ids, "attention_mask": mask}).report
     assert by_list["heads_kept"] == by_batch["heads_kept"]
     assert by_list["num_tokens"] == by_batch["num_tokens"] == sum(s["input_ids"].numel() for s in samples)
+
+
+@pytest.mark.parametrize("family", ["bert", "distilbert"])
+def test_recomputed_backward_equals_one_graph(family):
+    model = tiny_model(family, "classification", layers=3)
+    samples = random_samples(20, seed=6)
+    results = [prune(model, "classification", 0.5, samples, recompute=flag) for flag in (True, False)]
+    assert results[0].report["heads_kept"] == results[1].report["heads_kept"]
+    assert results[0].report["neurons_kept"] == results[1].report["neurons_kept"]
+    a, b = results[0].model.state_dict(), results[1].model.state_dict()
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], atol=1e-5, rtol=1e-4)

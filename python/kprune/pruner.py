@@ -148,37 +148,90 @@ class KPruner:
                 teacher_out = run_sublayer(self.teacher, k, self.teacher_cache[index], batch.key_mask)
             next_teacher.append(teacher_out.output)
             x = self.student_cache[index]
-            with torch.set_grad_enabled(with_grad):
-                hidden = x.detach().requires_grad_(with_grad)
-                acts = []
-                for j in range(k, num_sub):
-                    out = run_sublayer(self.student, j, hidden, batch.key_mask)
-                    acts.append(out.act)
-                    hidden = out.output
-                logits = self.student.head(hidden)
-            if not torch.isfinite(logits).all():
-                raise NumericalError(f"the model produced non-finite outputs at sublayer {k} (batch {index}); "
-                                     "check the model's weights and the input ids")
-            if k == 0:  # the student is still the teacher: its outputs are the teacher's
-                self.teacher_logits.append(logits.detach())
-            grads = [None] * len(acts)
-            if with_grad:
-                per_sample = distillation_loss(logits, self.teacher_logits[index], self.task, cfg.temperature,
-                                               batch.key_mask)
-                divisor = cfg.batch_size if cfg.gradient_groups == "sample" else per_sample.shape[0]
-                grads = torch.autograd.grad(per_sample.sum() / divisor, acts)
             real = batch.key_mask
             if cfg.gradient_groups == "sample":
                 offsets = batch.token_offsets().to(self.device)
             else:
                 offsets = torch.tensor([0, batch.num_tokens], device=self.device)
-            for j, act, grad in zip(range(k, num_sub), acts, grads):
-                stats[j].add(act.detach()[real], None if grad is None else grad[real], offsets)
+            pass_ = self._recompute_pass if with_grad and cfg.recompute else self._graph_pass
+            act_k = pass_(k, index, batch, x, with_grad, stats, offsets)
             target = (teacher_out.pre_norm - x)[real]
             if out_bias is not None:
                 target = target - out_bias
-            ops.gram_accumulate(acts[0].detach()[real], target, None, gram, cross)
+            ops.gram_accumulate(act_k[real], target, None, gram, cross)
         return stats, gram, cross, next_teacher
+
+    def _loss(self, logits: torch.Tensor, index: int, batch: Batch) -> torch.Tensor:
+        """The batch's distillation loss, scaled so that its gradients are the paper's batch means
+        (or, with per-sample groups, per-sample gradients on the same scale)."""
+        cfg = self.config
+        per_sample = distillation_loss(logits, self.teacher_logits[index], self.task, cfg.temperature, batch.key_mask)
+        divisor = cfg.batch_size if cfg.gradient_groups == "sample" else per_sample.shape[0]
+        return per_sample.sum() / divisor
+
+    def _check_logits(self, logits: torch.Tensor, k: int, index: int) -> None:
+        if not torch.isfinite(logits).all():
+            raise NumericalError(f"the model produced non-finite outputs at sublayer {k} (batch {index}); "
+                                 "check the model's weights and the input ids")
+
+    def _graph_pass(self, k, index, batch, x, with_grad, stats, offsets) -> torch.Tensor:
+        """Forward through sublayers >= k keeping the autograd graph, then one backward to every act.
+        Fast, but the graph of one batch spans all sublayers above k."""
+        num_sub = 2 * self.student.num_layers
+        real = batch.key_mask
+        act_k = None
+        with torch.set_grad_enabled(with_grad):
+            hidden = x.detach().requires_grad_(with_grad)
+            acts = []
+            for j in range(k, num_sub):
+                out = run_sublayer(self.student, j, hidden, real)
+                act_k = out.act.detach() if j == k else act_k
+                if with_grad:
+                    acts.append(out.act)
+                else:  # no gradients: take the statistics now rather than holding every act
+                    stats[j].add(out.act[real], None, offsets)
+                hidden = out.output
+            logits = self.student.head(hidden)
+        self._check_logits(logits, k, index)
+        if k == 0:  # the student is still the teacher: its outputs are the teacher's
+            self.teacher_logits.append(logits.detach())
+        if with_grad:
+            grads = torch.autograd.grad(self._loss(logits, index, batch), acts, allow_unused=True)
+            for j, act, grad in zip(range(k, num_sub), acts, grads):
+                stats[j].add(act.detach()[real], None if grad is None else grad[real], offsets)
+        return act_k
+
+    def _recompute_pass(self, k, index, batch, x, with_grad, stats, offsets) -> torch.Tensor:
+        """Forward without a graph keeping only each sublayer's input, then backward one sublayer at a
+        time, recomputing it: the memory of one batch no longer grows with the number of layers above k
+        (beyond one [tokens, d] input per sublayer), for about one more forward pass."""
+        num_sub = 2 * self.student.num_layers
+        real = batch.key_mask
+        inputs = []
+        with torch.no_grad():
+            hidden = x
+            for j in range(k, num_sub):
+                inputs.append(hidden)
+                hidden = run_sublayer(self.student, j, hidden, real).output
+        with torch.enable_grad():
+            top = hidden.detach().requires_grad_()
+            logits = self.student.head(top)
+            self._check_logits(logits, k, index)
+            (grad_hidden,) = torch.autograd.grad(self._loss(logits, index, batch), [top])
+        act_k = None
+        for j in reversed(range(k, num_sub)):
+            with torch.enable_grad():
+                xj = inputs[j - k].detach().requires_grad_()  # a graph to the act; x_k itself needs no grad
+                out = run_sublayer(self.student, j, xj, real)
+                wrt = [out.act, xj] if j > k else [out.act]
+                grads = torch.autograd.grad(out.output, wrt, grad_outputs=grad_hidden, allow_unused=True)
+            stats[j].add(out.act.detach()[real], None if grads[0] is None else grads[0][real], offsets)
+            if j > k:
+                grad_hidden = grads[1]
+            else:
+                act_k = out.act.detach()
+            inputs[j - k] = None
+        return act_k
 
     def _scores(self, k: int, stats: dict[int, UnitStatistics]) -> dict[int, torch.Tensor]:
         cfg = self.config
