@@ -87,7 +87,7 @@ def plot_task(grid: dict, task: str, path: Path) -> None:
     ax.set_xlim(35, 85)
     ax.set_xticks([40, 50, 60, 70, 80])
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower left")
+    ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
