@@ -1,9 +1,10 @@
 """Build kprune (pure Python, python/kprune) and kprune_ext (with its compiled part kprune_ext._C).
 
+The CUDA sources (csrc/cuda) are compiled when torch is a CUDA build and a CUDA toolkit is found
+(CUDA_HOME); otherwise the extension is CPU-only and setup prints why.
 Environment switches for the compiled part:
   KPRUNE_NO_EXT=1          build no extension (the package then runs the PyTorch references)
   KPRUNE_FORCE_CPU_ONLY=1  never compile the CUDA sources
-  KPRUNE_FORCE_CUDA=1      compile the CUDA sources even without a visible GPU (needs a CUDA torch + toolkit)
   MAX_JOBS=N               parallel compile jobs (ninja)
 """
 import glob
@@ -40,8 +41,6 @@ def _extensions():
         print(f"kprune: torch {torch.__version__} is a CPU build, skipping the CUDA sources")
     elif CUDA_HOME is None:
         print("kprune: no CUDA toolkit found (CUDA_HOME), skipping the CUDA sources")
-    elif not (torch.cuda.is_available() or _flag("KPRUNE_FORCE_CUDA")):
-        print("kprune: no GPU visible, skipping the CUDA sources (set KPRUNE_FORCE_CUDA=1 to build them)")
     else:
         with_cuda = True
 
@@ -54,7 +53,7 @@ def _extensions():
         sources += cuda_sources
         define_macros.append(("KPRUNE_WITH_CUDA", None))
         define_macros.append(("KPRUNE_TORCH_BINDINGS", None))
-        extra["nvcc"] = ["-O3", "-g0", "--expt-relaxed-constexpr"]
+        extra["nvcc"] = ["-O3", "--expt-relaxed-constexpr"]
     ext = ext_cls(
         name="kprune_ext._C",
         sources=sources,
