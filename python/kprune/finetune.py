@@ -215,8 +215,9 @@ def train(model: torch.nn.Module, features: list[dict], *, pad_token_id: int,
           seed: int = 0, desc: str = "fine-tune") -> list[float]:
     """Train ``model`` in place on encoded ``features``; return the mean loss of each epoch.
 
-    AdamW (no weight decay on biases and LayerNorm weights), linear warm-up over ``warmup_ratio`` of
-    the steps then linear decay to zero; batches of similar length, shuffled with ``seed``.
+    AdamW (no weight decay on biases and LayerNorm weights), gradients clipped to norm 1, linear
+    warm-up over ``warmup_ratio`` of the steps then linear decay to zero; batches of similar length,
+    shuffled with ``seed``.
     """
     from kprune import data as kdata
 
