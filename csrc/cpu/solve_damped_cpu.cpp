@@ -26,7 +26,9 @@ void solve_small(const at::Tensor& g, at::Tensor& x, double damping, int64_t max
   std::vector<char> ok(batch, 0);
   const double* gp = g.data_ptr<double>();
   double* lp = l.data_ptr<double>();
-  at::parallel_for(0, batch, 1, [&](int64_t b0, int64_t b1) {
+  // grains keep small problems on one thread (a barrier costs more than they do)
+  const int64_t factor_grain = std::max<int64_t>(1, (int64_t(1) << 21) / std::max<int64_t>(1, k * k * k / 3));
+  at::parallel_for(0, batch, factor_grain, [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b) {
       const double* gb = gp + b * k * k;
       double* lb = lp + b * k * k;
@@ -47,7 +49,13 @@ void solve_small(const at::Tensor& g, at::Tensor& x, double damping, int64_t max
   const KernelTable& table = kernels();
   const int64_t col_blocks = (m + kRhsBlock - 1) / kRhsBlock;
   double* xp = x.data_ptr<double>();
-  at::parallel_for(0, batch * col_blocks, 1, [&](int64_t t0, int64_t t1) {
+  // below ~1e8 flops (e.g. 12 heads of 64 with 768 right-hand sides, a few ms) one thread is
+  // faster than a barrier, and far more predictable on a busy machine
+  const int64_t solve_flops = batch * 2 * k * k * m;
+  const int64_t solve_grain = solve_flops < (int64_t(1) << 27)
+                                  ? batch * col_blocks
+                                  : std::max<int64_t>(1, (int64_t(1) << 21) / std::max<int64_t>(1, 2 * k * k * kRhsBlock));
+  at::parallel_for(0, batch * col_blocks, solve_grain, [&](int64_t t0, int64_t t1) {
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t b = t / col_blocks, c0 = (t % col_blocks) * kRhsBlock;
       table.cholesky_solve_f64(lp + b * k * k, k, xp + b * k * m + c0, std::min(kRhsBlock, m - c0), m);
