@@ -12,7 +12,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+import kprune_ext
 from kprune.adapters import EncoderAdapter, LayerView
+from kprune_ext import ops
 
 
 @dataclass
@@ -42,9 +44,24 @@ def run_sublayer(adapter: EncoderAdapter, k: int, x: torch.Tensor, key_mask: tor
         act = attention_context(view, x, key_mask)
         pre = x + view.attn_out(act)
         return SublayerOutput(act, pre, view.attn_norm(pre))
-    act = view.ffn_act(view.ffn_in(x))
-    pre = x + view.ffn_out(act)
+    if kprune_ext.EXTENSION_LOADED and not torch.is_grad_enabled() and view.num_neurons > 0:
+        out, act = fused_ffn(view, x, adapter.activation)
+    else:
+        act = view.ffn_act(view.ffn_in(x))
+        out = view.ffn_out(act)
+    pre = x + out
     return SublayerOutput(act, pre, view.ffn_norm(pre))
+
+
+def fused_ffn(view: LayerView, x: torch.Tensor, activation: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The FFN through the compiled masked-FFN op (bias and activation fused); no gradients."""
+    units = view.num_neurons
+    flat = x.reshape(-1, x.shape[-1])
+    kept = torch.arange(units, device=x.device)
+    mask = torch.ones(units, device=x.device, dtype=x.dtype)
+    out, act = ops.masked_ffn(flat, view.ffn_in.weight, view.ffn_in.bias, view.ffn_out.weight, view.ffn_out.bias,
+                              kept, mask, activation)
+    return out.view_as(x), act.view(*x.shape[:-1], units)
 
 
 def run_from(adapter: EncoderAdapter, start: int, x: torch.Tensor, key_mask: torch.Tensor,
