@@ -8,7 +8,10 @@ their recorded settings match (:func:`kprune.finetune.ensure_finetuned`), so an 
 with the first unfinished task. Dev scores, settings and seconds go to
 ``benchmarks/results/finetune.json`` after each task.
 
-The recipes are sized for a slow machine: each task trains in about 12 minutes or less on one thread.
+The recipes are sized for a slow machine: each trains on roughly 0.3-0.6 million tokens, aimed at about
+12 minutes on one free core. On the shared 2-core machine of the recorded run, with other jobs
+competing, they took 9.5-29 minutes (``train_seconds`` in the results); SST-2, QQP and SQuAD train on
+seeded subsets, and SQuAD is scored on the first ``max_eval_examples`` dev questions.
 QQP ships here only as a training subset, so its last ``QQP_DEV_ROWS`` rows are held out as the dev
 split; the split files are written into ``<cache-dir>/data/qqp`` (never into the repository).
 """
