@@ -18,7 +18,7 @@ from pathlib import Path
 RESULTS = Path(__file__).resolve().parent / "results" / "memory_scaling.json"
 
 
-def one_run(layers: int, num_tokens: int, hidden: int) -> dict:
+def one_run(layers: int, num_tokens: int, hidden: int, recompute: bool = True) -> dict:
     import torch
     import transformers
 
@@ -36,7 +36,7 @@ def one_run(layers: int, num_tokens: int, hidden: int) -> dict:
         total += n
     baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     started = time.perf_counter()
-    report = kprune.prune(model, samples, "classification", 0.5, kprune.KPruneConfig(progress=False)).report
+    report = kprune.prune(model, samples, "classification", 0.5, kprune.KPruneConfig(progress=False, recompute=recompute)).report
     model_mb = sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20
     # the student is a copy of the model: what remains is the working memory of the algorithm
     working = report["peak_rss_mb"] - baseline - model_mb
@@ -51,15 +51,16 @@ def main() -> None:
     parser.add_argument("--layers", type=int, nargs="+", default=[2, 4, 8, 12])
     parser.add_argument("--num-tokens", type=int, default=30_000)
     parser.add_argument("--hidden", type=int, default=384)
+    parser.add_argument("--no-recompute", action="store_true", help="one autograd graph per batch (faster, more memory)")
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child is not None:
-        print(json.dumps(one_run(args.child, args.num_tokens, args.hidden)))
+        print(json.dumps(one_run(args.child, args.num_tokens, args.hidden, not args.no_recompute)))
         return
     rows = []
     for layers in args.layers:
         done = subprocess.run([sys.executable, __file__, "--child", str(layers), "--num-tokens", str(args.num_tokens),
-                               "--hidden", str(args.hidden)], capture_output=True, text=True, check=True)
+                               "--hidden", str(args.hidden)] + (["--no-recompute"] if args.no_recompute else []), capture_output=True, text=True, check=True)
         rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
         print(rows[-1], flush=True)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
