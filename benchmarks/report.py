@@ -124,9 +124,13 @@ def render(grid: dict, plots_rel: str) -> str:
     metric_names = {}
     for c in grid["cells"].values():
         metric_names.setdefault(c["task"], c["metric_name"])
-    w("- Evaluation: the dev split with the fine-tuning recipe's settings (QQP: the last 3,000 rows of the "
-      "shipped subset, held out from fine-tuning; SQuAD: the first 2,000 dev questions). Metric per task: "
-      + ", ".join(f"{TASK_TITLES.get(t, t)} {metric_names[t]}" for t in tasks) + "; all on a 0–100 scale.")
+    dev_sizes = {}
+    for c in grid["cells"].values():
+        dev_sizes.setdefault(c["task"], int(c["metrics"].get("num_examples", 0)))
+    w("- Evaluation: the dev split with the fine-tuning recipe's settings (QQP: rows of the shipped subset held "
+      "out from fine-tuning by the recipe; SQuAD: the first dev questions only). Metric and dev examples per task: "
+      + ", ".join(f"{TASK_TITLES.get(t, t)} {metric_names[t]} on {dev_sizes[t]}" for t in tasks)
+      + "; all on a 0–100 scale.")
     w("- FLOPs: kprune's FLOPs model (`kprune.flops`, at the sample's average length) for every method; "
       "\"achieved\" is the reduction of the pruned model under that model.")
     w("- Latency: median seconds of the pruned model's forward against the unpruned one on random ids, "
