@@ -11,7 +11,7 @@ from conftest import model_outputs, padded_batch, random_samples, tiny_model
 from kprune.adapters import EncoderAdapter
 from kprune.errors import ConfigError, DataError, NumericalError, UnsupportedModelError
 from kprune.pruner import KPruner
-from kprune.search import kept_units, search_threshold
+from kprune.search import search_kept
 
 FAST = dict(progress=False, batch_size=8)
 
@@ -81,15 +81,27 @@ def test_budget_holds_for_any_scores(reduction, score_seed):
 @settings(max_examples=200, deadline=None)
 @given(scores=st.lists(st.floats(0, 1e6, allow_nan=False), min_size=0, max_size=40),
        budget=st.floats(0, 100), cost=st.floats(0.1, 10))
-def test_search_threshold_is_lowest_fitting(scores, budget, cost):
+def test_search_keeps_the_best_units_that_fit(scores, budget, cost):
     s = torch.tensor(scores, dtype=torch.float64)
-    costs = torch.full_like(s, cost)
-    tau = search_threshold(s, costs, budget)
-    kept = kept_units(s, tau)
-    assert kept.numel() * cost <= budget + 1e-9
-    # lowest threshold: keeping every unit at tau as well would not fit (unless nothing was cut)
-    if not math.isinf(tau):
-        assert int((s >= tau).sum()) * cost > budget
+    kept, tau = search_kept(s, torch.full_like(s, cost), budget)
+    assert int(kept.sum()) * cost <= budget + 1e-9                      # fits
+    assert kept.all() or (int(kept.sum()) + 1) * cost > budget           # nothing more would fit
+    if kept.any() and (~kept).any():
+        assert s[kept].min() >= s[~kept].max()                           # no pruned unit beats a kept one
+        assert s[~kept].max() == tau
+
+
+def test_all_equal_scores_keep_what_fits():
+    kept, _ = search_kept(torch.zeros(10), torch.ones(10), 4.0)
+    assert kept.tolist() == [True] * 4 + [False] * 6
+
+
+def test_predictive_only_keeps_the_first_layer():
+    """At step 0 predictive knowledge is zero everywhere: the budget is kept, not thrown away."""
+    model = tiny_model("bert", "classification", layers=2)
+    report = prune(model, "classification", 0.3, use_rep=False).report
+    assert report["flops_reduction"] >= 0.3 - 1e-9
+    assert report["heads_kept"][0] > 0
 
 
 def test_weight_tuning_lowers_reconstruction_error():

@@ -28,7 +28,7 @@ from kprune.errors import ConfigError, NumericalError
 from kprune.flops import head_flops, model_flops, neuron_flops
 from kprune.knowledge import UnitStatistics, distillation_loss, unit_scores
 from kprune.samples import Batch, make_batches, normalise_samples
-from kprune.search import kept_units, search_threshold
+from kprune.search import search_kept
 from kprune.sublayers import run_sublayer
 from kprune.surgery import head_columns, prune_heads, prune_neurons
 
@@ -270,9 +270,9 @@ class KPruner:
         pooled = torch.cat([scores[j] for j in range(k, num_sub)])
         costs = torch.cat([torch.full_like(scores[j], self._widths(j)[2], dtype=torch.float64)
                            for j in range(k, num_sub)])
-        threshold = search_threshold(pooled, costs, self.remaining)
-        kept = kept_units(scores[k], threshold)
+        kept_mask, threshold = search_kept(pooled, costs, self.remaining)
         total = scores[k].numel()
+        kept = torch.nonzero(kept_mask[:total]).flatten()   # sublayer k's units come first in the pool
         self.remaining -= kept.numel() * self._widths(k)[2]
         self.seconds["search"] += time.perf_counter() - timer
 

@@ -4,23 +4,21 @@ from __future__ import annotations
 import torch
 
 
-def search_threshold(scores: torch.Tensor, costs: torch.Tensor, budget: float) -> float:
-    """The lowest threshold tau such that the units scoring above tau fit the budget.
+def search_kept(scores: torch.Tensor, costs: torch.Tensor, budget: float) -> tuple[torch.Tensor, float]:
+    """Keep the units scoring above the lowest threshold whose kept set fits the budget.
 
-    scores, costs: [units] (costs > 0). Units are kept in decreasing score order while the running
-    cost fits; tau is the score of the first unit that does not fit (-inf if all fit). Ties at tau
-    are pruned together, so the kept cost never exceeds the budget.
+    scores, costs: [units] (costs > 0). Units are taken in decreasing score order (ties in index
+    order) while the running cost fits; returns (kept mask [units] bool, threshold), the threshold
+    being the score of the first unit left out (-inf when all fit). Breaking ties by index rather
+    than pruning every unit at the threshold keeps a budget that all-equal scores (e.g. zero
+    predictive knowledge at the first step) would otherwise waste.
     """
+    kept = torch.zeros(scores.numel(), dtype=torch.bool, device=scores.device)
     if scores.numel() == 0:
-        return float("-inf")
+        return kept, float("-inf")
     order = torch.argsort(scores.double(), descending=True, stable=True)
     running = torch.cumsum(costs.double()[order], 0)
-    over = torch.nonzero(running > budget)
-    if over.numel() == 0:
-        return float("-inf")
-    return float(scores.double()[order[int(over[0])]])
-
-
-def kept_units(scores: torch.Tensor, threshold: float) -> torch.Tensor:
-    """Indices of the units scoring strictly above the threshold."""
-    return torch.nonzero(scores.double() > threshold).flatten()
+    count = int((running <= budget).sum())   # running is increasing: the fitting units are a prefix
+    kept[order[:count]] = True
+    threshold = float(scores.double()[order[count]]) if count < scores.numel() else float("-inf")
+    return kept, threshold
