@@ -60,17 +60,6 @@ def cell_key(task: str, method: str, reduction: float, seed: int) -> str:
     return f"{task}/{method}/{reduction:.2f}/{seed}"
 
 
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 # ------------------------------------------------------------------------------------------------
 # One cell (runs in a subprocess)
 # ------------------------------------------------------------------------------------------------
@@ -256,11 +245,12 @@ def planned_cells(tasks: list[str], methods: list[str], reductions: list[float],
 
 
 def machine_info(threads: int) -> dict:
+    import finetune_recipe
     import torch
 
     import kprune_ext
     return {
-        "cpu": cpu_name(), "cores": os.cpu_count(), "threads": threads,
+        "cpu": finetune_recipe.cpu_name(), "cores": os.cpu_count(), "threads": threads,
         "torch": torch.__version__, "python": platform.python_version(),
         "kprune_extension": bool(kprune_ext.EXTENSION_LOADED),
         "note": "cores shared with other jobs while the grid ran: seconds and latencies are noisy upper bounds",
