@@ -2,9 +2,10 @@
 
 At step k the student's hidden states at the input of sublayer k are cached for every batch; one
 pass runs sublayers k..2L-1 (and, from k = 1 on, backward to their activations) to measure
-knowledge, while the teacher advances through sublayer k and the least-squares statistics of
-sublayer k accumulate. Then the mask search picks the units of sublayer k, weight tuning re-fits its
-output projection, surgery removes the pruned units, and the student cache advances one sublayer.
+knowledge. Then the mask search picks the units of sublayer k, surgery removes the pruned ones, a
+pass over the pruned sublayer accumulates the least-squares statistics of the kept units while the
+teacher advances through sublayer k, weight tuning re-fits the output projection, and the student
+cache advances one sublayer.
 """
 from __future__ import annotations
 
@@ -29,8 +30,8 @@ from kprune.flops import head_flops, model_flops, neuron_flops
 from kprune.knowledge import UnitStatistics, distillation_loss, unit_scores
 from kprune.samples import Batch, make_batches, normalise_samples
 from kprune.search import search_kept
-from kprune.sublayers import run_sublayer
-from kprune.surgery import head_columns, prune_heads, prune_neurons
+from kprune.sublayers import run_sublayer, sublayer_act, sublayer_backward
+from kprune.surgery import prune_heads, prune_neurons
 
 logger = logging.getLogger(__name__)
 
@@ -130,36 +131,20 @@ class KPruner:
         view = adapter.layer(k // 2)
         return view.attn_out if k % 2 == 0 else view.ffn_out
 
-    def _measure(self, k: int):
-        """One pass over the sample: knowledge of sublayers >= k, Gram statistics of sublayer k,
-        and the teacher advanced through sublayer k."""
+    def _measure(self, k: int) -> dict[int, UnitStatistics]:
+        """One pass over the sample: the knowledge of every unit in sublayers >= k."""
         cfg = self.config
         num_sub = 2 * self.student.num_layers
         with_grad = k > 0 and cfg.use_pred and cfg.lambda_pred > 0
         stats = {j: UnitStatistics.zeros(self._widths(j)[0], self.device) for j in range(k, num_sub)}
-        width_k = self._widths(k)[0]
-        d = self.student.hidden_size
-        gram = torch.zeros(width_k, width_k, device=self.device)
-        cross = torch.zeros(width_k, d, device=self.device)
-        out_bias = self._out_proj(self.student, k).bias
-        next_teacher = []
+        pass_ = self._recompute_pass if with_grad and cfg.recompute else self._graph_pass
         for index, batch in enumerate(self.batches):
-            with torch.no_grad():
-                teacher_out = run_sublayer(self.teacher, k, self.teacher_cache[index], batch.key_mask)
-            next_teacher.append(teacher_out.output)
-            x = self.student_cache[index]
-            real = batch.key_mask
             if cfg.gradient_groups == "sample":
                 offsets = batch.token_offsets().to(self.device)
             else:
                 offsets = torch.tensor([0, batch.num_tokens], device=self.device)
-            pass_ = self._recompute_pass if with_grad and cfg.recompute else self._graph_pass
-            act_k = pass_(k, index, batch, x, with_grad, stats, offsets)
-            target = (teacher_out.pre_norm - x)[real]
-            if out_bias is not None:
-                target = target - out_bias
-            ops.gram_accumulate(act_k[real], target, None, gram, cross)
-        return stats, gram, cross, next_teacher
+            pass_(k, index, batch, self.student_cache[index], with_grad, stats, offsets)
+        return stats
 
     def _loss(self, logits: torch.Tensor, index: int, batch: Batch) -> torch.Tensor:
         """The batch's distillation loss, scaled so that its gradients are the paper's batch means
@@ -174,18 +159,16 @@ class KPruner:
             raise NumericalError(f"the model produced non-finite outputs at sublayer {k} (batch {index}); "
                                  "check the model's weights and the input ids")
 
-    def _graph_pass(self, k, index, batch, x, with_grad, stats, offsets) -> torch.Tensor:
+    def _graph_pass(self, k, index, batch, x, with_grad, stats, offsets) -> None:
         """Forward through sublayers >= k keeping the autograd graph, then one backward to every act.
         Fast, but the graph of one batch spans all sublayers above k."""
         num_sub = 2 * self.student.num_layers
         real = batch.key_mask
-        act_k = None
         with torch.set_grad_enabled(with_grad):
             hidden = x.detach().requires_grad_(with_grad)
             acts = []
             for j in range(k, num_sub):
                 out = run_sublayer(self.student, j, hidden, real)
-                act_k = out.act.detach() if j == k else act_k
                 if with_grad:
                     acts.append(out.act)
                 else:  # no gradients: take the statistics now rather than holding every act
@@ -199,39 +182,31 @@ class KPruner:
             grads = torch.autograd.grad(self._loss(logits, index, batch), acts, allow_unused=True)
             for j, act, grad in zip(range(k, num_sub), acts, grads):
                 stats[j].add(act.detach()[real], None if grad is None else grad[real], offsets)
-        return act_k
 
-    def _recompute_pass(self, k, index, batch, x, with_grad, stats, offsets) -> torch.Tensor:
-        """Forward without a graph keeping only each sublayer's input, then backward one sublayer at a
-        time, recomputing it: the memory of one batch no longer grows with the number of layers above k
-        (beyond one [tokens, d] input per sublayer), for about one more forward pass."""
+    def _recompute_pass(self, k, index, batch, x, with_grad, stats, offsets) -> None:
+        """Forward without a graph keeping each sublayer's input and pre-LayerNorm sum, then backward
+        one sublayer at a time (:func:`sublayer_backward`: the part below the output projection runs
+        again, the projection itself does not). A batch's memory grows by two [tokens, d] tensors per
+        sublayer above k, not by the sublayers' inner activations."""
         num_sub = 2 * self.student.num_layers
         real = batch.key_mask
-        inputs = []
+        saved = []
         with torch.no_grad():
             hidden = x
             for j in range(k, num_sub):
-                inputs.append(hidden)
-                hidden = run_sublayer(self.student, j, hidden, real).output
+                out = run_sublayer(self.student, j, hidden, real)
+                saved.append((hidden, out.pre_norm, out.act if j == k else None))
+                hidden = out.output
         with torch.enable_grad():
             top = hidden.detach().requires_grad_()
             logits = self.student.head(top)
             self._check_logits(logits, k, index)
             (grad_hidden,) = torch.autograd.grad(self._loss(logits, index, batch), [top])
-        act_k = None
         for j in reversed(range(k, num_sub)):
-            with torch.enable_grad():
-                xj = inputs[j - k].detach().requires_grad_()  # a graph to the act; x_k itself needs no grad
-                out = run_sublayer(self.student, j, xj, real)
-                wrt = [out.act, xj] if j > k else [out.act]
-                grads = torch.autograd.grad(out.output, wrt, grad_outputs=grad_hidden, allow_unused=True)
-            stats[j].add(out.act.detach()[real], None if grads[0] is None else grads[0][real], offsets)
-            if j > k:
-                grad_hidden = grads[1]
-            else:
-                act_k = out.act.detach()
-            inputs[j - k] = None
-        return act_k
+            xj, pre_norm, act = saved.pop()
+            act, grad_act, grad_hidden = sublayer_backward(self.student, j, xj, pre_norm, real, grad_hidden, act,
+                                                           need_input_grad=j > k)
+            stats[j].add(act[real], grad_act[real], offsets)
 
     def _scores(self, k: int, stats: dict[int, UnitStatistics]) -> dict[int, torch.Tensor]:
         cfg = self.config
@@ -245,24 +220,55 @@ class KPruner:
                                     lp, lr, multiplier)
         return scores
 
-    def _tune(self, k: int, kept: torch.Tensor, gram: torch.Tensor, cross: torch.Tensor) -> None:
-        """KPWT: refit the kept columns of sublayer k's output projection by damped least squares."""
-        if kept.numel() == 0:
-            return
-        cols = head_columns(kept, self.student.head_size) if k % 2 == 0 else kept
-        g = gram.index_select(0, cols).index_select(1, cols)
-        rhs = cross.index_select(0, cols)
-        solution = ops.solve_damped(g, rhs, self.config.damping)  # [kept dims, d] = W^T
-        if not torch.isfinite(solution).all():
-            raise NumericalError(f"weight tuning of sublayer {k} produced non-finite weights")
-        weight = self._out_proj(self.student, k).weight
+    def _tune_and_advance(self, k: int, kept: torch.Tensor) -> None:
+        """Remove sublayer k's pruned units, re-fit its output projection on the kept ones (KPWT) and
+        advance both caches through it.
+
+        The Gram statistics are accumulated here, on the already pruned sublayer, so they cost
+        O(kept^2) rather than O(units^2); the teacher advances through sublayer k in the same pass.
+        """
+        if k % 2 == 0:
+            prune_heads(self.student, k // 2, kept)
+        else:
+            prune_neurons(self.student, k // 2, kept)
+        timer = time.perf_counter()
+        tune = self.config.weight_tuning and kept.numel() > 0
+        out_proj = self._out_proj(self.student, k)
+        width, d = out_proj.in_features, self.student.hidden_size
+        gram = torch.zeros(width, width, device=self.device)
+        cross = torch.zeros(width, d, device=self.device)
+        next_teacher = []
+        for index, batch in enumerate(self.batches):
+            real = batch.key_mask
+            with torch.no_grad():
+                teacher_out = run_sublayer(self.teacher, k, self.teacher_cache[index], real)
+                next_teacher.append(teacher_out.output)
+                if tune:
+                    x = self.student_cache[index][real]
+                    target = teacher_out.pre_norm[real] - x
+                    if out_proj.bias is not None:
+                        target -= out_proj.bias
+                    ops.gram_accumulate(sublayer_act(self.student, k, self.student_cache[index], real)[real],
+                                        target, None, gram, cross)
+        self.teacher_cache = next_teacher
+        if tune:
+            solution = ops.solve_damped(gram, cross, self.config.damping)  # [kept dims, d] = W^T
+            if not torch.isfinite(solution).all():
+                raise NumericalError(f"weight tuning of sublayer {k} produced non-finite weights")
+            with torch.no_grad():
+                out_proj.weight.copy_(solution.t().to(out_proj.weight.dtype))
+        self.seconds["tune"] += time.perf_counter() - timer
+
+        timer = time.perf_counter()
         with torch.no_grad():
-            weight[:, cols] = solution.t().to(weight.dtype)
+            self.student_cache = [run_sublayer(self.student, k, x, b.key_mask).output
+                                  for x, b in zip(self.student_cache, self.batches)]
+        self.seconds["advance"] += time.perf_counter() - timer
 
     def _step(self, k: int) -> StepResult:
         num_sub = 2 * self.student.num_layers
         timer = time.perf_counter()
-        stats, gram, cross, next_teacher = self._measure(k)
+        stats = self._measure(k)
         self.seconds["measure"] += time.perf_counter() - timer
 
         timer = time.perf_counter()
@@ -276,22 +282,7 @@ class KPruner:
         self.remaining -= kept.numel() * self._widths(k)[2]
         self.seconds["search"] += time.perf_counter() - timer
 
-        timer = time.perf_counter()
-        if self.config.weight_tuning:
-            self._tune(k, kept, gram, cross)
-        del gram, cross
-        self.seconds["tune"] += time.perf_counter() - timer
-
-        timer = time.perf_counter()
-        if k % 2 == 0:
-            prune_heads(self.student, k // 2, kept)
-        else:
-            prune_neurons(self.student, k // 2, kept)
-        with torch.no_grad():
-            self.student_cache = [run_sublayer(self.student, k, x, b.key_mask).output
-                                  for x, b in zip(self.student_cache, self.batches)]
-        self.teacher_cache = next_teacher
-        self.seconds["advance"] += time.perf_counter() - timer
+        self._tune_and_advance(k, kept)
         result = StepResult(k, k // 2, "attention" if k % 2 == 0 else "ffn", kept.tolist(), total, threshold,
                             self.remaining)
         logger.info("sublayer %d (layer %d %s): kept %d of %d", k, result.layer, result.kind, len(result.kept), total)

@@ -53,6 +53,55 @@ def run_sublayer(adapter: EncoderAdapter, k: int, x: torch.Tensor, key_mask: tor
     return SublayerOutput(act, pre, view.ffn_norm(pre))
 
 
+def sublayer_act(adapter: EncoderAdapter, k: int, x: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
+    """Only the input of sublayer k's output projection (no output GEMM, no norm)."""
+    view = adapter.layer(k // 2)
+    if k % 2 == 0:
+        return attention_context(view, x, key_mask)
+    return view.ffn_act(view.ffn_in(x))
+
+
+def norm_backward(norm: torch.nn.Module, pre_norm: torch.Tensor, grad_output: torch.Tensor) -> torch.Tensor:
+    """Gradient at the input of a LayerNorm from the gradient at its output."""
+    with torch.enable_grad():
+        z = pre_norm.detach().requires_grad_()
+        (grad,) = torch.autograd.grad(norm(z), z, grad_output)
+    return grad
+
+
+def sublayer_backward(adapter: EncoderAdapter, k: int, x: torch.Tensor, pre_norm: torch.Tensor, key_mask: torch.Tensor,
+                      grad_output: torch.Tensor, act: torch.Tensor | None = None, need_input_grad: bool = True):
+    """Backward through sublayer k from the gradient at its output, given its input x and the
+    pre-LayerNorm sum saved by the forward: returns (act, grad at act, grad at x or None).
+
+    The output projection is never recomputed (its input gradient is one GEMM with the weight), so
+    only the part of the sublayer below the act runs again, and nothing at all when ``act`` (from
+    the forward) is given and no input gradient is needed.
+    """
+    view = adapter.layer(k // 2)
+    attention = k % 2 == 0
+    grad_pre = norm_backward(view.attn_norm if attention else view.ffn_norm, pre_norm, grad_output)
+    out_proj = view.attn_out if attention else view.ffn_out
+    grad_act = grad_pre @ out_proj.weight
+    if grad_act.shape[-1] == 0:        # no units left: the sublayer is residual + bias
+        return grad_act, grad_act, grad_pre if need_input_grad else None
+    if not need_input_grad:
+        return (act if act is not None else sublayer_act(adapter, k, x, key_mask)), grad_act, None
+    if attention:
+        with torch.enable_grad():
+            xg = x.detach().requires_grad_()
+            ctx = attention_context(view, xg, key_mask)
+            (grad_x,) = torch.autograd.grad(ctx, xg, grad_act)
+        return ctx.detach(), grad_act, grad_pre + grad_x
+    pre_act = view.ffn_in(x)
+    with torch.enable_grad():
+        h = pre_act.requires_grad_()
+        act_out = view.ffn_act(h)
+        (grad_h,) = torch.autograd.grad(act_out, h, grad_act)
+    return act_out.detach(), grad_act, torch.addmm(grad_pre.flatten(0, -2), grad_h.flatten(0, -2),
+                                                   view.ffn_in.weight).view_as(grad_pre)
+
+
 def fused_ffn(view: LayerView, x: torch.Tensor, activation: str) -> tuple[torch.Tensor, torch.Tensor]:
     """The FFN through the compiled masked-FFN op (bias and activation fused); no gradients."""
     units = view.num_neurons
