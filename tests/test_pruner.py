@@ -188,3 +188,35 @@ def test_recomputed_backward_equals_one_graph(family):
     a, b = results[0].model.state_dict(), results[1].model.state_dict()
     for name in a:
         torch.testing.assert_close(a[name], b[name], atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("recompute", [True, False])
+def test_bfloat16_measurement_runs_in_bfloat16_and_agrees(monkeypatch, recompute):
+    import kprune.knowledge as knowledge
+    seen = []
+    real_op = knowledge.ops.accumulate_importance
+
+    def spy(act, grad, *args):
+        seen.append((act.dtype, grad.dtype))
+        return real_op(act, grad, *args)
+
+    monkeypatch.setattr(knowledge.ops, "accumulate_importance", spy)
+    model = tiny_model("bert", "qa", layers=3)
+    samples = random_samples(24, seed=2)
+    kept = {}
+    for dtype in ("float32", "bfloat16"):
+        seen.clear()
+        pruner = KPruner(model, samples, "qa", 0.5, kprune.KPruneConfig(**FAST, measure_dtype=dtype, recompute=recompute))
+        report = pruner.run().report
+        assert report["flops_after"] <= report["flops_budget"] * (1 + 1e-9)
+        assert report["config"]["measure_dtype"] == dtype
+        want = torch.bfloat16 if dtype == "bfloat16" else torch.float32
+        assert seen and all(a == want and g == want for a, g in seen)
+        kept[dtype] = [set(step.kept) for step in pruner.steps_done]
+    differing = sum(len(a ^ b) for a, b in zip(kept["float32"], kept["bfloat16"]))
+    assert differing <= 0.05 * sum(len(a) for a in kept["float32"])
+
+
+def test_unknown_measure_dtype_is_refused():
+    with pytest.raises(ConfigError, match="measure_dtype='float16'"):
+        kprune.KPruneConfig(measure_dtype="float16").validate()

@@ -60,6 +60,7 @@ def _cmd_prune(args) -> int:
                               max_length=args.max_length)
     sampling = time.perf_counter() - started
     config = KPruneConfig(batch_size=args.batch_size, gradient_groups=args.gradient_groups,
+                          measure_dtype=args.measure_dtype,
                           weight_tuning=not args.no_weight_tuning, progress=not args.quiet)
     result = prune(model, samples, spec.kind, args.flops_reduction, config)
     report = dict(result.report, task_name=spec.name, data=str(args.data), model=str(args.model), seed=args.seed)
@@ -125,6 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--gradient-groups", choices=("batch", "sample"), default="batch",
                    help="batch: the paper's batch gradients; sample: per-sample Fisher")
+    p.add_argument("--measure-dtype", choices=("float32", "bfloat16"), default="float32",
+                   help="precision of the knowledge measurement; bfloat16 is faster on CPUs and GPUs with bf16 "
+                        "matrix units, and approximate")
     p.add_argument("--no-weight-tuning", action="store_true", help="skip the least-squares weight tuning")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

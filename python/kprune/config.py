@@ -8,6 +8,7 @@ from kprune.errors import ConfigError
 
 TASK_KINDS = ("classification", "regression", "qa")
 GRADIENT_GROUPS = ("batch", "sample")
+MEASURE_DTYPES = ("float32", "bfloat16")
 
 
 @dataclass
@@ -21,6 +22,7 @@ class KPruneConfig:
     gradient_groups: str = "batch"    # "batch": paper's batch-mean gradients; "sample": per-sample Fisher
     weight_tuning: bool = True        # KPWT; False for the ablation
     recompute: bool = True            # backward one sublayer at a time (memory flat in depth); False: one graph
+    measure_dtype: str = "float32"    # "bfloat16": knowledge measured under autocast (faster, approximate)
     use_pred: bool = True             # ablations: predictive / representational knowledge only
     use_rep: bool = True
     device: str = "cpu"
@@ -37,6 +39,8 @@ class KPruneConfig:
             raise ConfigError(f"batch_size={self.batch_size!r} must be an integer >= 1")
         if self.gradient_groups not in GRADIENT_GROUPS:
             raise ConfigError(f"gradient_groups={self.gradient_groups!r}; accepted: {', '.join(GRADIENT_GROUPS)}")
+        if self.measure_dtype not in MEASURE_DTYPES:
+            raise ConfigError(f"measure_dtype={self.measure_dtype!r}; accepted: {', '.join(MEASURE_DTYPES)}")
         if not (self.use_pred or self.use_rep):
             raise ConfigError("use_pred and use_rep are both False: at least one kind of knowledge is needed")
         return self

@@ -15,6 +15,7 @@ import resource
 import time
 from collections import defaultdict
 from collections.abc import Iterator
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import torch
@@ -138,19 +139,23 @@ class KPruner:
         with_grad = k > 0 and cfg.use_pred and cfg.lambda_pred > 0
         stats = {j: UnitStatistics.zeros(self._widths(j)[0], self.device) for j in range(k, num_sub)}
         pass_ = self._recompute_pass if with_grad and cfg.recompute else self._graph_pass
-        for index, batch in enumerate(self.batches):
-            if cfg.gradient_groups == "sample":
-                offsets = batch.token_offsets().to(self.device)
-            else:
-                offsets = torch.tensor([0, batch.num_tokens], device=self.device)
-            pass_(k, index, batch, self.student_cache[index], with_grad, stats, offsets)
+        # lower precision only from k = 1: the teacher's outputs are taken at k = 0, in float32
+        low = k > 0 and cfg.measure_dtype != "float32"
+        precision = torch.autocast(self.device.type, getattr(torch, cfg.measure_dtype)) if low else nullcontext()
+        with precision:
+            for index, batch in enumerate(self.batches):
+                if cfg.gradient_groups == "sample":
+                    offsets = batch.token_offsets().to(self.device)
+                else:
+                    offsets = torch.tensor([0, batch.num_tokens], device=self.device)
+                pass_(k, index, batch, self.student_cache[index], with_grad, stats, offsets)
         return stats
 
     def _loss(self, logits: torch.Tensor, index: int, batch: Batch) -> torch.Tensor:
         """The batch's distillation loss, scaled so that its gradients are the paper's batch means
         (or, with per-sample groups, per-sample gradients on the same scale)."""
         cfg = self.config
-        per_sample = distillation_loss(logits, self.teacher_logits[index], self.task, cfg.temperature, batch.key_mask)
+        per_sample = distillation_loss(logits.float(), self.teacher_logits[index], self.task, cfg.temperature, batch.key_mask)
         divisor = cfg.batch_size if cfg.gradient_groups == "sample" else per_sample.shape[0]
         return per_sample.sum() / divisor
 

@@ -44,7 +44,8 @@ def run_sublayer(adapter: EncoderAdapter, k: int, x: torch.Tensor, key_mask: tor
         act = attention_context(view, x, key_mask)
         pre = x + view.attn_out(act)
         return SublayerOutput(act, pre, view.attn_norm(pre))
-    if kprune_ext.EXTENSION_LOADED and not torch.is_grad_enabled() and view.num_neurons > 0:
+    if kprune_ext.EXTENSION_LOADED and not torch.is_grad_enabled() and view.num_neurons > 0 \
+            and not torch.is_autocast_enabled(x.device.type):
         out, act = fused_ffn(view, x, adapter.activation)
     else:
         act = view.ffn_act(view.ffn_in(x))
