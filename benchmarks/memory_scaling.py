@@ -46,6 +46,25 @@ def one_run(layers: int, num_tokens: int, hidden: int, recompute: bool = True) -
             "seconds": round(time.perf_counter() - started, 1)}
 
 
+def _commit() -> str:
+    done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=RESULTS.parent, capture_output=True, text=True)
+    return done.stdout.strip() or "unknown"
+
+
+def record_run(rows: list[dict], no_recompute: bool) -> None:
+    """Add this run to the results file, replacing an earlier run of the same mode."""
+    mode = "one graph per batch (--no-recompute)" if no_recompute else "sublayer-wise recompute (default)"
+    data = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    runs = [r for r in data.get("runs", []) if r.get("mode") != mode]
+    runs.append({"mode": mode, "command": "OMP_NUM_THREADS=1 python benchmarks/memory_scaling.py " + " ".join(sys.argv[1:]),
+                 "commit": _commit(), "rows": rows})
+    data["runs"] = runs
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    tmp = RESULTS.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    tmp.replace(RESULTS)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--layers", type=int, nargs="+", default=[2, 4, 8, 12])
@@ -63,8 +82,7 @@ def main() -> None:
                                "--hidden", str(args.hidden)] + (["--no-recompute"] if args.no_recompute else []), capture_output=True, text=True, check=True)
         rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
         print(rows[-1], flush=True)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps({"command": " ".join(sys.argv), "rows": rows}, indent=2) + "\n")
+    record_run(rows, args.no_recompute)
     print("| layers | tokens | RSS with model (MB) | model weights (MB) | peak RSS (MB) | working memory (MB) | seconds |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:

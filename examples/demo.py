@@ -51,6 +51,8 @@ def main() -> None:
     parser.add_argument("--flops-reduction", type=float, default=0.5)
     parser.add_argument("--cache-dir", default=os.path.expanduser("~/.cache/kprune/demo"))
     parser.add_argument("--num-tokens", type=int, default=100_000)
+    parser.add_argument("--measure-dtype", choices=("float32", "bfloat16"), default="float32",
+                        help="precision of the knowledge measurement (bfloat16: faster, approximate)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     transformers.logging.set_verbosity_error()
@@ -65,8 +67,10 @@ def main() -> None:
 
     print("2/4 drawing the pruning sample and pruning", flush=True)
     samples = sample_features("sst2", DATA, tokenizer, num_tokens=args.num_tokens, seed=0, max_length=128)
-    result = kprune.prune(model, samples, "classification", args.flops_reduction)
-    out = cache / f"pruned-{int(round(args.flops_reduction * 100))}"
+    config = kprune.KPruneConfig(measure_dtype=args.measure_dtype)
+    result = kprune.prune(model, samples, "classification", args.flops_reduction, config)
+    suffix = "" if args.measure_dtype == "float32" else f"-{args.measure_dtype}"
+    out = cache / f"pruned-{int(round(args.flops_reduction * 100))}{suffix}"
     kprune.save_pruned(result.model, out, tokenizer, extra_files={"report.json": result.report}, overwrite=True)
     pruned = kprune.load_pruned(out)
 
@@ -89,7 +93,7 @@ def main() -> None:
         ("pruning seconds", "", f"{report['seconds']['total']:.1f}"),
     ]
     width = max(len(r[0]) for r in rows)
-    print(f"\nK-prune, {args.flops_reduction:.0%} FLOPs reduction requested, "
+    print(f"\nK-prune ({args.measure_dtype} measurement), {args.flops_reduction:.0%} FLOPs reduction requested, "
           f"{report['flops_reduction']:.1%} achieved, {report['num_samples']} samples / {report['num_tokens']} tokens, "
           f"{torch.get_num_threads()} threads, extension {'on' if report['extension'] else 'off'}\n")
     print(f"| {'':{width}} | {'before':>10} | {'after':>10} |")
@@ -99,7 +103,7 @@ def main() -> None:
     print(f"\nheads kept per layer:   {report['heads_kept']}")
     print(f"neurons kept per layer: {report['neurons_kept']}")
     print(f"pruned model saved in {out}")
-    (cache / "demo-result.json").write_text(json.dumps({
+    (cache / f"demo-result{suffix}.json").write_text(json.dumps({
         "accuracy": scores, "flops": flops, "params": params, "latency_b32": long_batch, "latency_b1": single,
         "report": report}, indent=2))
 
