@@ -4,8 +4,11 @@
 #include <Python.h>
 #endif
 
+#include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <mutex>
+#include <set>
 #include <string>
 
 #include "cpu/isa.h"
@@ -20,6 +23,18 @@ std::string set_cpu_capability(const std::string& name) {
   TORCH_CHECK_VALUE(name == "avx512" || name == "avx2" || name == "generic",
                     "cpu capability must be one of generic, avx2, avx512; got '", name, "'");
   return kprune::cpu::isa_name(kprune::cpu::set_isa(want));
+}
+
+// How many threads one at::parallel_for of the kernels really uses (1 when the build lacks OpenMP,
+// whatever torch.get_num_threads() says).
+int64_t cpu_threads_used() {
+  std::mutex lock;
+  std::set<int> seen;
+  at::parallel_for(0, int64_t(1) << 12, 1, [&](int64_t, int64_t) {
+    std::lock_guard<std::mutex> guard(lock);
+    seen.insert(at::get_thread_num());
+  });
+  return static_cast<int64_t>(seen.size());
 }
 
 }  // namespace
@@ -52,6 +67,7 @@ TORCH_LIBRARY(kprune, m) {
   // The shared host/device activation math, exposed for tests: f(x) or f'(x), float32/float64.
   m.def("activation_math(Tensor x, str activation, bool derivative) -> Tensor");
   m.def("cpu_capability() -> str", &cpu_capability);
+  m.def("cpu_threads_used() -> int", &cpu_threads_used);
   m.def("set_cpu_capability(str name) -> str", &set_cpu_capability);
 }
 

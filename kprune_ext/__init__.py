@@ -14,11 +14,13 @@ from kprune_ext import ops, reference  # noqa: E402  (ops registers fake/autogra
 
 
 def backend_info() -> dict:
-    """Which implementation runs: {'extension_loaded', 'disabled_by_env', 'reason', 'cpu_capability', 'cuda_kernels'}.
+    """Which implementation runs: {'extension_loaded', 'disabled_by_env', 'reason', 'cpu_capability',
+    'cpu_threads', 'cuda_kernels'}.
 
     cpu_capability is the instruction set of the CPU kernels (avx512, avx2 or generic), chosen at run
-    time from the CPU's features and capped by ``KPRUNE_CPU_CAPABILITY``; cuda_kernels tells whether
-    CUDA implementations are registered.
+    time from the CPU's features and capped by ``KPRUNE_CPU_CAPABILITY``; cpu_threads is how many
+    threads a parallel CPU kernel uses now (torch.get_num_threads() when the build has OpenMP);
+    cuda_kernels tells whether CUDA implementations are registered.
     """
     import torch
 
@@ -27,10 +29,12 @@ def backend_info() -> dict:
         "disabled_by_env": _loader.disabled_by_env(),
         "reason": EXTENSION_ERROR,
         "cpu_capability": None,
+        "cpu_threads": None,
         "cuda_kernels": False,
     }
     if EXTENSION_LOADED:
         info["cpu_capability"] = torch.ops.kprune.cpu_capability()
+        info["cpu_threads"] = torch.ops.kprune.cpu_threads_used()
         info["cuda_kernels"] = torch._C._dispatch_has_kernel_for_dispatch_key("kprune::masked_ffn", "CUDA")
     return info
 

@@ -23,6 +23,7 @@ OPS = (
     "masked_attention_output_backward",
     "activation_math",
     "cpu_capability",
+    "cpu_threads_used",
 )
 
 

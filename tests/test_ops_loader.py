@@ -6,6 +6,7 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
 import torch
 
 import kprune_ext
@@ -62,13 +63,26 @@ def test_missing_extension_falls_back_with_logged_reason():
 
 def test_backend_info_shape():
     info = kprune_ext.backend_info()
-    assert set(info) == {"extension_loaded", "disabled_by_env", "reason", "cpu_capability", "cuda_kernels"}
+    assert set(info) == {"extension_loaded", "disabled_by_env", "reason", "cpu_capability", "cpu_threads",
+                         "cuda_kernels"}
     assert info["extension_loaded"] == kprune_ext.EXTENSION_LOADED
     if kprune_ext.EXTENSION_LOADED:
         assert info["cpu_capability"] in ("generic", "avx2", "avx512")
         assert info["cuda_kernels"] == torch._C._dispatch_has_kernel_for_dispatch_key("kprune::masked_ffn", "CUDA")
     else:
         assert info["reason"]
+
+
+@pytest.mark.skipif(not kprune_ext.EXTENSION_LOADED, reason="compiled extension not loaded")
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_kernels_use_the_threads_torch_is_given(threads):
+    """A build without OpenMP runs every at::parallel_for on one thread, whatever torch says."""
+    out = run_python(f"""
+        import torch, kprune_ext
+        torch.set_num_threads({threads})
+        print(torch.get_num_threads(), kprune_ext.backend_info()["cpu_threads"])
+    """)
+    assert out.splitlines()[-1] == f"{threads} {threads}"
 
 
 def test_cpu_capability_env_caps_the_instruction_set():
