@@ -6,7 +6,8 @@ in-process with ``KPRUNE_DISABLE_EXT=1``, which kprune_ext.ops reads on every ca
 process runs the PyTorch references). Both runs must keep the same units (within a small tolerance
 for near-ties that float differences can flip) before any time is reported.
 
-Run: pytest benchmarks/test_bench_prune.py --benchmark-only --benchmark-group-by=group
+Runs on torch's default threads (all cores). Run:
+pytest benchmarks/test_bench_prune.py --benchmark-only --benchmark-group-by=group
 """
 from __future__ import annotations
 
@@ -81,7 +82,6 @@ def kept_by_backend(model, samples):
 @pytest.mark.parametrize("backend", ["extension", "reference"])
 def test_prune_minilm(benchmark, model, samples, kept_by_backend, backend):
     benchmark.group = "kprune.prune MiniLM-L6 50% on 5k tokens"
-    torch.set_num_threads(1)
     result, kept = benchmark.pedantic(run_prune, args=(model, samples, backend == "reference"), **ROUNDS)
     expected = kept_by_backend[0 if backend == "extension" else 1]
     assert kept == expected   # each backend is deterministic
