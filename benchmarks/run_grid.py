@@ -23,7 +23,6 @@ import logging
 import os
 import platform
 import shlex
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -104,28 +103,17 @@ def prune_with(method: str, model, samples, kind: str, reduction: float, seed: i
     raise ValueError(f"unknown method {method!r}; known: {', '.join(METHODS)}")
 
 
-def measure_latency(pruned, unpruned, vocab_size: int, repeats: dict[int, int] | None = None) -> dict:
-    """Median seconds per forward of both models on random ids, runs interleaved so that load from
-    other processes hits both alike; shapes (batch, seq) from LATENCY_SHAPES."""
-    import torch
+def measure_latency(pruned, unpruned, repeats: dict[int, int] | None = None) -> dict:
+    """Median seconds per forward of both models on random ids, interleaved (kprune.latency);
+    shapes (batch, seq) from LATENCY_SHAPES."""
+    from kprune.latency import compare_latency
 
     repeats = repeats or {32: 5, 1: 20}
-    g = torch.Generator().manual_seed(0)
     out = {}
     for batch, seq in LATENCY_SHAPES:
-        ids = torch.randint(1000, vocab_size, (batch, seq), generator=g)
-        inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "token_type_ids": torch.zeros_like(ids)}
-        times = {"pruned": [], "unpruned": []}
-        with torch.inference_mode():
-            for model in (pruned, unpruned):  # warm-up
-                model(**inputs)
-            for _ in range(repeats[batch]):
-                for name, model in (("pruned", pruned), ("unpruned", unpruned)):
-                    start = time.perf_counter()
-                    model(**inputs)
-                    times[name].append(time.perf_counter() - start)
-        p, u = statistics.median(times["pruned"]), statistics.median(times["unpruned"])
-        out[f"b{batch}_s{seq}"] = {"pruned_s": p, "unpruned_s": u, "speedup": u / p, "repeats": repeats[batch]}
+        t = compare_latency({"pruned": pruned, "unpruned": unpruned}, batch, seq, repeats[batch])
+        out[f"b{batch}_s{seq}"] = {"pruned_s": t["pruned"], "unpruned_s": t["unpruned"],
+                                   "speedup": t["unpruned"] / t["pruned"], "repeats": repeats[batch]}
     return out
 
 
@@ -167,7 +155,7 @@ def run_cell(task: str, method: str, reduction: float, seed: int, data_dir: Path
     metrics = evaluate(pruned, tokenizer, task, data, split="dev", max_length=settings["max_length"],
                        doc_stride=settings["doc_stride"], max_examples=settings.get("max_eval_examples"))
     eval_seconds = time.perf_counter() - started
-    latency = measure_latency(pruned, model, model.config.vocab_size)
+    latency = measure_latency(pruned, model)
     report = dict(result.report)
     report.pop("mask_tuning", None)
     return {
@@ -302,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
         "latency_shapes": [list(s) for s in LATENCY_SHAPES],
         "updated_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
-    baselines = grid.setdefault("baselines", {})
+    grid.setdefault("baselines", {})
     write_grid(args.output, grid)
     def pending() -> list[tuple]:
         """Cells not yet in the grid whose checkpoint exists, re-read before every cell so that tasks

@@ -25,7 +25,7 @@ from kprune.evaluation import evaluate
 from kprune.finetune import ensure_finetuned
 from kprune.flops import model_flops
 from kprune.adapters import EncoderAdapter
-from kprune.latency import measure_latency
+from kprune.latency import compare_latency
 
 HERE = Path(__file__).resolve().parent
 DATA = HERE / "data" / "sst2-sample"
@@ -77,8 +77,9 @@ def main() -> None:
     print("3/4 evaluating on the SST-2 dev set (872 sentences)", flush=True)
     scores = [evaluate(m, tokenizer, "sst2", DATA, split="dev")["accuracy"] for m in (model, pruned)]
     print("4/4 measuring CPU latency", flush=True)
-    long_batch = [measure_latency(m, 32, 128) for m in (model, pruned)]
-    single = [measure_latency(m, 1, 128, repeats=30) for m in (model, pruned)]
+    pair = {"before": model, "after": pruned}
+    long_batch = list(compare_latency(pair, 32, 128, repeats=10).values())
+    single = list(compare_latency(pair, 1, 128, repeats=30).values())
 
     report = result.report
     s = report["avg_seq_len"]
