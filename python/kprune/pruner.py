@@ -155,7 +155,8 @@ class KPruner:
         """The batch's distillation loss, scaled so that its gradients are the paper's batch means
         (or, with per-sample groups, per-sample gradients on the same scale)."""
         cfg = self.config
-        per_sample = distillation_loss(logits.float(), self.teacher_logits[index], self.task, cfg.temperature, batch.key_mask)
+        per_sample = distillation_loss(logits.float(), self.teacher_logits[index], self.task, cfg.temperature,
+                                       batch.key_mask)
         divisor = cfg.batch_size if cfg.gradient_groups == "sample" else per_sample.shape[0]
         return per_sample.sum() / divisor
 
