@@ -40,18 +40,15 @@ def attention_context(view: LayerView, x: torch.Tensor, key_mask: torch.Tensor) 
 
 def run_sublayer(adapter: EncoderAdapter, k: int, x: torch.Tensor, key_mask: torch.Tensor) -> SublayerOutput:
     view = adapter.layer(k // 2)
-    if k % 2 == 0:
-        act = attention_context(view, x, key_mask)
-        pre = x + view.attn_out(act)
-        return SublayerOutput(act, pre, view.attn_norm(pre))
-    if kprune_ext.EXTENSION_LOADED and not torch.is_grad_enabled() and view.num_neurons > 0 \
+    attention = k % 2 == 0
+    if not attention and kprune_ext.EXTENSION_LOADED and not torch.is_grad_enabled() and view.num_neurons > 0 \
             and not torch.is_autocast_enabled(x.device.type):
         out, act = fused_ffn(view, x, adapter.activation)
     else:
-        act = view.ffn_act(view.ffn_in(x))
-        out = view.ffn_out(act)
+        act = sublayer_act(adapter, k, x, key_mask)
+        out = (view.attn_out if attention else view.ffn_out)(act)
     pre = x + out
-    return SublayerOutput(act, pre, view.ffn_norm(pre))
+    return SublayerOutput(act, pre, (view.attn_norm if attention else view.ffn_norm)(pre))
 
 
 def sublayer_act(adapter: EncoderAdapter, k: int, x: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
