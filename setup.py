@@ -47,7 +47,9 @@ def _extensions():
     define_macros = [("KPRUNE_PYTHON_MODULE", None)]
     # -fopenmp: at::parallel_for is an OpenMP pragma in ATen's headers; without it every kernel runs
     # on one thread. At run time the OpenMP runtime torch already loaded (libgomp.so.1) is reused.
-    cxx_flags = ["-O3", "-g0", "-fno-trapping-math", "-fvisibility=hidden", "-fopenmp"]
+    # (Linux/GCC; elsewhere the kernels build single-threaded, backend_info()["cpu_threads"] shows it.)
+    openmp = ["-fopenmp"] if sys.platform.startswith("linux") else []
+    cxx_flags = ["-O3", "-g0", "-fno-trapping-math", "-fvisibility=hidden"] + openmp
     extra = {"cxx": cxx_flags}
     ext_cls = CppExtension
     if with_cuda:
@@ -62,7 +64,7 @@ def _extensions():
         include_dirs=[os.path.join(ROOT, "csrc"), os.path.join(ROOT, "csrc", "include")],
         define_macros=define_macros,
         extra_compile_args=extra,
-        extra_link_args=["-fopenmp"],
+        extra_link_args=openmp,
     )
     return [ext], {"build_ext": BuildExtension.with_options(use_ninja=True)}
 
