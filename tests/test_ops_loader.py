@@ -74,6 +74,7 @@ def test_backend_info_shape():
 
 
 @pytest.mark.skipif(not kprune_ext.EXTENSION_LOADED, reason="compiled extension not loaded")
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the extension is built with OpenMP on Linux only")
 @pytest.mark.parametrize("threads", [1, 2, 3])
 def test_kernels_use_the_threads_torch_is_given(threads):
     """A build without OpenMP runs every at::parallel_for on one thread, whatever torch says."""
