@@ -24,6 +24,7 @@ from kprune.data import sample_features
 from kprune.evaluation import evaluate
 from kprune.finetune import ensure_finetuned
 from kprune.flops import model_flops
+from kprune.config import MEASURE_DTYPES
 from kprune.adapters import EncoderAdapter
 from kprune.latency import compare_latency
 
@@ -51,7 +52,7 @@ def main() -> None:
     parser.add_argument("--flops-reduction", type=float, default=0.5)
     parser.add_argument("--cache-dir", default=os.path.expanduser("~/.cache/kprune/demo"))
     parser.add_argument("--num-tokens", type=int, default=100_000)
-    parser.add_argument("--measure-dtype", choices=("float32", "bfloat16"), default="float32",
+    parser.add_argument("--measure-dtype", choices=MEASURE_DTYPES, default="float32",
                         help="precision of the knowledge measurement (bfloat16: faster, approximate)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)

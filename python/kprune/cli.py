@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+from kprune.config import MEASURE_DTYPES
 from kprune.errors import DataError, KPruneError
 
 logger = logging.getLogger("kprune")
@@ -126,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--gradient-groups", choices=("batch", "sample"), default="batch",
                    help="batch: the paper's batch gradients; sample: per-sample Fisher")
-    p.add_argument("--measure-dtype", choices=("float32", "bfloat16"), default="float32",
+    p.add_argument("--measure-dtype", choices=MEASURE_DTYPES, default="float32",
                    help="precision of the knowledge measurement; bfloat16 is faster on CPUs and GPUs with bf16 "
                         "matrix units, and approximate")
     p.add_argument("--no-weight-tuning", action="store_true", help="skip the least-squares weight tuning")

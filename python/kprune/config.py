@@ -21,7 +21,7 @@ class KPruneConfig:
     batch_size: int = 32              # samples per batch (batches group samples of similar length)
     gradient_groups: str = "batch"    # "batch": paper's batch-mean gradients; "sample": per-sample Fisher
     weight_tuning: bool = True        # KPWT; False for the ablation
-    recompute: bool = True            # backward one sublayer at a time (memory flat in depth); False: one graph
+    recompute: bool = True            # backward one sublayer at a time (memory nearly flat in depth); False: one graph
     measure_dtype: str = "float32"    # "bfloat16": knowledge measured under autocast (faster, approximate)
     use_pred: bool = True             # ablations: predictive / representational knowledge only
     use_rep: bool = True
