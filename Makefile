@@ -2,7 +2,7 @@
 PYTHON ?= python3
 PIP := $(PYTHON) -m pip
 
-.PHONY: setup demo test bench build-check
+.PHONY: setup demo test bench grid build-check
 
 setup:
 	$(PIP) install -q torch==2.13.0
@@ -18,6 +18,10 @@ test: setup
 
 bench: setup
 	$(PYTHON) -m pytest -q benchmarks --benchmark-only
+
+GRID_ARGS ?= --num-tokens 20000
+grid: setup
+	$(PYTHON) benchmarks/run_grid.py $(GRID_ARGS)
 
 build-check:
 	bash .ci/build_check.sh

@@ -17,7 +17,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from run_grid import (EXTRA_SEEDS, MAIN_METHODS, METHODS, OTHER_METHODS, REDUCTIONS, SEEDED_REDUCTIONS,  # noqa: E402
-                      TASK_ORDER, cell_key, planned_cells)
+                      TASK_ORDER, canonical_command, cell_key, planned_cells)
 
 TASK_TITLES = {"sst2": "SST-2", "mrpc": "MRPC", "stsb": "STS-B", "qqp": "QQP (held-out subset)",
                "squad": "SQuAD v1.1"}
@@ -107,10 +107,14 @@ def render(grid: dict, plots_rel: str) -> str:
     w("")
     w("## How it was run")
     w("")
+    full = meta.get("full_command") or canonical_command(meta.get("num_tokens", 100_000), machine.get("threads", 1))
     w("```")
-    w(meta.get("command", "python benchmarks/run_grid.py"))
-    w("python benchmarks/report.py")
+    w(f"{full}   # fine-tunes missing checkpoints, runs every missing cell, renders this file")
     w("```")
+    w("")
+    w("The runner skips cells already in grid.json, so the same command resumes an interrupted run. The committed "
+      "cells were filled by several invocations of it on subsets of the grid (`--tasks`, `--methods`, `--reductions`, "
+      "`--seeds`) at the same sample size; each cell's record in grid.json holds its own settings.")
     w("")
     w(f"- Machine: {machine.get('cpu', '?')}, {machine.get('cores', '?')} cores, "
       f"**{machine.get('threads', '?')} torch thread(s)** per cell; torch {machine.get('torch', '?')}, "
@@ -269,12 +273,10 @@ def render(grid: dict, plots_rel: str) -> str:
         for key in missing:
             by_task.setdefault(key.split("/")[0], []).append(key)
         w(f"{len(missing)} of {len(planned)} planned cells are not in grid.json yet (shown as — above). "
-          "The runner resumes where it stopped; this completes them (tasks whose fine-tuned checkpoint does "
-          "not exist yet are fine-tuned first by `benchmarks/finetune_recipe.py`):")
+          "The runner resumes where it stopped; this completes them and renders this file again:")
         w("")
         w("```")
-        w("python benchmarks/finetune_recipe.py   # only for tasks without a checkpoint")
-        w(f"{meta.get('command', 'python benchmarks/run_grid.py')} && python benchmarks/report.py")
+        w(full)
         w("```")
         w("")
         for task in TASK_ORDER:
@@ -295,13 +297,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--plots", type=Path, default=HERE / "results" / "plots")
     parser.add_argument("--discussion", type=Path, default=HERE / "results" / "discussion.md",
                         help="hand-written discussion appended verbatim (interpretation only, no new numbers)")
+    parser.add_argument("--no-discussion", action="store_true", help="do not append the discussion")
     args = parser.parse_args(argv)
     grid = json.loads(args.grid.read_text())
     for task in tasks_in(grid):
         plot_task(grid, task, args.plots / f"{task}.png")
     text = render(grid, str(args.plots.relative_to(args.output.parent)) if args.plots.is_relative_to(args.output.parent)
                   else str(args.plots))
-    if args.discussion.is_file():
+    if args.discussion.is_file() and not args.no_discussion:
         text += "\n" + args.discussion.read_text()
     args.output.write_text(text)
     return 0

@@ -4,8 +4,10 @@
                                   [--tasks ...] [--methods ...] [--reductions ...] [--seeds ...]
                                   [--num-tokens 100000] [--threads 1]
 
-Starts from the checkpoints of benchmarks/finetune_recipe.py (``<cache-dir>/finetuned/<task>``;
-tasks without one are skipped and stay missing). A cell is (task, method, FLOPs reduction, seed); the
+One command runs the whole experiment: tasks without a fine-tuned checkpoint
+(``<cache-dir>/finetuned/<task>``) are first fine-tuned by benchmarks/finetune_recipe.py (``--no-finetune``
+skips them instead), then the cells run, then benchmarks/report.py renders RESULTS.md and the plots
+(``--no-report`` skips that). A cell is (task, method, FLOPs reduction, seed); the
 seed draws the pruning sample. Each cell runs in its own subprocess (so its peak memory is its own):
 sample, prune, evaluate on the dev split with the fine-tuning recipe's settings, and time the pruned
 model against the unpruned one on CPU (batch 32 and batch 1, sequence length 128, interleaved runs).
@@ -245,6 +247,18 @@ def machine_info(threads: int) -> dict:
     }
 
 
+DEFAULT_OUTPUT = HERE / "results" / "grid.json"
+
+
+def canonical_command(num_tokens: int, threads: int) -> str:
+    command = "python benchmarks/run_grid.py"
+    if num_tokens != 100_000:
+        command += f" --num-tokens {num_tokens}"
+    if threads != 1:
+        command += f" --threads {threads}"
+    return command
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data-dir", type=Path, default=REPO.parent / "shared" / "data")
@@ -256,8 +270,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="the first is the fixed seed of every cell; the others run at 50%% and 80%% only")
     parser.add_argument("--num-tokens", type=int, default=100_000)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--output", type=Path, default=HERE / "results" / "grid.json")
+    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
     parser.add_argument("--list", action="store_true", help="print the planned cells and whether each is done")
+    parser.add_argument("--no-finetune", action="store_true",
+                        help="skip tasks without a fine-tuned checkpoint instead of fine-tuning them first")
+    parser.add_argument("--no-report", action="store_true", help="do not render RESULTS.md and the plots at the end")
     parser.add_argument("--cell", nargs=4, metavar=("TASK", "METHOD", "REDUCTION", "SEED"), help=argparse.SUPPRESS)
     parser.add_argument("--cell-output", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -282,8 +299,16 @@ def main(argv: list[str] | None = None) -> int:
         for cell in cells:
             print(cell_key(*cell), "done" if cell_key(*cell) in grid["cells"] else "missing")
         return 0
+    missing_checkpoints = [t for t in dict.fromkeys(c[0] for c in cells)
+                           if read_record(cache_dir / "finetuned" / t) is None]
+    if missing_checkpoints and not args.no_finetune:
+        logger.info("fine-tuning first (no checkpoint yet): %s", ", ".join(missing_checkpoints))
+        subprocess.run([sys.executable, str(HERE / "finetune_recipe.py"), "--data-dir", str(data_dir),
+                        "--cache-dir", str(cache_dir), "--threads", str(args.threads), "--tasks", *missing_checkpoints])
     grid["meta"] = {
         "command": "python benchmarks/run_grid.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
+        # the whole grid at this sample size: what RESULTS.md tells a reader to run
+        "full_command": canonical_command(args.num_tokens, args.threads),
         "machine": machine_info(args.threads),
         "num_tokens": args.num_tokens,
         "methods": METHODS,
@@ -347,6 +372,14 @@ def main(argv: list[str] | None = None) -> int:
                     100 * result["flops_reduction"], result["prune_seconds"],
                     result["latency"]["b32_s128"]["speedup"], result["latency"]["b1_s128"]["speedup"])
     bar.close()
+    if not args.no_report:
+        import report
+        plots = args.output.parent / "plots"
+        target = HERE / "RESULTS.md" if args.output.resolve() == DEFAULT_OUTPUT else args.output.with_suffix(".md")
+        # the committed discussion is about the committed grid only
+        report.main(["--grid", str(args.output), "--output", str(target), "--plots", str(plots)]
+                    + ([] if target == HERE / "RESULTS.md" else ["--no-discussion"]))
+        logger.info("report written to %s", target)
     return 1 if failures else 0
 
 
