@@ -114,7 +114,9 @@ def render(grid: dict, plots_rel: str) -> str:
     w("")
     w("The runner skips cells already in grid.json, so the same command resumes an interrupted run. The committed "
       "cells were filled by several invocations of it on subsets of the grid (`--tasks`, `--methods`, `--reductions`, "
-      "`--seeds`) at the same sample size; each cell's record in grid.json holds its own settings.")
+      "`--seeds`) at the same sample size; each cell's record in grid.json holds its own settings. To re-measure "
+      "committed cells from scratch, add `--output /tmp/grid.json` (the report and plots are written beside it); "
+      "`benchmarks/results/reproduction.json` is such a re-run of four cells.")
     w("")
     w(f"- Machine: {machine.get('cpu', '?')}, {machine.get('cores', '?')} cores, "
       f"**{machine.get('threads', '?')} torch thread(s)** per cell; torch {machine.get('torch', '?')}, "
