@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from kprune.config import MEASURE_DTYPES
+from kprune.config import GRADIENT_GROUPS, MEASURE_DTYPES
 from kprune.errors import DataError, KPruneError
 
 logger = logging.getLogger("kprune")
@@ -125,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-length", type=int, default=128)
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--gradient-groups", choices=("batch", "sample"), default="batch",
+    p.add_argument("--gradient-groups", choices=GRADIENT_GROUPS, default="batch",
                    help="batch: the paper's batch gradients; sample: per-sample Fisher")
     p.add_argument("--measure-dtype", choices=MEASURE_DTYPES, default="float32",
                    help="precision of the knowledge measurement; bfloat16 is faster on CPUs and GPUs with bf16 "
