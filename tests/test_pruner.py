@@ -217,6 +217,32 @@ def test_bfloat16_measurement_runs_in_bfloat16_and_agrees(monkeypatch, recompute
     assert differing <= 0.05 * sum(len(a) for a in kept["float32"])
 
 
+def test_attention_runs_in_float32_under_cpu_autocast(monkeypatch):
+    """bf16 measurement keeps the projections in bf16 but the attention in float32 (aten's bf16 flash
+    attention backward is much slower on CPU); the result is that attention on the bf16 projections."""
+    import kprune.sublayers as sublayers
+    seen = []
+    real_sdpa = sublayers.F.scaled_dot_product_attention
+
+    def spy(q, k, v, **kwargs):
+        seen.append(q.dtype)
+        return real_sdpa(q, k, v, **kwargs)
+
+    monkeypatch.setattr(sublayers.F, "scaled_dot_product_attention", spy)
+    adapter = EncoderAdapter(tiny_model("bert", "classification"))
+    view = adapter.layer(0)
+    x = torch.randn(2, 5, adapter.hidden_size)
+    key_mask = torch.tensor([[True] * 5, [True] * 3 + [False] * 2])
+    with torch.autocast("cpu", torch.bfloat16):
+        ctx = sublayers.attention_context(view, x, key_mask)
+    assert seen == [torch.float32] and ctx.dtype == torch.bfloat16
+    shape = (2, 5, view.num_heads, view.head_size)
+    q, k, v = (lin(x.bfloat16()).float().view(shape).transpose(1, 2)   # what autocast's bf16 linears give
+               for lin in (view.query.to(torch.bfloat16), view.key.to(torch.bfloat16), view.value.to(torch.bfloat16)))
+    want = real_sdpa(q, k, v, attn_mask=key_mask[:, None, None, :]).transpose(1, 2).reshape(2, 5, -1)
+    torch.testing.assert_close(ctx.float(), want.bfloat16().float(), rtol=0, atol=0)
+
+
 def test_unknown_measure_dtype_is_refused():
     with pytest.raises(ConfigError, match="measure_dtype='float16'"):
         kprune.KPruneConfig(measure_dtype="float16").validate()
