@@ -223,7 +223,8 @@ def test_masked_ffn(device, dtype, activation, d, units):
         close(g, w, dtype)
 
 
-@pytest.mark.parametrize("kept,bias", [([], True), ([], False), (list(range(48)), False), ([7], True)])
+@pytest.mark.parametrize("kept,bias", [([], True), ([], False), (list(range(48)), False), (list(range(48)), True),
+                                       (list(reversed(range(48))), True), ([7], True)])
 def test_masked_ffn_edge_cases(kept, bias):
     args = ffn_case(5, 32, 48, kept, torch.float32, bias=bias)
     for g, w in zip(ops.masked_ffn(*args, "gelu"), reference.masked_ffn(*args, "gelu")):
@@ -261,6 +262,19 @@ def test_masked_ffn_gradients(dtype, activation, isa):
     for got, want in zip(ffn_grads(ops.masked_ffn, args, activation, weight_out, weight_act),
                          ffn_grads(reference.masked_ffn, args, activation, weight_out, weight_act)):
         close(got, want, dtype)
+
+
+@pytest.mark.parametrize("order", ["identity", "reversed"])
+def test_masked_ffn_gradients_every_unit_kept(order):
+    """All units kept in order takes the no-copy path for the weights; reversed must not."""
+    kept = list(range(48)) if order == "identity" else list(reversed(range(48)))
+    args = ffn_case(10, 32, 48, kept, torch.float32)
+    g = torch.Generator().manual_seed(3)
+    weight_out, weight_act = torch.randn(10, 32, generator=g), torch.randn(10, 48, generator=g)
+    for fn in (ops.masked_ffn, direct_masked_ffn):
+        for got, want in zip(ffn_grads(fn, args, "gelu", weight_out, weight_act),
+                             ffn_grads(reference.masked_ffn, args, "gelu", weight_out, weight_act)):
+            close(got, want, torch.float32)
 
 
 def direct_masked_ffn(*args):
@@ -314,7 +328,8 @@ def test_masked_attention_output(device, dtype, d, head_size):
         close(g, w, dtype)
 
 
-@pytest.mark.parametrize("kept,bias", [([], True), ([], False), ([0, 1, 2, 3], False), ([3, 0], True)])
+@pytest.mark.parametrize("kept,bias", [([], True), ([], False), ([0, 1, 2, 3], False), ([0, 1, 2, 3], True),
+                                       ([3, 2, 1, 0], True), ([3, 0], True)])
 def test_masked_attention_output_edge_cases(kept, bias):
     context, *rest = attention_case(5, 32, 8, kept, torch.float32, bias=bias)
     for ctx in (context, context.t().contiguous().t()):
@@ -330,11 +345,13 @@ def attention_grads(fn, args, head_size, weight_out, weight_act):
     return context.grad, mask.grad
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_masked_attention_output_gradients(dtype):
-    args = attention_case(20, 64, 16, [3, 1], dtype)
+@pytest.mark.parametrize("dtype,kept", [(torch.float32, [3, 1]), (torch.bfloat16, [3, 1]),
+                                         (torch.float32, [0, 1, 2, 3]), (torch.float32, [1, 0, 3, 2])])
+def test_masked_attention_output_gradients(dtype, kept):
+    args = attention_case(20, 64, 16, kept, dtype)
     g = torch.Generator().manual_seed(6)
-    weight_out, weight_act = torch.randn(20, 64, generator=g).to(dtype), torch.randn(20, 32, generator=g).to(dtype)
+    weight_out = torch.randn(20, 64, generator=g).to(dtype)
+    weight_act = torch.randn(20, 16 * len(kept), generator=g).to(dtype)
     for got, want in zip(attention_grads(ops.masked_attention_output, args, 16, weight_out, weight_act),
                          attention_grads(reference.masked_attention_output, args, 16, weight_out, weight_act)):
         close(got, want, dtype)

@@ -35,7 +35,7 @@ FfnShapes check_ffn(const at::Tensor& x, const at::Tensor& w_in, const std::opti
 
 at::Tensor bias_param(const std::optional<at::Tensor>& b_in, const at::Tensor& kept, at::ScalarType dtype) {
   if (!b_in.has_value()) return at::zeros({kept.size(0)}, kept.options().dtype(dtype));
-  return b_in->index_select(0, kept).to(dtype).contiguous();
+  return select_kept(*b_in, 0, kept).to(dtype).contiguous();
 }
 
 // x: [T, d]; w_in: [F, d]; w_out: [d_out, F]; kept: [k]; mask: [k]
@@ -48,7 +48,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ffn_forward_impl(const at::Tensor
                                                                 c10::string_view activation, bool keep_preact) {
   const FfnShapes s = check_ffn(x, w_in, b_in, w_out, kept, mask);
   const int kind = parse_activation(std::string(activation));
-  const at::Tensor w_in_k = w_in.index_select(0, kept);  // [k, d]
+  const at::Tensor w_in_k = select_kept(w_in, 0, kept);  // [k, d]
   at::Tensor h = at::mm(x, w_in_k.t());                   // [T, k]; becomes act * mask
   at::Tensor preact = keep_preact ? h.clone() : at::Tensor();
   at::Tensor act = at::empty_like(h);
@@ -67,7 +67,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ffn_forward_impl(const at::Tensor
       });
     });
   }
-  const at::Tensor w_out_k = w_out.index_select(1, kept);  // [d_out, k]
+  const at::Tensor w_out_k = select_kept(w_out, 1, kept);  // [d_out, k]
   at::Tensor out = b_out.has_value() ? at::addmm(*b_out, h, w_out_k.t()) : at::mm(h, w_out_k.t());
   return {out, act, preact};
 }
@@ -100,7 +100,7 @@ std::tuple<at::Tensor, at::Tensor> masked_ffn_backward_cpu(
   TORCH_CHECK(act.dim() == 2 && act.size(0) == s.tokens && act.size(1) == s.k, "act must be [", s.tokens, ", ", s.k,
               "], got ", act.sizes());
   const auto dtype = x.scalar_type();
-  const at::Tensor w_out_k = w_out.index_select(1, kept);         // [d_out, k]
+  const at::Tensor w_out_k = select_kept(w_out, 1, kept);         // [d_out, k]
   at::Tensor gs = at::mm(grad_out.to(dtype), w_out_k);            // [T, k]
   const at::Tensor act_c = act.to(dtype).contiguous();
   at::Tensor grad_x = at::empty({0}, x.options());
@@ -109,7 +109,7 @@ std::tuple<at::Tensor, at::Tensor> masked_ffn_backward_cpu(
     if (need_mask) grad_mask = (gs.to(at::kFloat) * act_c).sum(0).to(mask.scalar_type());
     return {grad_x, grad_mask};
   }
-  const at::Tensor w_in_k = w_in.index_select(0, kept);  // [k, d]
+  const at::Tensor w_in_k = select_kept(w_in, 0, kept);  // [k, d]
   // [T, k] without bias: saved by masked_ffn_with_preact, else recomputed
   const bool saved = preact.has_value() && preact->defined();
   TORCH_CHECK(!saved || preact->sizes() == act.sizes(), "preact must match act ", act.sizes());

@@ -60,6 +60,22 @@ inline void check_index(const at::Tensor& index, int64_t bound, const char* name
   }
 }
 
+// True when index is 0, 1, ..., bound - 1 (every unit kept), so the weights can be used as they are.
+inline bool is_identity_index(const at::Tensor& index, int64_t bound) {
+  if (index.numel() != bound || !index.device().is_cpu()) return false;
+  const at::Tensor c = index.contiguous();
+  const int64_t* p = c.data_ptr<int64_t>();
+  for (int64_t i = 0; i < bound; ++i) {
+    if (p[i] != i) return false;
+  }
+  return true;
+}
+
+// w.index_select(dim, index) without the copy when every index is kept in order.
+inline at::Tensor select_kept(const at::Tensor& w, int64_t dim, const at::Tensor& index) {
+  return is_identity_index(index, w.size(dim)) ? w : w.index_select(dim, index);
+}
+
 inline void check_same_dtype(const at::Tensor& ref, const at::Tensor& t, const char* name) {
   TORCH_CHECK(!t.defined() || t.scalar_type() == ref.scalar_type(), name, " must have dtype ", ref.scalar_type(),
               ", got ", t.scalar_type());
