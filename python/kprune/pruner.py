@@ -141,7 +141,10 @@ class KPruner:
         pass_ = self._recompute_pass if with_grad and cfg.recompute else self._graph_pass
         # lower precision only from k = 1: the teacher's outputs are taken at k = 0, in float32
         low = k > 0 and cfg.measure_dtype != "float32"
-        precision = torch.autocast(self.device.type, getattr(torch, cfg.measure_dtype)) if low else nullcontext()
+        # no cast cache: it would keep a bf16 copy of every leaf input that requires grad (the
+        # recompute backward's per-batch hidden states) until the whole pass ends
+        precision = torch.autocast(self.device.type, getattr(torch, cfg.measure_dtype), cache_enabled=False) \
+            if low else nullcontext()
         with precision:
             for index, batch in enumerate(self.batches):
                 if cfg.gradient_groups == "sample":
