@@ -5,6 +5,7 @@ compiled op ("ext") with its reference ("ref") and with the baseline the kernel 
   importance   ref = the unfused PyTorch composition                      target ext >= 3x
   masked_ffn / masked_attention  "dense" = full sublayer, 0/1 mask multiplied in, 50% kept  target >= 1.5x
   solve        "lstsq" = torch.linalg.lstsq on the same damped normal equations            target >= 1.5x
+  activation_backward  ref = F.gelu under autograd and its backward (no target; it feeds the run)
 Run: pytest benchmarks/test_bench_kernels.py --benchmark-only --benchmark-group-by=group
 """
 from __future__ import annotations
@@ -57,6 +58,20 @@ def test_importance(benchmark, importance_inputs, groups, impl):
     assert_close(run(), run(reference.accumulate_importance))
     benchmark.group = f"importance[{groups}]"
     benchmark.pedantic(run, **ROUNDS)
+
+
+# ---- activation_backward ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("impl", ["ext", "ref"])
+def test_activation_backward(benchmark, importance_inputs, impl):
+    """The FFN activation recomputed with its backward (the pruning loop's sublayer backward), against
+    the reference: F.gelu under autograd, then its backward."""
+    preact, grad = importance_inputs
+    bias = torch.linspace(-0.5, 0.5, NEURONS)
+    fn = ops.activation_backward if impl == "ext" else reference.activation_backward
+    assert_close(fn(preact, bias, grad, "gelu"), reference.activation_backward(preact, bias, grad, "gelu"))
+    benchmark.group = "activation_backward (gelu, 16,384 x 3,072)"
+    benchmark.pedantic(fn, args=(preact, bias, grad, "gelu"), **ROUNDS)
 
 
 # ---- masked sublayers ---------------------------------------------------------------------------

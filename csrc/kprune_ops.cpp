@@ -57,6 +57,9 @@ TORCH_LIBRARY(kprune, m) {
   m.def("masked_ffn_backward(Tensor grad_out, Tensor? grad_act, Tensor x, Tensor w_in, Tensor? b_in, Tensor w_out, "
         "Tensor kept, Tensor mask, Tensor act, str activation, bool need_x, bool need_mask, Tensor? preact=None) "
         "-> (Tensor, Tensor)");
+  // preact: [T, k] = x W_in^T (no bias); bias: [k]; grad_act: [T, k]
+  // -> (act = f(preact + bias), grad_preact = grad_act * f'(preact + bias)), both [T, k]
+  m.def("activation_backward(Tensor preact, Tensor? bias, Tensor grad_act, str activation) -> (Tensor, Tensor)");
   // context: [T, H * hs]; w_out: [d, H * hs]; kept_heads: int64 [k]; mask: [k] -> (out [T, d], act [T, k * hs])
   m.def("masked_attention_output(Tensor context, Tensor w_out, Tensor? b_out, Tensor kept_heads, Tensor mask, "
         "int head_size) -> (Tensor, Tensor)");

@@ -121,6 +121,19 @@ def masked_attention_output(
     return reference.masked_attention_output(context, w_out, b_out, kept_heads, mask, head_size)
 
 
+def activation_backward(
+    preact: torch.Tensor,
+    bias: torch.Tensor | None,
+    grad_act: torch.Tensor,
+    activation: str,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(act, grad_preact) = (f(preact + bias), grad_act * f'(preact + bias)) in one pass (see reference)."""
+    _check_activation(activation)
+    if _compiled("activation_backward", preact.device):
+        return torch.ops.kprune.activation_backward.default(preact, bias, grad_act, activation)
+    return reference.activation_backward(preact, bias, grad_act, activation)
+
+
 def activation_math(x: torch.Tensor, activation: str, derivative: bool = False) -> torch.Tensor:
     """The kernels' shared host/device activation math (float32/float64), for tests."""
     _check_activation(activation)
@@ -207,6 +220,15 @@ def _register() -> None:
         _attention_checks(context, w_out, kept_heads, mask, head_size)
         return (context.new_empty(context.shape) if need_context else context.new_empty((0,)),
                 mask.new_empty(mask.shape) if need_mask else mask.new_empty((0,)))
+
+    @torch.library.register_fake(lib + "activation_backward")
+    def _(preact, bias, grad_act, activation):
+        torch._check(preact.dim() == 2, lambda: f"preact must be [tokens, units], got {tuple(preact.shape)}")
+        torch._check(grad_act.shape == preact.shape, lambda: f"grad_act must match preact {tuple(preact.shape)}")
+        torch._check(bias is None or (bias.dim() == 1 and bias.shape[0] == preact.shape[1]),
+                     lambda: f"bias must be [{preact.shape[1]}]")
+        return torch.empty_like(preact, memory_format=torch.contiguous_format), \
+            torch.empty_like(preact, memory_format=torch.contiguous_format)
 
     @torch.library.register_fake(lib + "activation_math")
     def _(x, activation, derivative):

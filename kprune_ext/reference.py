@@ -114,6 +114,25 @@ def masked_ffn(
     return out, act
 
 
+def activation_backward(
+    preact: torch.Tensor,
+    bias: torch.Tensor | None,
+    grad_act: torch.Tensor,
+    activation: str,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The FFN activation recomputed for a backward, and its gradient.
+
+    preact: [tokens, k] = x W_in^T without the bias; bias: [k] or None; grad_act: [tokens, k], the
+    gradient at act. Returns act = f(preact + bias) and grad_preact = grad_act * f'(preact + bias).
+    """
+    z = preact if bias is None else preact + bias.to(preact.dtype)
+    with torch.enable_grad():
+        z = z.detach().requires_grad_()
+        act = apply_activation(z, activation)
+        (grad,) = torch.autograd.grad(act, z, grad_act.to(act.dtype))
+    return act.detach(), grad
+
+
 def masked_attention_output(
     context: torch.Tensor,
     w_out: torch.Tensor,

@@ -300,6 +300,67 @@ def test_masked_ffn_gradcheck(activation):
     assert torch.autograd.gradcheck(lambda x, m: ops.masked_ffn(x, w_in, b_in, w_out, b_out, kept, m, activation), (x, mask))
 
 
+# ---- activation backward ----------------------------------------------------------------------
+
+def activation_case(tokens, units, dtype, device="cpu", bias=True, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    preact = torch.randn(tokens, units, generator=g) * 2
+    b = torch.randn(units, generator=g) * 0.5
+    grad = torch.randn(tokens, units, generator=g)
+    return (preact.to(dtype=dtype, device=device), b.to(dtype=dtype, device=device) if bias else None,
+            grad.to(dtype=dtype, device=device))
+
+
+def autograd_activation_backward(preact, bias, grad_act, activation):
+    """An independent check of the reference: torch autograd through F.linear's bias and the activation."""
+    z = preact.double().requires_grad_()
+    act = reference.apply_activation(z + (0 if bias is None else bias.double()), activation)
+    (grad,) = torch.autograd.grad(act, z, grad_act.double())
+    return act.detach(), grad
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES + [torch.float64])
+@pytest.mark.parametrize("activation", reference.ACTIVATIONS)
+@pytest.mark.parametrize("tokens,units", [(7, 48), (64, 3072), (16, 4096)])  # tiny, BERT-base, BERT-large FFN
+def test_activation_backward(device, dtype, activation, tokens, units, isa):
+    args = activation_case(tokens, units, dtype, device)
+    got = ops.activation_backward(*args, activation)
+    want = reference.activation_backward(*args, activation)
+    exact = autograd_activation_backward(*args, activation)
+    for g, w, e in zip(got, want, exact):
+        assert g.dtype == w.dtype == dtype and g.shape == w.shape
+        close(g, w, dtype)
+        close(w, e.to(dtype), dtype)
+
+
+@pytest.mark.parametrize("tokens,units,bias", [(0, 48, True), (5, 0, True), (5, 48, False), (1, 1, True)])
+def test_activation_backward_edge_cases(tokens, units, bias):
+    args = activation_case(tokens, units, torch.float32, bias=bias)
+    for g, w in zip(ops.activation_backward(*args, "gelu"), reference.activation_backward(*args, "gelu")):
+        assert g.shape == w.shape
+        close(g, w, torch.float32)
+
+
+def test_activation_backward_non_contiguous():
+    preact, bias, grad = activation_case(48, 16, torch.float32)
+    preact_nc, grad_nc = preact.t().contiguous().t(), grad.t().contiguous().t()
+    assert not preact_nc.is_contiguous()
+    for g, w in zip(ops.activation_backward(preact_nc, bias, grad_nc, "silu"),
+                    reference.activation_backward(preact, bias, grad, "silu")):
+        close(g, w, torch.float32)
+
+
+def test_activation_backward_rejects_bad_input():
+    preact, bias, grad = activation_case(4, 6, torch.float32)
+    with pytest.raises(RuntimeError, match="grad_act must match"):
+        torch.ops.kprune.activation_backward.default(preact, bias, grad[:, :5], "gelu")
+    with pytest.raises(RuntimeError, match="bias must be"):
+        torch.ops.kprune.activation_backward.default(preact, bias[:5], grad, "gelu")
+    with pytest.raises(ValueError, match="not supported"):
+        ops.activation_backward(preact, bias, grad, "tanh")
+
+
 # ---- masked attention output ------------------------------------------------------------------
 
 def attention_case(tokens, d, head_size, kept, dtype, device="cpu", bias=True, seed=0):
@@ -379,11 +440,12 @@ def opcheck_cases():
         "masked_ffn": (ffn[0].requires_grad_(), *ffn[1:6], ffn[6].requires_grad_(), "gelu"),
         "masked_ffn_with_preact": (ffn[0], *ffn[1:6], ffn[6], "silu"),
         "masked_attention_output": (attention[0].requires_grad_(), *attention[1:4], attention[4].requires_grad_(), 2),
+        "activation_backward": (*activation_case(5, 7, torch.float32), "gelu_tanh"),
     }
 
 
 @pytest.mark.parametrize("name", ["accumulate_importance", "gram_accumulate", "solve_damped", "masked_ffn",
-                                  "masked_ffn_with_preact", "masked_attention_output"])
+                                  "masked_ffn_with_preact", "masked_attention_output", "activation_backward"])
 def test_opcheck(name):
     torch.library.opcheck(getattr(torch.ops.kprune, name).default, opcheck_cases()[name])
 

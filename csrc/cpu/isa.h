@@ -30,6 +30,11 @@ struct KernelTable {
   void (*ffn_backward_bf16)(Bf16* gs, const Bf16* h, const Bf16* act, const Bf16* grad_act, int64_t ld,
                             int64_t r0, int64_t r1, int64_t k, const float* bias, const float* mask, int kind,
                             float* grad_mask_part);
+  // h, grad_act, act, grad_h: contiguous [rows, k]
+  void (*activation_backward_f32)(const float* h, const float* grad_act, float* act, float* grad_h, int64_t r0,
+                                  int64_t r1, int64_t k, const float* bias, int kind);
+  void (*activation_backward_bf16)(const Bf16* h, const Bf16* grad_act, Bf16* act, Bf16* grad_h, int64_t r0,
+                                   int64_t r1, int64_t k, const float* bias, int kind);
   // l: [n, n] lower; x: [n, m] (ldx), solved in place
   void (*cholesky_solve_f64)(const double* l, int64_t n, double* x, int64_t m, int64_t ldx);
 };

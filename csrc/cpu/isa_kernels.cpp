@@ -27,12 +27,18 @@ namespace {
                                   float* gm) {                                                                \
     ffn_backward<T, float>(gs, h, act, ga, ld, r0, r1, k, bias, mask, kind, gm);                                   \
   }                                                                                                           \
+  template <typename T>                                                                                       \
+  ATTR void activation_backward_##SUFFIX(const T* h, const T* ga, T* act, T* gh, int64_t r0, int64_t r1,      \
+                                         int64_t k, const float* bias, int kind) {                            \
+    activation_backward<T, float>(h, ga, act, gh, r0, r1, k, bias, kind);                                     \
+  }                                                                                                           \
   ATTR void cholesky_solve_##SUFFIX(const double* l, int64_t n, double* x, int64_t m, int64_t ldx) {          \
     math::cholesky_solve_lower<double>(l, n, n, x, m, ldx);                                                   \
   }                                                                                                           \
   const KernelTable table_##SUFFIX = {                                                                        \
       importance_##SUFFIX<float>,  importance_##SUFFIX<Bf16>,    ffn_forward_##SUFFIX<float>,                 \
       ffn_forward_##SUFFIX<Bf16>,  ffn_backward_##SUFFIX<float>, ffn_backward_##SUFFIX<Bf16>,                 \
+      activation_backward_##SUFFIX<float>, activation_backward_##SUFFIX<Bf16>,                                \
       cholesky_solve_##SUFFIX,                                                                                \
   };
 

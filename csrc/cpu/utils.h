@@ -136,5 +136,19 @@ void run_ffn_backward(const KernelTable&, T* gs, const T* h, const T* act, const
   ffn_backward<T, P>(gs, h, act, ga, ld, r0, r1, k, bias, mask, kind, gm);
 }
 
+inline void run_activation_backward(const KernelTable& t, const float* h, const float* ga, float* act, float* gh,
+                                    int64_t r0, int64_t r1, int64_t k, const float* bias, int kind) {
+  t.activation_backward_f32(h, ga, act, gh, r0, r1, k, bias, kind);
+}
+inline void run_activation_backward(const KernelTable& t, const Bf16* h, const Bf16* ga, Bf16* act, Bf16* gh,
+                                    int64_t r0, int64_t r1, int64_t k, const float* bias, int kind) {
+  t.activation_backward_bf16(h, ga, act, gh, r0, r1, k, bias, kind);
+}
+template <typename T, typename P>
+void run_activation_backward(const KernelTable&, const T* h, const T* ga, T* act, T* gh, int64_t r0, int64_t r1,
+                             int64_t k, const P* bias, int kind) {
+  activation_backward<T, P>(h, ga, act, gh, r0, r1, k, bias, kind);
+}
+
 }  // namespace cpu
 }  // namespace kprune

@@ -98,13 +98,12 @@ def sublayer_backward(adapter: EncoderAdapter, k: int, x: torch.Tensor, pre_norm
             ctx = attention_context(view, xg, key_mask)
             (grad_x,) = torch.autograd.grad(ctx, xg, grad_act)
         return ctx.detach(), grad_act, grad_pre + grad_x
-    pre_act = view.ffn_in(x)
-    with torch.enable_grad():
-        h = pre_act.requires_grad_()
-        act_out = view.ffn_act(h)
-        (grad_h,) = torch.autograd.grad(act_out, h, grad_act)
-    return act_out.detach(), grad_act, torch.addmm(grad_pre.flatten(0, -2), grad_h.flatten(0, -2),
-                                                   view.ffn_in.weight).view_as(grad_pre)
+    # the first GEMM again (no bias), then the activation and its backward in one pass
+    preact = torch.mm(x.reshape(-1, x.shape[-1]), view.ffn_in.weight.t())
+    act, grad_h = ops.activation_backward(preact, view.ffn_in.bias, grad_act.reshape(preact.shape).to(preact.dtype),
+                                          adapter.activation)
+    grad_x = torch.addmm(grad_pre.flatten(0, -2), grad_h, view.ffn_in.weight)
+    return act.view_as(grad_act), grad_act, grad_x.view_as(grad_pre)
 
 
 def fused_ffn(view: LayerView, x: torch.Tensor, activation: str) -> tuple[torch.Tensor, torch.Tensor]:

@@ -75,6 +75,33 @@ static void test_ffn(const KernelTable& t) {
   }
 }
 
+static void test_activation_backward(const KernelTable& t) {
+  const int64_t rows = 29, k = 53;
+  const auto h = pseudo_random(rows * k, 8), bias = pseudo_random(k, 9), grad_act = pseudo_random(rows * k, 10);
+  for (int kind : {math::kGelu, math::kGeluTanh, math::kRelu, math::kSilu}) {
+    std::vector<float> act(rows * k, -7.0f), grad_h(rows * k, -7.0f);
+    t.activation_backward_f32(h.data(), grad_act.data(), act.data(), grad_h.data(), 0, 11, k, bias.data(), kind);
+    t.activation_backward_f32(h.data(), grad_act.data(), act.data(), grad_h.data(), 11, rows, k, bias.data(), kind);
+    std::vector<Bf16> h16(rows * k), ga16(rows * k), act16(rows * k), gh16(rows * k);
+    for (int64_t i = 0; i < rows * k; ++i) {
+      h16[i] = math::float_to_bf16(h[i]);
+      ga16[i] = math::float_to_bf16(grad_act[i]);
+    }
+    t.activation_backward_bf16(h16.data(), ga16.data(), act16.data(), gh16.data(), 0, rows, k, bias.data(), kind);
+    for (int64_t i = 0; i < rows * k; ++i) {
+      const int64_t j = i % k;
+      const double z = double(h[i]) + bias[j], y = math::activation(z, kind);
+      const double g = double(grad_act[i]) * math::activation_grad(z, kind);
+      KP_CHECK_NEAR(act[i], y, 3e-6 * (1.0 + std::fabs(y)));
+      KP_CHECK_NEAR(grad_h[i], g, 1e-5 * (1.0 + std::fabs(g)));
+      const double z16 = double(math::bf16_to_float(h16[i])) + bias[j];
+      const double g16 = double(math::bf16_to_float(ga16[i])) * math::activation_grad(z16, kind);
+      KP_CHECK_NEAR(math::bf16_to_float(act16[i]), math::activation(z16, kind), 1e-2 * (1.0 + std::fabs(y)));
+      KP_CHECK_NEAR(math::bf16_to_float(gh16[i]), g16, 1e-2 * (1.0 + std::fabs(g16)));
+    }
+  }
+}
+
 static void test_cholesky_solve(const KernelTable& t) {
   const int64_t n = 9, m = 70;
   std::vector<double> l(n * n, 0.0), x(n * m), b(n * m);
@@ -106,6 +133,7 @@ int main() {
     const KernelTable& t = kernels();
     test_importance(t);
     test_ffn(t);
+    test_activation_backward(t);
     test_cholesky_solve(t);
   }
   return KP_REPORT();

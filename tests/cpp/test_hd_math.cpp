@@ -28,6 +28,10 @@ static void test_activations() {
       const double h = 1e-6, fd = (activation(x + h, kind) - activation(x - h, kind)) / (2 * h);
       KP_CHECK_NEAR(activation_grad(x, kind), fd, 1e-6);
       KP_CHECK_NEAR(activation_grad(float(x), kind), activation_grad(double(float(x)), kind), 3e-6);
+      float slope = 0.0f;  // f and f' together: f exactly as activation(), f' as the double oracle
+      const float y = activation_with_grad(float(x), kind, slope);
+      KP_CHECK(y == activation(float(x), kind));
+      KP_CHECK_NEAR(slope, activation_grad(double(float(x)), kind), 3e-6);
     }
   }
   KP_CHECK_NEAR(activation(1.0, kGelu), 0.8413447460685429, 1e-15);

@@ -116,6 +116,24 @@ KPRUNE_INLINE void ffn_backward_rows(T* __restrict gs, const T* __restrict h, co
   }
 }
 
+// The FFN activation and its backward in one pass over rows [r0, r1) of contiguous [rows, k] data:
+// act = f(h + bias), grad_h = grad_act * f'(h + bias). h: x W_in^T without bias.
+template <typename T, int Kind, typename P>
+KPRUNE_INLINE void activation_backward_rows(const T* __restrict h, const T* __restrict grad_act, T* __restrict act,
+                                            T* __restrict grad_h, int64_t r0, int64_t r1, int64_t k,
+                                            const P* __restrict bias) {
+  using A = typename Cvt<T>::acc;
+  for (int64_t t = r0; t < r1; ++t) {
+    const int64_t row = t * k;
+    for (int64_t j = 0; j < k; ++j) {
+      A slope;
+      const A y = math::activation_with_grad(A(Cvt<T>::load(h[row + j]) + A(bias[j])), Kind, slope);
+      act[row + j] = Cvt<T>::store(y);
+      grad_h[row + j] = Cvt<T>::store(Cvt<T>::load(grad_act[row + j]) * slope);
+    }
+  }
+}
+
 // Attention forward on rows [r0, r1): context: [rows, H * hs] (ldc); for the j-th kept head
 // act[t, j*hs + i] = context[t, heads[j]*hs + i] and scaled = act * mask[j]; act, scaled: [rows, k*hs].
 template <typename T, typename P>
@@ -191,6 +209,19 @@ KPRUNE_INLINE void ffn_backward_kind(T* gs, const T* h, const T* act, const T* g
     case math::kRelu: return ffn_backward_rows<T, math::kRelu, G, P>(gs, h, act, ga, ld, r0, r1, k, bias, mask, gm);
     case math::kSilu: return ffn_backward_rows<T, math::kSilu, G, P>(gs, h, act, ga, ld, r0, r1, k, bias, mask, gm);
     default: return ffn_backward_rows<T, math::kIdentity, G, P>(gs, h, act, ga, ld, r0, r1, k, bias, mask, gm);
+  }
+}
+
+template <typename T, typename P>
+KPRUNE_INLINE void activation_backward(const T* h, const T* grad_act, T* act, T* grad_h, int64_t r0, int64_t r1,
+                                       int64_t k, const P* bias, int kind) {
+  switch (kind) {
+    case math::kGelu: return activation_backward_rows<T, math::kGelu, P>(h, grad_act, act, grad_h, r0, r1, k, bias);
+    case math::kGeluTanh:
+      return activation_backward_rows<T, math::kGeluTanh, P>(h, grad_act, act, grad_h, r0, r1, k, bias);
+    case math::kRelu: return activation_backward_rows<T, math::kRelu, P>(h, grad_act, act, grad_h, r0, r1, k, bias);
+    case math::kSilu: return activation_backward_rows<T, math::kSilu, P>(h, grad_act, act, grad_h, r0, r1, k, bias);
+    default: return activation_backward_rows<T, math::kIdentity, P>(h, grad_act, act, grad_h, r0, r1, k, bias);
   }
 }
 

@@ -113,6 +113,25 @@ KPRUNE_HD float activation_grad(float x, int kind) {
   }
 }
 
+// f(x), with f'(x) in grad (float). For GELU one exp serves both the erf and the normal density
+// (erf_f's own exp(-x^2/2)), so f is bit-identical to activation() and f' costs no second exp.
+KPRUNE_HD float activation_with_grad(float x, int kind, float& grad) {
+  if (kind == kGelu) {
+    const float z = x * kSqrtHalf;
+    const float az = z < 0.0f ? -z : z;
+    const float t = 1.0f / (1.0f + 0.3275911f * az);
+    const float poly =
+        t * (0.254829592f + t * (-0.284496736f + t * (1.421413741f + t * (-1.453152027f + t * 1.061405429f))));
+    const float density = exp_f(-az * az);  // exp(-x^2 / 2)
+    const float erf_abs = 1.0f - poly * density;
+    const float cdf2 = 1.0f + (z < 0.0f ? -erf_abs : erf_abs);
+    grad = 0.5f * cdf2 + x * kInvSqrt2Pi * density;
+    return 0.5f * x * cdf2;
+  }
+  grad = activation_grad(x, kind);
+  return activation(x, kind);
+}
+
 // Double versions (libm / CUDA math): used for float64 inputs and as the test oracle.
 KPRUNE_HD double activation(double x, int kind) {
   switch (kind) {
@@ -138,6 +157,11 @@ KPRUNE_HD double activation_grad(double x, int kind) {
     }
     default: return 1.0;
   }
+}
+
+KPRUNE_HD double activation_with_grad(double x, int kind, double& grad) {
+  grad = activation_grad(x, kind);
+  return activation(x, kind);
 }
 
 // offsets: [groups + 1] non-decreasing. Returns g with offsets[g] <= t < offsets[g + 1]
