@@ -3,7 +3,8 @@
     python benchmarks/report.py [--grid benchmarks/results/grid.json] [--output benchmarks/RESULTS.md]
 
 Every number in the output is read from grid.json (written by run_grid.py); cells not in it are
-shown as "—" and listed, with the command that completes them.
+shown as "—" and listed, with the command that completes them. Cells re-run with a larger pruning sample
+(``--larger-sample``, default benchmarks/results/grid-100k.json, when it exists) get a table of their own.
 """
 from __future__ import annotations
 
@@ -115,7 +116,7 @@ def render(grid: dict, plots_rel: str) -> str:
     w("The runner skips cells already in grid.json, so the same command resumes an interrupted run. The committed "
       "cells were filled by several invocations of it on subsets of the grid (`--tasks`, `--methods`, `--reductions`, "
       "`--seeds`) at the same sample size; each cell's record in grid.json holds its own settings. To re-measure "
-      "committed cells from scratch, add `--output /tmp/grid.json` (the report and plots are written beside it); "
+      "committed cells from scratch, add `--output /tmp/grid.json` (the report and plots are written beside it: /tmp/grid.md, /tmp/grid-plots/); "
       "`benchmarks/results/reproduction.json` is such a re-run of four cells.")
     w("")
     w(f"- Machine: {machine.get('cpu', '?')}, {machine.get('cores', '?')} cores, "
@@ -292,6 +293,57 @@ def render(grid: dict, plots_rel: str) -> str:
     return "\n".join(out)
 
 
+def render_larger_sample(grid: dict, larger: dict, source: str) -> str:
+    """The cells of a second grid run with a larger pruning sample (the paper's 100k tokens), next to the
+    same cells of the main grid."""
+    n_main = grid.get("meta", {}).get("num_tokens", "?")
+    n_large = larger.get("meta", {}).get("num_tokens", "?")
+    tokens = {n: (f"{n:,}" if isinstance(n, int) else str(n)) for n in (n_main, n_large)}
+    out: list[str] = []
+    w = out.append
+    w("## The paper's sample size: 100,000 tokens" if n_large == 100_000 else f"## A larger sample: {tokens[n_large]} tokens")
+    w("")
+    cells = larger["cells"].values()
+    command = canonical_command(n_large if isinstance(n_large, int) else 100_000, 1)
+    for flag, values in (("--tasks", [t for t in TASK_ORDER if any(c["task"] == t for c in cells)]),
+                         ("--methods", sorted({c["method"] for c in cells}, key=list(METHODS).index)),
+                         ("--reductions", sorted({f"{c['reduction_target']:g}" for c in cells})),
+                         ("--seeds", sorted({str(c["seed"]) for c in cells}))):
+        command += f" {flag} {' '.join(values)}"
+    w(f"Cells re-run with a {tokens[n_large]}-token pruning sample instead of {tokens[n_main]}, same checkpoints, seeds and "
+      f"evaluation, into `{source}`: `{command} --output {source} --no-report`. Metric ×100; prune seconds and peak RSS "
+      "of the pruning call (one thread, two cells at a time on the shared machine).")
+    w("")
+    w(f"| task | method | target | metric, {tokens[n_main]} tokens | metric, {tokens[n_large]} tokens | FLOPs red. | "
+      f"prune s ({tokens[n_main]} / {tokens[n_large]}) | peak RSS MB ({tokens[n_main]} / {tokens[n_large]}) |")
+    w("|---|---|---|---|---|---|---|---|")
+    keys = sorted(larger["cells"], key=lambda k: (TASK_ORDER.index(k.split("/")[0]) if k.split("/")[0] in TASK_ORDER
+                                                  else len(TASK_ORDER), k))
+    for key in keys:
+        big = larger["cells"][key]
+        small = grid["cells"].get(key)
+        task = big["task"]
+        w(f"| {TASK_TITLES.get(task, task)} | {big['method']} | {int(round(100 * big['reduction_target']))}% | "
+          f"{fmt(None if small is None else scale(task, small['metric']))} | {scale(task, big['metric']):.2f} | "
+          f"{100 * big['flops_reduction']:.1f}% | {fmt(None if small is None else small['prune_seconds'], 0)} / "
+          f"{big['prune_seconds']:.0f} | {fmt(None if small is None else small['peak_rss_mb'], 0)} / "
+          f"{fmt(big['peak_rss_mb'], 0)} |")
+    w("")
+    ahead, behind = [], []
+    for key, big in larger["cells"].items():
+        if big["method"] != "kprune":
+            continue
+        peer = larger["cells"].get(cell_key(big["task"], "kwon", big["reduction_target"], big["seed"]))
+        if peer is not None:
+            (ahead if big["metric"] > peer["metric"] else behind).append(
+                f"{TASK_TITLES.get(big['task'], big['task'])} {int(round(100 * big['reduction_target']))}%")
+    if ahead or behind:
+        w(f"With {tokens[n_large]} tokens K-prune is ahead of Kwon et al. in {len(ahead)} of {len(ahead) + len(behind)} "
+          "task/reduction pairs" + (f"; behind in: {', '.join(behind)}." if behind else "."))
+        w("")
+    return "\n".join(out)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--grid", type=Path, default=HERE / "results" / "grid.json")
@@ -300,12 +352,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--discussion", type=Path, default=HERE / "results" / "discussion.md",
                         help="hand-written discussion appended verbatim (interpretation only, no new numbers)")
     parser.add_argument("--no-discussion", action="store_true", help="do not append the discussion")
+    parser.add_argument("--larger-sample", type=Path, default=HERE / "results" / "grid-100k.json",
+                        help="a grid of cells re-run with a larger pruning sample, tabled next to the main "
+                             "grid's cells when the file exists")
+    parser.add_argument("--no-larger-sample", action="store_true", help="do not render the larger-sample table")
     args = parser.parse_args(argv)
     grid = json.loads(args.grid.read_text())
     for task in tasks_in(grid):
         plot_task(grid, task, args.plots / f"{task}.png")
     text = render(grid, str(args.plots.relative_to(args.output.parent)) if args.plots.is_relative_to(args.output.parent)
                   else str(args.plots))
+    if args.larger_sample.is_file() and not args.no_larger_sample:
+        larger = json.loads(args.larger_sample.read_text())
+        if larger.get("cells"):
+            source = (args.larger_sample.relative_to(HERE.parent) if args.larger_sample.is_relative_to(HERE.parent)
+                      else args.larger_sample)
+            text += "\n" + render_larger_sample(grid, larger, str(source))
     if args.discussion.is_file() and not args.no_discussion:
         text += "\n" + args.discussion.read_text()
     args.output.write_text(text)

@@ -374,11 +374,13 @@ def main(argv: list[str] | None = None) -> int:
     bar.close()
     if not args.no_report:
         import report
-        plots = args.output.parent / "plots"
-        target = HERE / "RESULTS.md" if args.output.resolve() == DEFAULT_OUTPUT else args.output.with_suffix(".md")
+        committed = args.output.resolve() == DEFAULT_OUTPUT
+        # another output gets its report and plots beside it (grid.md, grid-plots/), never the committed ones
+        plots = DEFAULT_OUTPUT.parent / "plots" if committed else args.output.with_name(args.output.stem + "-plots")
+        target = HERE / "RESULTS.md" if committed else args.output.with_suffix(".md")
         # the committed discussion is about the committed grid only
         report.main(["--grid", str(args.output), "--output", str(target), "--plots", str(plots)]
-                    + ([] if target == HERE / "RESULTS.md" else ["--no-discussion"]))
+                    + ([] if committed else ["--no-discussion", "--no-larger-sample"]))
         logger.info("report written to %s", target)
     return 1 if failures else 0
 

@@ -92,7 +92,8 @@ def test_grid_runs_every_cell_resumes_and_renders_the_report(bench_dirs, tmp_pat
 
     report = output.with_suffix(".md").read_text()
     assert "python benchmarks/run_grid.py --num-tokens 400" in report
-    assert (tmp_path / "plots" / "sst2.png").stat().st_size > 1000
+    assert (tmp_path / "grid-plots" / "sst2.png").stat().st_size > 1000
+    assert not (tmp_path / "plots").exists()
     # the K-prune cell's accuracy, as the report prints it (x100, two decimals)
     assert f"{100 * grid['cells']['sst2/kprune/0.50/0']['metric']:.2f}" in report
 
@@ -127,3 +128,28 @@ def test_task_without_checkpoint_is_skipped_with_no_finetune(bench_dirs, tmp_pat
     output = tmp_path / "grid.json"
     assert _run(data_dir, tmp_path / "empty-cache", output, "--no-report") == 0
     assert json.loads(output.read_text())["cells"] == {}
+
+
+def test_report_tables_a_larger_sample_beside_the_grid(bench_dirs, tmp_path):
+    import report
+
+    data_dir, cache_dir = bench_dirs
+    small, large = tmp_path / "grid.json", tmp_path / "large.json"
+    for output, tokens in ((small, "300"), (large, "900")):
+        assert run_grid.main(["--data-dir", str(data_dir), "--cache-dir", str(cache_dir), "--tasks", "sst2",
+                              "--methods", "kprune", "--reductions", "0.6", "--seeds", "0", "--num-tokens", tokens,
+                              "--output", str(output), "--no-finetune", "--no-report"]) == 0
+    cell_small = json.loads(small.read_text())["cells"]["sst2/kprune/0.60/0"]
+    cell_large = json.loads(large.read_text())["cells"]["sst2/kprune/0.60/0"]
+    assert cell_large["num_tokens"] > 2 * cell_small["num_tokens"]
+    results = tmp_path / "RESULTS.md"
+    assert report.main(["--grid", str(small), "--output", str(results), "--plots", str(tmp_path / "plots"),
+                        "--larger-sample", str(large), "--no-discussion"]) == 0
+    text = results.read_text()
+    assert "## A larger sample: 900 tokens" in text
+    row = next(line for line in text.splitlines() if line.startswith("| SST-2 | kprune | 60% |"))
+    assert f"| {100 * cell_small['metric']:.2f} | {100 * cell_large['metric']:.2f} |" in row
+    assert "--tasks sst2 --methods kprune --reductions 0.6 --seeds 0" in text
+    assert report.main(["--grid", str(small), "--output", str(results), "--plots", str(tmp_path / "plots"),
+                        "--larger-sample", str(large), "--no-discussion", "--no-larger-sample"]) == 0
+    assert "A larger sample" not in results.read_text()
