@@ -1,5 +1,6 @@
-"""benchmarks/run_grid.py end to end on a tiny fine-tuned BERT: every planned cell is run and recorded,
-an interrupted grid resumes without redoing finished cells, and the report and plots are rendered."""
+"""The benchmark suite on a tiny BERT: benchmarks/run_grid.py runs and records every planned cell, resumes
+an interrupted grid without redoing finished cells and renders the report and plots;
+benchmarks/finetune_recipe.py records dev scores and reuses cached checkpoints; the QQP split."""
 from __future__ import annotations
 
 import json
@@ -153,3 +154,51 @@ def test_report_tables_a_larger_sample_beside_the_grid(bench_dirs, tmp_path):
     assert report.main(["--grid", str(small), "--output", str(results), "--plots", str(tmp_path / "plots"),
                         "--larger-sample", str(large), "--no-discussion", "--no-larger-sample"]) == 0
     assert "A larger sample" not in results.read_text()
+
+
+def test_finetune_recipe_records_dev_scores_and_reuses_the_checkpoint(bench_dirs, tmp_path, monkeypatch):
+    import finetune_recipe
+
+    data_dir, cache_dir = bench_dirs
+    base = cache_dir.parent / "base"
+    monkeypatch.setattr(finetune_recipe, "model_dir", lambda: base)
+    monkeypatch.setitem(finetune_recipe.RECIPES, "sst2", {
+        "data": "glue/SST-2", "settings": dict(epochs=1, learning_rate=1e-2, batch_size=16, max_length=32)})
+    cache, results = tmp_path / "cache", tmp_path / "finetune.json"
+    args = ["--data-dir", str(data_dir), "--cache-dir", str(cache), "--tasks", "sst2", "--results", str(results)]
+    assert finetune_recipe.main(args) == 0
+    weights = cache / "finetuned" / "sst2" / "model.safetensors"
+    stamp = weights.stat().st_mtime_ns
+    entry = json.loads(results.read_text())["tasks"]["sst2"]
+    record = ft.read_record(cache / "finetuned" / "sst2")
+    assert entry["dev_metrics"] == record["dev_metrics"] and 0.0 <= entry["dev_metrics"]["accuracy"] <= 1.0
+    assert entry["num_train_examples"] == 160 and entry["settings"]["max_length"] == 32
+
+    assert finetune_recipe.main(args) == 0            # same settings: reused, not trained again
+    assert weights.stat().st_mtime_ns == stamp
+    # other settings: trained again
+    monkeypatch.setitem(finetune_recipe.RECIPES, "sst2", {
+        "data": "glue/SST-2", "settings": dict(epochs=1, learning_rate=5e-3, batch_size=16, max_length=32)})
+    assert finetune_recipe.main(args) == 0
+    assert weights.stat().st_mtime_ns != stamp
+    assert json.loads(results.read_text())["tasks"]["sst2"]["settings"]["learning_rate"] == 5e-3
+
+
+def test_prepare_qqp_drops_malformed_rows_and_holds_out_the_last_rows(tmp_path, monkeypatch):
+    import finetune_recipe
+
+    monkeypatch.setattr(finetune_recipe, "QQP_DEV_ROWS", 4)
+    header = "id\tqid1\tqid2\tquestion1\tquestion2\tis_duplicate"
+    good = [f"{i}\t{2 * i}\t{2 * i + 1}\twhat is {i}?\twho is {i}?\t{i % 2}" for i in range(12)]
+    source = tmp_path / "data" / "glue" / "QQP" / "train_subset.tsv"
+    source.parent.mkdir(parents=True)
+    source.write_text("\n".join([header, "broken row\twith three\tfields"] + good) + "\n")
+    target = finetune_recipe.prepare_qqp(tmp_path / "data", tmp_path / "cache")
+    assert target == tmp_path / "cache" / "data" / "qqp"
+    train = (target / "train.tsv").read_text().splitlines()
+    dev = (target / "dev.tsv").read_text().splitlines()
+    assert train == [header] + good[:8] and dev == [header] + good[8:]
+    assert not [p for p in target.parent.iterdir() if p.name.startswith(".")]    # no staging left
+    stamp = (target / "train.tsv").stat().st_mtime_ns
+    assert finetune_recipe.prepare_qqp(tmp_path / "data", tmp_path / "cache") == target   # written once
+    assert (target / "train.tsv").stat().st_mtime_ns == stamp
