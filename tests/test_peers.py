@@ -12,9 +12,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 
 import kprune  # noqa: E402
 from kprune.adapters import EncoderAdapter  # noqa: E402
-from kprune.sublayers import run_sublayer  # noqa: E402
 from peers import prune_kwon, prune_magnitude  # noqa: E402
-from peers._common import labelled_batches, masked_logits  # noqa: E402
 from peers.kwon import pruned_objective, rearrange, search_mask, tune_masks  # noqa: E402
 
 VOCAB = 50
@@ -115,27 +113,30 @@ def test_rearrangement_keeps_counts_and_does_not_raise_the_objective():
 @pytest.mark.parametrize("kind", KINDS)
 def test_mask_tuning_lowers_layer_reconstruction_error(kind):
     model = tiny_bert(kind, seed=3)
-    teacher = EncoderAdapter(model)
     samples = labelled_samples(kind, seed=3)
     result = prune_kwon(model, samples, kind, 0.6, mask_tuning=False, progress=False)
-    student = EncoderAdapter(result.model)
-    batches = labelled_batches(samples, VOCAB)
-    log = tune_masks(teacher, student, batches)
+    student = result.model
+    log = tune_masks(model, student, samples)
     measured = [e for e in log if "error_before" in e]
     assert measured
     assert all(e["error_after"] <= e["error_before"] + 1e-9 for e in measured)
     assert any(e["error_after"] < 0.99 * e["error_before"] for e in measured)
-    # the closed-form error of the first sublayer equals the directly measured one after tuning
+    # the closed-form error of the first sublayer equals the one measured with hooks after tuning
     first = log[0]
     if "error_before" in first:
+        pre_norm = {}
+        handles = [m.bert.encoder.layer[0].attention.output.LayerNorm.register_forward_pre_hook(
+            lambda mod, args, key=key: pre_norm.__setitem__(key, args[0])) for key, m in (("t", model), ("s", student))]
         total, tokens = 0.0, 0
         with torch.no_grad():
-            for b in batches:
-                x = teacher.embed(b.input_ids, b.token_type_ids)
-                diff = (run_sublayer(student, 0, x, b.key_mask).pre_norm
-                        - run_sublayer(teacher, 0, x, b.key_mask).pre_norm)[b.key_mask]
-                total += float(diff.double().square().sum())
-                tokens += b.num_tokens
+            for s in samples:
+                ids, types = s["input_ids"][None], s["token_type_ids"][None]
+                model(input_ids=ids, token_type_ids=types)
+                student(input_ids=ids, token_type_ids=types)
+                total += float((pre_norm["s"] - pre_norm["t"]).double().square().sum())
+                tokens += ids.numel()
+        for h in handles:
+            h.remove()
         assert total / tokens == pytest.approx(first["error_after"], rel=1e-3, abs=1e-6)
 
 
@@ -144,28 +145,22 @@ def test_physical_pruning_equals_masking():
     samples = labelled_samples("classification", seed=4)
     result = prune_kwon(model, samples, "classification", 0.5, rearrangement=False, mask_tuning=False,
                         progress=False)
-    teacher = EncoderAdapter(model)
-    batch = labelled_batches(samples, VOCAB)[0]
-    # recover the kept units from the weights: kept Q rows are a subset of the original rows
-    head_masks, neuron_masks = [], []
-    for l in range(teacher.num_layers):
-        full, pruned = teacher.layer(l), EncoderAdapter(result.model).layer(l)
-        rows = [i for i in range(full.ffn_in.out_features)
-                if any(torch.equal(full.ffn_in.weight[i], r) for r in pruned.ffn_in.weight)]
-        heads = [h for h in range(full.num_heads)
-                 if any(torch.equal(full.query.weight[h * 8:(h + 1) * 8], pruned.query.weight[j * 8:(j + 1) * 8])
-                        for j in range(pruned.num_heads))]
-        n = batch.input_ids.shape[0]
-        hm = torch.zeros(n, full.num_heads)
-        hm[:, heads] = 1
-        nm = torch.zeros(n, full.num_neurons)
-        nm[:, rows] = 1
-        head_masks.append(hm)
-        neuron_masks.append(nm)
+    # recover the kept units from the weights: kept rows are a subset of the original rows
+    heads_kept, neurons_kept = [], []
+    for full, pruned in zip(kprune.encoder_layers(model), kprune.encoder_layers(result.model)):
+        neurons_kept.append([i for i in range(full.ffn_in.out_features)
+                             if any(torch.equal(full.ffn_in.weight[i], r) for r in pruned.ffn_in.weight)])
+        heads_kept.append([h for h in range(full.num_heads)
+                           if any(torch.equal(full.query.weight[h * 8:(h + 1) * 8], pruned.query.weight[j * 8:(j + 1) * 8])
+                                  for j in range(pruned.num_heads))])
+    masks = kprune.UnitMasks.from_kept(model, heads_kept, neurons_kept)
+    assert masks.counts() == EncoderAdapter(result.model).units_kept()
+    ids = torch.stack([s["input_ids"][:4] for s in samples])
+    with torch.no_grad(), kprune.masked(model, masks):
+        want = model(input_ids=ids).logits
     with torch.no_grad():
-        masked = masked_logits(teacher, batch, head_masks, neuron_masks)
-        pruned = masked_logits(EncoderAdapter(result.model), batch)
-    torch.testing.assert_close(pruned, masked, rtol=1e-4, atol=1e-5)
+        got = result.model(input_ids=ids).logits
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
 
 
 def test_unlabelled_regression_is_refused():
@@ -180,3 +175,13 @@ def test_unlabelled_classification_uses_pseudo_labels():
     samples = [{"input_ids": s["input_ids"]} for s in labelled_samples("classification")]
     result = prune_kwon(model, samples, "classification", 0.5, progress=False)
     assert result.report["flops_after"] <= result.report["flops_budget"] * (1 + 1e-9)
+
+
+def test_peers_use_only_the_public_api():
+    import ast
+    for path in sorted((Path(__file__).resolve().parents[1] / "benchmarks" / "peers").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else []
+            for name in names:
+                assert not name.startswith(("kprune.", "kprune_ext.")), f"{path.name} imports {name}"

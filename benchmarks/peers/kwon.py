@@ -23,7 +23,9 @@ Three stages, all on the original (unpruned) model's masks, written from the pap
    finite or has |m| > max_mask is discarded (the sublayer keeps m = 1), as the paper's code guards
    against ill-conditioned solves.
 
-The model is then pruned physically (kprune.surgery), so its latency is real.
+The model is then pruned physically (kprune.apply_masks), so its latency is real. Everything runs on
+kprune's public mask-level API: the Fisher gradients come from kprune.mask_gradients (the model under
+kprune.masked, the compiled masked ops), the tuning statistics from kprune.SublayerTuner.
 """
 from __future__ import annotations
 
@@ -33,38 +35,32 @@ import time
 import torch
 from tqdm.auto import tqdm
 
-from kprune.config import check_reduction, check_task_kind
-from kprune.pruner import PruneResult
-from kprune.sublayers import run_sublayer
+import kprune
 
-from ._common import (EncoderAdapter, LabelledBatch, build_report, full_flops, labelled_batches, masked_logits,
-                      per_sample_task_loss, prune_to, student_copy, unit_costs)
+from ._common import (LabelledBatch, build_report, check_args, full_flops, labelled_batches, per_sample_task_loss,
+                      prune_to, task_logits, unit_costs)
 
 logger = logging.getLogger(__name__)
 
 
-def fisher_gradients(adapter: EncoderAdapter, batches: list[LabelledBatch], task: str,
+def fisher_gradients(model, batches: list[LabelledBatch], task: str,
                      progress: bool = False) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """Per-sample mask gradients at m = 1: ([samples, heads] per layer, [samples, neurons] per layer)."""
-    L = adapter.num_layers
-    head_grads = [[] for _ in range(L)]
-    neuron_grads = [[] for _ in range(L)]
-    for batch in tqdm(batches, desc="Kwon: Fisher", disable=not progress, leave=False):
-        n = batch.input_ids.shape[0]
-        hm = [torch.ones(n, adapter.layer(l).num_heads, requires_grad=True) for l in range(L)]
-        nm = [torch.ones(n, adapter.layer(l).num_neurons, requires_grad=True) for l in range(L)]
-        teacher = None
-        if not batch.labels and task != "regression":
+    pseudo = not batches[0].labels and task != "regression"
+    dicts = []
+    for batch in batches:
+        entry = batch.as_dict()
+        if pseudo:   # unlabelled: the unpruned model's argmax stands in for the labels
             with torch.no_grad():
-                teacher = masked_logits(adapter, batch)
-        with torch.enable_grad():
-            logits = masked_logits(adapter, batch, hm, nm)
-            loss = per_sample_task_loss(logits, batch, task, teacher).sum()
-            grads = torch.autograd.grad(loss, hm + nm)
-        for l in range(L):
-            head_grads[l].append(grads[l].detach())
-            neuron_grads[l].append(grads[L + l].detach())
-    return [torch.cat(g) for g in head_grads], [torch.cat(g) for g in neuron_grads]
+                inputs = {k: v for k, v in entry.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+                entry["teacher_logits"] = task_logits(model(**inputs), task)
+        dicts.append(entry)
+
+    def loss_fn(outputs, batch):
+        return per_sample_task_loss(task_logits(outputs, task), batch, task, batch.get("teacher_logits"))
+
+    bar = tqdm(dicts, desc="Kwon: Fisher", disable=not progress, leave=False)
+    return kprune.mask_gradients(model, bar, loss_fn)
 
 
 def search_mask(head_importance: torch.Tensor, neuron_importance: torch.Tensor, budget: float,
@@ -117,44 +113,23 @@ def pruned_objective(kept: torch.Tensor, grads: torch.Tensor) -> float:
     return float((grads.double()[:, ~kept].sum(1)).square().sum())
 
 
-def tune_masks(teacher: EncoderAdapter, student: EncoderAdapter, batches: list[LabelledBatch],
-               damping: float = 1e-4, max_mask: float = 10.0, progress: bool = False) -> list[dict]:
+def tune_masks(teacher, student, samples, damping: float = 1e-4, max_mask: float = 10.0,
+               batch_size: int = 32, progress: bool = False) -> list[dict]:
     """Layer-wise least-squares mask tuning of ``student`` (physically pruned) towards ``teacher``,
     folded into the student's output projections in place. Returns per sublayer the mean squared
     reconstruction error per token before and after tuning."""
-    with torch.no_grad():
-        teacher_cache = [teacher.embed(b.input_ids, b.token_type_ids) for b in batches]
-        student_cache = [student.embed(b.input_ids, b.token_type_ids) for b in batches]
-    num_tokens = sum(b.num_tokens for b in batches)
+    tuner = kprune.tuner_for(student, teacher, samples, batch_size)
+    layers = kprune.encoder_layers(student)
     log = []
-    for k in tqdm(range(2 * student.num_layers), desc="Kwon: mask tuning", disable=not progress, leave=False):
-        view = student.layer(k // 2)
+    for k in tqdm(range(tuner.num_sublayers), desc="Kwon: mask tuning", disable=not progress, leave=False):
+        view = layers[k // 2]
         out_proj = view.attn_out if k % 2 == 0 else view.ffn_out
         width = out_proj.in_features
         unit_width = view.head_size if k % 2 == 0 else 1
-        d = out_proj.out_features
-        gram = torch.zeros(width, width, dtype=torch.float64)
-        cross = torch.zeros(width, d, dtype=torch.float64)
-        residual_sq = 0.0
-        next_teacher = []
-        with torch.no_grad():
-            for i, batch in enumerate(batches):
-                t_out = run_sublayer(teacher, k, teacher_cache[i], batch.key_mask)
-                next_teacher.append(t_out.output)
-                if width == 0:
-                    continue
-                x = student_cache[i]
-                s_out = run_sublayer(student, k, x, batch.key_mask)
-                real = batch.key_mask
-                act = s_out.act[real].double()
-                target = (t_out.pre_norm - x)[real].double()
-                if out_proj.bias is not None:
-                    target = target - out_proj.bias.double()
-                gram += act.t() @ act
-                cross += act.t() @ target
-                residual_sq += float(target.square().sum())
         entry = {"sublayer": k, "units": width // unit_width}
         if width > 0:
+            stats = tuner.statistics(k)
+            gram, cross = stats.gram.double(), stats.cross.double()
             w = out_proj.weight.detach().double()                      # [d, width]
             per_dim = gram * (w.t() @ w)                               # [width, width]
             units = width // unit_width
@@ -162,7 +137,7 @@ def tune_masks(teacher: EncoderAdapter, student: EncoderAdapter, batches: list[L
             b = (cross * w.t()).sum(1).view(units, unit_width).sum(1)
 
             def error(m: torch.Tensor) -> float:
-                return (residual_sq - 2 * float(m @ b) + float(m @ a @ m)) / num_tokens
+                return (stats.target_sq - 2 * float(m @ b) + float(m @ a @ m)) / stats.num_tokens
 
             ones = torch.ones(units, dtype=torch.float64)
             lam = damping * float(a.diagonal().mean()) if units else 0.0
@@ -183,38 +158,35 @@ def tune_masks(teacher: EncoderAdapter, student: EncoderAdapter, batches: list[L
                 scale = m.repeat_interleave(unit_width).to(out_proj.weight.dtype)
                 out_proj.weight.mul_(scale[None, :])
         log.append(entry)
-        with torch.no_grad():
-            student_cache = [run_sublayer(student, k, x, b.key_mask).output for x, b in zip(student_cache, batches)]
-        teacher_cache = next_teacher
+        tuner.advance(k)
+    tuner.release()
     return log
 
 
 def prune_kwon(model, samples, task_kind: str, flops_reduction: float, seed: int = 0, *,
                rearrangement: bool = True, mask_tuning: bool = True, batch_size: int = 32,
-               damping: float = 1e-4, max_mask: float = 10.0, progress: bool = True) -> PruneResult:
+               damping: float = 1e-4, max_mask: float = 10.0, progress: bool = True) -> kprune.PruneResult:
     """Prune ``model`` (left unchanged) with Kwon et al.'s search, rearrangement and mask tuning.
 
     samples: features with labels ("labels", or "start_positions"/"end_positions" for QA), as
     :func:`kprune.data.sample_features` gives. ``seed`` is unused (the method is deterministic given
     the sample) and accepted for a uniform interface.
     """
-    task = check_task_kind(task_kind)
-    flops_reduction = check_reduction(flops_reduction)
+    check_args(task_kind, flops_reduction)
+    task = task_kind
     started = time.perf_counter()
     seconds: dict[str, float] = {}
     model.eval()
-    teacher = EncoderAdapter(model)
     pad = getattr(model.config, "pad_token_id", None) or 0
-    batches = labelled_batches(samples, getattr(model.config, "vocab_size", None), batch_size, pad)
+    batches = labelled_batches(samples, batch_size, pad)
     num_samples = sum(b.input_ids.shape[0] for b in batches)
     num_tokens = sum(b.num_tokens for b in batches)
     seq_len = num_tokens / num_samples
-    head_cost, neuron_cost = unit_costs(teacher, seq_len)
-    budget = (1.0 - flops_reduction) * full_flops(teacher, seq_len)
+    head_cost, neuron_cost = unit_costs(model, seq_len)
+    budget = (1.0 - flops_reduction) * full_flops(model, seq_len)
 
     timer = time.perf_counter()
-    work = student_copy(model)
-    head_grads, neuron_grads = fisher_gradients(work, batches, task, progress)
+    head_grads, neuron_grads = fisher_gradients(model, batches, task, progress)
     seconds["fisher"] = time.perf_counter() - timer
 
     timer = time.perf_counter()
@@ -230,15 +202,15 @@ def prune_kwon(model, samples, task_kind: str, flops_reduction: float, seed: int
     seconds["rearrange"] = time.perf_counter() - timer
     del head_grads, neuron_grads
 
-    prune_to(work, [torch.nonzero(m).flatten().tolist() for m in head_mask],
-             [torch.nonzero(m).flatten().tolist() for m in neuron_mask])
+    work = prune_to(model, [torch.nonzero(m).flatten().tolist() for m in head_mask],
+                    [torch.nonzero(m).flatten().tolist() for m in neuron_mask])
     timer = time.perf_counter()
-    tuning = tune_masks(teacher, work, batches, damping, max_mask, progress) if mask_tuning else []
+    tuning = tune_masks(model, work, samples, damping, max_mask, batch_size, progress) if mask_tuning else []
     seconds["tune"] = time.perf_counter() - timer
     seconds["total"] = time.perf_counter() - started
     config = {"method": "kwon", "rearrangement": rearrangement, "mask_tuning": mask_tuning,
               "batch_size": batch_size, "damping": damping, "max_mask": max_mask,
               "labels": sorted(batches[0].labels) if batches else []}
-    report = build_report(task, teacher, work, flops_reduction, num_samples, num_tokens, seconds, config)
+    report = build_report(task, model, work, flops_reduction, num_samples, num_tokens, seconds, config)
     report["mask_tuning"] = tuning
-    return PruneResult(work.model, report)
+    return kprune.PruneResult(work, report)

@@ -12,17 +12,15 @@ import time
 
 import torch
 
-from kprune.config import check_reduction, check_task_kind
-from kprune.pruner import PruneResult
+import kprune
 
-from ._common import EncoderAdapter, build_report, labelled_batches, prune_to, student_copy
+from ._common import build_report, check_args, prune_to, sample_counts
 
 
-def unit_magnitudes(adapter: EncoderAdapter) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+def unit_magnitudes(model) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """Mean squared weight per head ([heads] per layer) and per neuron ([neurons] per layer)."""
     heads, neurons = [], []
-    for l in range(adapter.num_layers):
-        v = adapter.layer(l)
+    for v in kprune.encoder_layers(model):
         hs = v.head_size
         rows = torch.cat([v.query.weight, v.key.weight, v.value.weight], 1).square()   # [H*hs, 3d]
         cols = v.attn_out.weight.t().square()                                          # [H*hs, d]
@@ -45,25 +43,20 @@ def _top(scores: list[torch.Tensor], keep: int) -> list[list[int]]:
 
 
 def prune_magnitude(model, samples, task_kind: str, flops_reduction: float, seed: int = 0, *,
-                    progress: bool = True) -> PruneResult:
+                    progress: bool = True) -> kprune.PruneResult:
     """Prune ``model`` (left unchanged) by weight magnitude. ``samples`` only set the sequence length
     of the FLOPs model (as for every method); ``seed`` is unused (deterministic)."""
-    task = check_task_kind(task_kind)
-    flops_reduction = check_reduction(flops_reduction)
+    check_args(task_kind, flops_reduction)
     started = time.perf_counter()
     model.eval()
-    teacher = EncoderAdapter(model)
-    batches = labelled_batches(samples, getattr(model.config, "vocab_size", None))
-    num_samples = sum(b.input_ids.shape[0] for b in batches)
-    num_tokens = sum(b.num_tokens for b in batches)
-    work = student_copy(model)
+    num_samples, num_tokens = sample_counts(samples)
     with torch.no_grad():
-        heads, neurons = unit_magnitudes(work)
+        heads, neurons = unit_magnitudes(model)
     keep = 1.0 - flops_reduction
     heads_kept = _top(heads, math.floor(keep * sum(h.numel() for h in heads) + 1e-9))
     neurons_kept = _top(neurons, math.floor(keep * sum(n.numel() for n in neurons) + 1e-9))
-    prune_to(work, heads_kept, neurons_kept)
+    work = prune_to(model, heads_kept, neurons_kept)
     seconds = {"total": time.perf_counter() - started}
-    report = build_report(task, teacher, work, flops_reduction, num_samples, num_tokens, seconds,
+    report = build_report(task_kind, model, work, flops_reduction, num_samples, num_tokens, seconds,
                           {"method": "magnitude"})
-    return PruneResult(work.model, report)
+    return kprune.PruneResult(work, report)

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kprune.errors import UnsupportedModelError
+from kprune.errors import ConfigError, UnsupportedModelError
 
 
 @dataclass(frozen=True)
@@ -199,3 +199,23 @@ class EncoderAdapter:
         heads = [self.layer(i).num_heads for i in range(self.num_layers)]
         neurons = [self.layer(i).num_neurons for i in range(self.num_layers)]
         return heads, neurons
+
+
+def check_head(adapter: EncoderAdapter, task: str) -> None:
+    """Refuse a task the model's head cannot serve (e.g. task='qa' on a classifier)."""
+    labels = int(getattr(adapter.model.config, "num_labels", 0))
+    if task == "qa" and adapter.head_kind != "qa":
+        raise ConfigError(f"task='qa' needs a *ForQuestionAnswering model, got {type(adapter.model).__name__}")
+    if task != "qa" and adapter.head_kind == "qa":
+        raise ConfigError(f"task={task!r} needs a *ForSequenceClassification model, got {type(adapter.model).__name__}")
+    if task == "regression" and labels != 1:
+        raise ConfigError(f"task='regression' needs a head with num_labels=1, the model has {labels}")
+    if task == "classification" and labels < 2:
+        raise ConfigError(f"task='classification' needs a head with num_labels >= 2, the model has {labels}")
+
+
+def encoder_layers(model: nn.Module) -> list[LayerView]:
+    """The modules of every encoder layer of ``model`` by role (query, key, value, attn_out, attn_norm,
+    ffn_in, ffn_out, ffn_norm, ffn_act), whatever its family; refuses unsupported models by name."""
+    adapter = EncoderAdapter(model)
+    return [adapter.layer(l) for l in range(adapter.num_layers)]

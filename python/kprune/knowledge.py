@@ -55,16 +55,27 @@ class UnitStatistics:
             ops.accumulate_importance(act, grad, offsets, self.grad_sq, self.act_sq)
 
 
-def unit_scores(stats: UnitStatistics, out_weight: torch.Tensor, unit_width: int, num_samples: int,
-                num_tokens: int, unit_flops: float, lambda_pred: float, lambda_rep: float,
-                multiplier: float = 1.0) -> torch.Tensor:
-    """Scores [units] = multiplier * (lambda_pred K_pred + lambda_rep K_rep) / unit_flops.
+def unit_knowledge(stats: UnitStatistics, out_weight: torch.Tensor, unit_width: int, num_samples: int,
+                   num_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(K_pred, K_rep) per unit [units].
 
-    K_pred = 1/2 sum_groups g^2 / N_samples and K_rep = sum_tokens a^2 * mean_j W_out[j, i]^2 / N_tokens
-    per dimension; a unit (a head of unit_width dimensions, or a neuron) takes the mean of its dimensions.
+    Per dimension K_pred = 1/2 sum_groups g^2 / N_samples and K_rep = sum_tokens a^2 * mean_j W_out[j, i]^2 /
+    N_tokens; a unit (a head of unit_width dimensions, or a neuron) takes the mean of its dimensions.
     """
     k_pred = 0.5 * stats.grad_sq / num_samples
     k_rep = stats.act_sq * out_weight.float().square().mean(0) / num_tokens
-    per_dim = lambda_pred * k_pred + lambda_rep * k_rep
-    per_unit = per_dim.view(-1, unit_width).mean(1)
-    return multiplier * per_unit / unit_flops
+    return k_pred.view(-1, unit_width).mean(1), k_rep.view(-1, unit_width).mean(1)
+
+
+def combine_scores(k_pred: torch.Tensor, k_rep: torch.Tensor, unit_flops: float, lambda_pred: float,
+                   lambda_rep: float, multiplier: float = 1.0) -> torch.Tensor:
+    """Scores [units] = multiplier * (lambda_pred K_pred + lambda_rep K_rep) / unit_flops."""
+    return multiplier * (lambda_pred * k_pred + lambda_rep * k_rep) / unit_flops
+
+
+def unit_scores(stats: UnitStatistics, out_weight: torch.Tensor, unit_width: int, num_samples: int,
+                num_tokens: int, unit_flops: float, lambda_pred: float, lambda_rep: float,
+                multiplier: float = 1.0) -> torch.Tensor:
+    """Scores [units] from a sublayer's running sums (:func:`unit_knowledge`, then :func:`combine_scores`)."""
+    k_pred, k_rep = unit_knowledge(stats, out_weight, unit_width, num_samples, num_tokens)
+    return combine_scores(k_pred, k_rep, unit_flops, lambda_pred, lambda_rep, multiplier)

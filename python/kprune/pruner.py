@@ -23,15 +23,15 @@ from torch import nn
 from tqdm.auto import tqdm
 
 import kprune_ext
-from kprune_ext import ops
-from kprune.adapters import EncoderAdapter
+from kprune.adapters import EncoderAdapter, check_head
 from kprune.config import KPruneConfig, check_reduction, check_task_kind
 from kprune.errors import ConfigError, NumericalError
 from kprune.flops import head_flops, model_flops, neuron_flops
 from kprune.knowledge import UnitStatistics, distillation_loss, unit_scores
 from kprune.samples import Batch, make_batches, normalise_samples
 from kprune.search import search_kept
-from kprune.sublayers import run_sublayer, sublayer_act, sublayer_backward
+from kprune.sublayers import run_sublayer, sublayer_backward
+from kprune.tuning import SublayerTuner, out_projection
 from kprune.surgery import prune_heads, prune_neurons
 
 logger = logging.getLogger(__name__)
@@ -60,18 +60,6 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def _check_head(adapter: EncoderAdapter, task: str) -> None:
-    labels = int(getattr(adapter.model.config, "num_labels", 0))
-    if task == "qa" and adapter.head_kind != "qa":
-        raise ConfigError(f"task='qa' needs a *ForQuestionAnswering model, got {type(adapter.model).__name__}")
-    if task != "qa" and adapter.head_kind == "qa":
-        raise ConfigError(f"task={task!r} needs a *ForSequenceClassification model, got {type(adapter.model).__name__}")
-    if task == "regression" and labels != 1:
-        raise ConfigError(f"task='regression' needs a head with num_labels=1, the model has {labels}")
-    if task == "classification" and labels < 2:
-        raise ConfigError(f"task='classification' needs a head with num_labels >= 2, the model has {labels}")
-
-
 class KPruner:
     """Stepwise K-prune: iterate :meth:`steps` to watch each sublayer, or call :meth:`run`."""
 
@@ -81,7 +69,7 @@ class KPruner:
         self.task = check_task_kind(task)
         self.flops_reduction = check_reduction(flops_reduction)
         self.teacher = EncoderAdapter(model)
-        _check_head(self.teacher, self.task)
+        check_head(self.teacher, self.task)
         vocab = getattr(model.config, "vocab_size", None)
         pad = getattr(model.config, "pad_token_id", None) or 0
         self.samples = normalise_samples(samples, vocab)
@@ -112,10 +100,7 @@ class KPruner:
         self.budget = (1.0 - self.flops_reduction) * self.flops_before
         self.remaining = self.budget
         self.params_before = count_parameters(self._input_model)
-        with torch.no_grad():
-            # embeddings are never pruned: the student's cache starts as the teacher's
-            self.teacher_cache = [t.embed(b.input_ids, b.token_type_ids) for b in self.batches]
-        self.student_cache = list(self.teacher_cache)
+        self.tuner = SublayerTuner(self.student, self.teacher, self.batches)
         self.teacher_logits: list[torch.Tensor] = []
         self.seconds["setup"] += time.perf_counter() - started
 
@@ -127,10 +112,6 @@ class KPruner:
         if k % 2 == 0:
             return view.num_heads * view.head_size, view.head_size, self.unit_flops[0], self.config.mu
         return view.num_neurons, 1, self.unit_flops[1], 1.0
-
-    def _out_proj(self, adapter: EncoderAdapter, k: int) -> nn.Linear:
-        view = adapter.layer(k // 2)
-        return view.attn_out if k % 2 == 0 else view.ffn_out
 
     def _measure(self, k: int) -> dict[int, UnitStatistics]:
         """One pass over the sample: the knowledge of every unit in sublayers >= k."""
@@ -151,7 +132,7 @@ class KPruner:
                     offsets = batch.token_offsets().to(self.device)
                 else:
                     offsets = torch.tensor([0, batch.num_tokens], device=self.device)
-                pass_(k, index, batch, self.student_cache[index], with_grad, stats, offsets)
+                pass_(k, index, batch, self.tuner.student_cache[index], with_grad, stats, offsets)
         return stats
 
     def _loss(self, logits: torch.Tensor, index: int, batch: Batch) -> torch.Tensor:
@@ -224,54 +205,28 @@ class KPruner:
         scores = {}
         for j, st in stats.items():
             _, unit_width, unit_flops, multiplier = self._widths(j)
-            weight = self._out_proj(self.student, j).weight
+            weight = out_projection(self.student, j).weight
             scores[j] = unit_scores(st, weight, unit_width, self.num_samples, self.num_tokens, unit_flops,
                                     lp, lr, multiplier)
         return scores
 
     def _tune_and_advance(self, k: int, kept: torch.Tensor) -> None:
-        """Remove sublayer k's pruned units, re-fit its output projection on the kept ones (KPWT) and
-        advance both caches through it.
+        """Remove sublayer k's pruned units, re-fit its output projection on the kept ones (KPWT,
+        :mod:`kprune.tuning`) and advance both hidden-state caches through it.
 
-        The Gram statistics are accumulated here, on the already pruned sublayer, so they cost
-        O(kept^2) rather than O(units^2); the teacher advances through sublayer k in the same pass.
+        The Gram statistics are accumulated on the already pruned sublayer, so they cost O(kept^2)
+        rather than O(units^2); the teacher advances through sublayer k in the same pass.
         """
         if k % 2 == 0:
             prune_heads(self.student, k // 2, kept)
         else:
             prune_neurons(self.student, k // 2, kept)
         timer = time.perf_counter()
-        tune = self.config.weight_tuning and kept.numel() > 0
-        out_proj = self._out_proj(self.student, k)
-        width, d = out_proj.in_features, self.student.hidden_size
-        gram = torch.zeros(width, width, device=self.device)
-        cross = torch.zeros(width, d, device=self.device)
-        next_teacher = []
-        for index, batch in enumerate(self.batches):
-            real = batch.key_mask
-            with torch.no_grad():
-                teacher_out = run_sublayer(self.teacher, k, self.teacher_cache[index], real)
-                next_teacher.append(teacher_out.output)
-                if tune:
-                    x = self.student_cache[index][real]
-                    target = teacher_out.pre_norm[real] - x
-                    if out_proj.bias is not None:
-                        target -= out_proj.bias
-                    ops.gram_accumulate(sublayer_act(self.student, k, self.student_cache[index], real)[real],
-                                        target, None, gram, cross)
-        self.teacher_cache = next_teacher
-        if tune:
-            solution = ops.solve_damped(gram, cross, self.config.damping)  # [kept dims, d] = W^T
-            if not torch.isfinite(solution).all():
-                raise NumericalError(f"weight tuning of sublayer {k} produced non-finite weights")
-            with torch.no_grad():
-                out_proj.weight.copy_(solution.t().to(out_proj.weight.dtype))
+        if self.config.weight_tuning and kept.numel() > 0:
+            self.tuner.refit(k, damping=self.config.damping)
         self.seconds["tune"] += time.perf_counter() - timer
-
         timer = time.perf_counter()
-        with torch.no_grad():
-            self.student_cache = [run_sublayer(self.student, k, x, b.key_mask).output
-                                  for x, b in zip(self.student_cache, self.batches)]
+        self.tuner.advance(k)
         self.seconds["advance"] += time.perf_counter() - timer
 
     def _step(self, k: int) -> StepResult:
@@ -314,7 +269,8 @@ class KPruner:
         finally:
             bar.close()
             self._input_model.train(self._was_training)
-            self.student_cache = self.teacher_cache = []
+            if hasattr(self, "tuner"):
+                self.tuner.release()
         self.seconds["total"] = time.perf_counter() - started
 
     @property

@@ -1,0 +1,187 @@
+"""Weight tuning (KPWT): re-fit a sublayer's output projection by damped least squares.
+
+For sublayer k, with A the student's activations of the kept units, X the student's input to the
+sublayer and Y the teacher's pre-LayerNorm output of it, the new weights solve
+(AᵀA + εI)·Wᵀ = Aᵀ(Y − X − b) over the real tokens, bias unchanged (DESIGN.md, step 3).
+
+:class:`SublayerTuner` keeps teacher and student hidden states at the input of the next sublayer and
+advances them one sublayer at a time, bottom to top, so a whole run costs one pass per sublayer;
+:func:`refit_output_projection` re-fits a single sublayer from scratch.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from kprune.adapters import EncoderAdapter
+from kprune.errors import ConfigError, NumericalError
+from kprune.samples import Batch, make_batches, normalise_samples
+from kprune.sublayers import run_sublayer, sublayer_act
+from kprune.surgery import head_columns
+from kprune_ext import ops
+
+
+@dataclass
+class LeastSquaresStats:
+    """Sums over the real tokens of one sublayer: AᵀA [k, k], Aᵀ(Y − X − b) [k, d], Σ‖Y − X − b‖² and the count."""
+
+    gram: torch.Tensor
+    cross: torch.Tensor
+    target_sq: float
+    num_tokens: int
+
+
+def _adapter(model) -> EncoderAdapter:
+    return model if isinstance(model, EncoderAdapter) else EncoderAdapter(model)
+
+
+def out_projection(adapter: EncoderAdapter, sublayer: int) -> nn.Linear:
+    view = adapter.layer(sublayer // 2)
+    return view.attn_out if sublayer % 2 == 0 else view.ffn_out
+
+
+def kept_columns(adapter: EncoderAdapter, sublayer: int, kept: Sequence[int] | torch.Tensor | None,
+                 device) -> torch.Tensor | None:
+    """Input columns of the output projection that belong to the ``kept`` units (None: all)."""
+    if kept is None:
+        return None
+    view = adapter.layer(sublayer // 2)
+    units = view.num_heads if sublayer % 2 == 0 else view.num_neurons
+    kept = torch.as_tensor(list(kept) if not isinstance(kept, torch.Tensor) else kept, dtype=torch.long)
+    if kept.numel() and (int(kept.min()) < 0 or int(kept.max()) >= units):
+        raise ConfigError(f"kept units {kept.tolist()} are outside sublayer {sublayer}'s {units} units")
+    kept = kept.unique().to(device)
+    return head_columns(kept, view.head_size) if sublayer % 2 == 0 else kept
+
+
+class SublayerTuner:
+    """Teacher and student hidden states at the input of sublayer ``next``, over a fixed set of batches.
+
+    Call :meth:`statistics` or :meth:`refit` for sublayer k (any number of times), then
+    :meth:`advance` (k) to move both on, in order k = 0, 1, ..., 2L − 1. The student may change (pruned,
+    re-fitted) between calls; the teacher must not.
+    """
+
+    def __init__(self, student, teacher, batches: list[Batch]):
+        self.student, self.teacher = _adapter(student), _adapter(teacher)
+        self.batches = batches
+        self.next = 0
+        with torch.no_grad():
+            self.teacher_cache = [self.teacher.embed(b.input_ids, b.token_type_ids) for b in batches]
+            same = self.student.model is self.teacher.model
+            # embeddings are never pruned: a copy of the teacher starts from the teacher's hidden states
+            self.student_cache = list(self.teacher_cache) if same or _same_embeddings(self.student, self.teacher) \
+                else [self.student.embed(b.input_ids, b.token_type_ids) for b in batches]
+        self._next_teacher: list[torch.Tensor] | None = None
+
+    @property
+    def num_sublayers(self) -> int:
+        return 2 * self.teacher.num_layers
+
+    def _check(self, sublayer: int) -> None:
+        if sublayer != self.next:
+            raise ConfigError(f"sublayer {sublayer} asked for, but the tuner stands at sublayer {self.next}; "
+                              "sublayers are tuned in order, bottom to top")
+
+    def statistics(self, sublayer: int, kept: Sequence[int] | torch.Tensor | None = None) -> LeastSquaresStats:
+        """AᵀA and Aᵀ(Y − X − b) of sublayer k's (kept) units against the teacher, over every batch."""
+        self._check(sublayer)
+        out_proj = out_projection(self.student, sublayer)
+        device = out_proj.weight.device
+        columns = kept_columns(self.student, sublayer, kept, device)
+        width = out_proj.in_features if columns is None else columns.numel()
+        d = self.student.hidden_size
+        gram = torch.zeros(width, width, device=device)
+        cross = torch.zeros(width, d, device=device)
+        target_sq, tokens = 0.0, 0
+        next_teacher = []
+        for index, batch in enumerate(self.batches):
+            real = batch.key_mask
+            with torch.no_grad():
+                teacher_out = run_sublayer(self.teacher, sublayer, self.teacher_cache[index], real)
+                next_teacher.append(teacher_out.output)
+                target = teacher_out.pre_norm[real] - self.student_cache[index][real]
+                if out_proj.bias is not None:
+                    target -= out_proj.bias
+                target_sq += float(target.double().square().sum())
+                tokens += int(real.sum())
+                if width:
+                    act = sublayer_act(self.student, sublayer, self.student_cache[index], real)[real]
+                    ops.gram_accumulate(act, target, columns, gram, cross)
+        self._next_teacher = next_teacher     # the teacher's next hidden states come free with the targets
+        return LeastSquaresStats(gram, cross, target_sq, tokens)
+
+    def refit(self, sublayer: int, kept: Sequence[int] | torch.Tensor | None = None,
+              damping: float = 1e-4) -> torch.Tensor:
+        """Re-fit sublayer k's output projection on its (kept) units, in place; returns the new Wᵀ [k, d].
+
+        With ``kept`` given, the other units' columns are set to zero: the model then computes what it
+        would with those units masked out (or removed)."""
+        stats = self.statistics(sublayer, kept)
+        out_proj = out_projection(self.student, sublayer)
+        columns = kept_columns(self.student, sublayer, kept, out_proj.weight.device)
+        if stats.gram.shape[0] == 0:
+            solution = stats.cross
+        else:
+            solution = ops.solve_damped(stats.gram, stats.cross, damping)
+            if not torch.isfinite(solution).all():
+                raise NumericalError(f"weight tuning of sublayer {sublayer} produced non-finite weights")
+        with torch.no_grad():
+            weight = solution.t().to(out_proj.weight.dtype)
+            if columns is None:
+                out_proj.weight.copy_(weight)
+            else:
+                out_proj.weight.zero_()
+                out_proj.weight[:, columns] = weight
+        return solution
+
+    def advance(self, sublayer: int) -> None:
+        """Move both hidden states through sublayer k (the student as it is now)."""
+        self._check(sublayer)
+        with torch.no_grad():
+            if self._next_teacher is None:
+                self._next_teacher = [run_sublayer(self.teacher, sublayer, x, b.key_mask).output
+                                      for x, b in zip(self.teacher_cache, self.batches)]
+            self.student_cache = [run_sublayer(self.student, sublayer, x, b.key_mask).output
+                                  for x, b in zip(self.student_cache, self.batches)]
+        self.teacher_cache, self._next_teacher = self._next_teacher, None
+        self.next += 1
+
+    def release(self) -> None:
+        self.teacher_cache = self.student_cache = []
+        self._next_teacher = None
+
+
+def _same_embeddings(a: EncoderAdapter, b: EncoderAdapter) -> bool:
+    ea, eb = a.encoder.embeddings.state_dict(), b.encoder.embeddings.state_dict()
+    return ea.keys() == eb.keys() and all(torch.equal(ea[k], eb[k]) for k in ea)
+
+
+def tuner_for(student: nn.Module, teacher: nn.Module, samples, batch_size: int = 32) -> SublayerTuner:
+    """A :class:`SublayerTuner` over ``samples`` (as :func:`kprune.prune` takes them)."""
+    config = teacher.config
+    plain = normalise_samples(samples, getattr(config, "vocab_size", None))
+    device = next(student.parameters()).device
+    batches = make_batches(plain, batch_size, getattr(config, "pad_token_id", None) or 0, device)
+    return SublayerTuner(student, teacher, batches)
+
+
+def refit_output_projection(student: nn.Module, teacher: nn.Module, sublayer: int, samples,
+                            kept: Sequence[int] | torch.Tensor | None = None, damping: float = 1e-4,
+                            batch_size: int = 32) -> torch.Tensor:
+    """Re-fit one sublayer's output projection of ``student`` (in place) towards ``teacher``.
+
+    sublayer: 2l for layer l's attention, 2l + 1 for its FFN. kept: units (heads or neurons, indices
+    into the sublayer's current units) to fit on, None for all; the others' columns become zero.
+    The student's input to the sublayer comes from its own lower sublayers as they are now.
+    Returns the solution Wᵀ [kept dims, d].
+    """
+    tuner = tuner_for(student, teacher, samples, batch_size)
+    if not 0 <= sublayer < tuner.num_sublayers:
+        raise ConfigError(f"sublayer={sublayer!r} is outside 0..{tuner.num_sublayers - 1}")
+    for k in range(sublayer):
+        tuner.advance(k)
+    return tuner.refit(sublayer, kept, damping)
