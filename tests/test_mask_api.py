@@ -145,7 +145,13 @@ def _naive_knowledge(model, samples, masks, teacher, groups, batch_size, tempera
     dim_masks = []
     for l in range(adapter.num_layers):
         dim_masks += [masks.heads[l].repeat_interleave(adapter.head_size), masks.neurons[l]]
-    for batch in make_batches(samples, batch_size):
+    if groups == "batch":   # the paper's logical batches: a seeded random permutation cut in batch_size
+        order = torch.randperm(len(samples), generator=torch.Generator().manual_seed(0)).tolist()
+        chunks = [[samples[i] for i in order[s:s + batch_size]] for s in range(0, len(order), batch_size)]
+    else:
+        chunks = [samples]
+    for chunk in chunks:
+        batch = make_batches(chunk, len(chunk))[0]
         live = [m.clone().requires_grad_() for m in dim_masks]
         handles, acts = [], {}
         for l in range(adapter.num_layers):

@@ -56,6 +56,41 @@ def test_sample_gradient_groups_do_not_depend_on_batching():
     assert reports[0]["neurons_kept"] == reports[1]["neurons_kept"]
 
 
+def test_batch_gradient_groups_do_not_depend_on_compute_batching():
+    """The paper's batch-mean gradients come from a seeded random partition into logical batches:
+    cutting the compute batches otherwise (size, and so order and padding) changes nothing."""
+    model = tiny_model("bert", "classification", layers=3)
+    samples = random_samples(30, seed=5)
+    runs = []
+    for compute in (3, 7, 30):
+        config = kprune.KPruneConfig(progress=False, batch_size=8, compute_batch_size=compute)
+        pruner = KPruner(model, samples, "classification", 0.6, config)
+        stats = None
+        for step in pruner.steps():
+            if step.sublayer == 2:
+                stats = pruner._measure(3)     # statistics of the current student, one step on
+        runs.append(([step.kept for step in pruner.steps_done], stats))
+    (kept0, stats0) = runs[0]
+    for kept, stats in runs[1:]:
+        assert kept == kept0
+        for j in stats0:
+            torch.testing.assert_close(stats[j].grad_sq, stats0[j].grad_sq, rtol=1e-4, atol=1e-12)
+            torch.testing.assert_close(stats[j].act_sq, stats0[j].act_sq, rtol=1e-5, atol=1e-9)
+    assert any(float(s.grad_sq.sum()) > 0 for s in stats0.values())
+    # another seed is another partition: other batch-mean gradients
+    other = KPruner(model, samples, "classification", 0.6,
+                    kprune.KPruneConfig(progress=False, batch_size=8, seed=1))
+    assert not torch.equal(other.groups.of_sample, KPruner(model, samples, "classification", 0.6,
+                                                           kprune.KPruneConfig(progress=False, batch_size=8)).groups.of_sample)
+
+
+def test_compute_batch_size_and_seed_are_checked():
+    with pytest.raises(kprune.ConfigError, match="compute_batch_size"):
+        kprune.KPruneConfig(compute_batch_size=0).validate()
+    with pytest.raises(kprune.ConfigError, match="seed"):
+        kprune.KPruneConfig(seed=0.5).validate()
+
+
 class RandomScores(KPruner):
     """The real driver with arbitrary scores, to check the budget holds whatever they are."""
 
@@ -206,7 +241,9 @@ def test_bfloat16_measurement_runs_in_bfloat16_and_agrees(monkeypatch, recompute
     kept = {}
     for dtype in ("float32", "bfloat16"):
         seen.clear()
-        pruner = KPruner(model, samples, "qa", 0.5, kprune.KPruneConfig(**FAST, measure_dtype=dtype, recompute=recompute))
+        # per-sample groups: the statistics go through the importance op, which the spy watches
+        config = kprune.KPruneConfig(**FAST, measure_dtype=dtype, recompute=recompute, gradient_groups="sample")
+        pruner = KPruner(model, samples, "qa", 0.5, config)
         report = pruner.run().report
         assert report["flops_after"] <= report["flops_budget"] * (1 + 1e-9)
         assert report["config"]["measure_dtype"] == dtype

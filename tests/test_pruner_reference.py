@@ -75,7 +75,7 @@ def _kl_loss(student_logits, teacher_logits, temperature):
     return temperature ** 2 * (log_t.exp() * (log_t - log_s)).sum(-1)
 
 
-def naive_kprune(model, samples, reduction, groups, batch_size):
+def naive_kprune(model, samples, reduction, groups, batch_size, seed=0):
     """Returns (kept units per step, masked student, its hooks)."""
     layers, heads, hs, neurons, d = _units(model)
     teacher, student = model, copy.deepcopy(model)
@@ -83,8 +83,13 @@ def naive_kprune(model, samples, reduction, groups, batch_size):
     if groups == "sample":
         units = [(s["input_ids"][None], torch.ones(1, s["input_ids"].numel(), dtype=torch.bool)) for s in samples]
         divisor = batch_size
-    else:
-        units = [(b.input_ids, b.key_mask) for b in make_batches(samples, batch_size)]
+    else:   # the paper's logical batches: a seeded random permutation of the sample, cut in batch_size
+        order = torch.randperm(len(samples), generator=torch.Generator().manual_seed(seed)).tolist()
+        units = []
+        for start in range(0, len(order), batch_size):
+            group = [samples[i] for i in order[start:start + batch_size]]
+            b = make_batches(group, len(group))[0]
+            units.append((b.input_ids, b.key_mask))
         divisor = None
     n_samples = len(samples)
     n_tokens = sum(s["input_ids"].numel() for s in samples)

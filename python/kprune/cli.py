@@ -60,7 +60,7 @@ def _cmd_prune(args) -> int:
     samples = sample_features(spec.name, args.data, tokenizer, num_tokens=args.num_tokens, seed=args.seed,
                               max_length=args.max_length)
     sampling = time.perf_counter() - started
-    config = KPruneConfig(batch_size=args.batch_size, gradient_groups=args.gradient_groups,
+    config = KPruneConfig(batch_size=args.batch_size, gradient_groups=args.gradient_groups, seed=args.seed,
                           measure_dtype=args.measure_dtype,
                           weight_tuning=not args.no_weight_tuning, progress=not args.quiet)
     result = prune(model, samples, spec.kind, args.flops_reduction, config)

@@ -18,8 +18,10 @@ class KPruneConfig:
     mu: float = 64.0                  # head score multiplier
     temperature: float = 2.0          # T of the distillation loss
     damping: float = 1e-4             # least-squares damping, relative to mean(diag(A^T A))
-    batch_size: int = 32              # samples per batch (batches group samples of similar length)
-    gradient_groups: str = "batch"    # "batch": paper's batch-mean gradients; "sample": per-sample Fisher
+    batch_size: int = 32              # samples per logical batch of the batch-mean gradients (and per compute batch)
+    gradient_groups: str = "batch"    # "batch": paper's batch-mean gradients over a seeded random partition; "sample": per-sample Fisher
+    seed: int = 0                     # seed of that random partition
+    compute_batch_size: int | None = None   # samples per compute batch (length-sorted); None: batch_size
     weight_tuning: bool = True        # KPWT; False for the ablation
     recompute: bool = True            # backward one sublayer at a time (memory nearly flat in depth); False: one graph
     measure_dtype: str = "float32"    # "bfloat16": knowledge measured under autocast (faster, approximate)
@@ -37,6 +39,11 @@ class KPruneConfig:
             raise ConfigError(f"temperature={self.temperature!r} must be > 0")
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
             raise ConfigError(f"batch_size={self.batch_size!r} must be an integer >= 1")
+        if self.compute_batch_size is not None and (not isinstance(self.compute_batch_size, int)
+                                                    or self.compute_batch_size < 1):
+            raise ConfigError(f"compute_batch_size={self.compute_batch_size!r} must be None or an integer >= 1")
+        if not isinstance(self.seed, int):
+            raise ConfigError(f"seed={self.seed!r} must be an integer")
         if self.gradient_groups not in GRADIENT_GROUPS:
             raise ConfigError(f"gradient_groups={self.gradient_groups!r}; accepted: {', '.join(GRADIENT_GROUPS)}")
         if self.measure_dtype not in MEASURE_DTYPES:
@@ -44,6 +51,10 @@ class KPruneConfig:
         if not (self.use_pred or self.use_rep):
             raise ConfigError("use_pred and use_rep are both False: at least one kind of knowledge is needed")
         return self
+
+    @property
+    def compute_batch(self) -> int:
+        return self.compute_batch_size or self.batch_size
 
     def to_dict(self) -> dict:
         return asdict(self)

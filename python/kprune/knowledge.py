@@ -40,16 +40,36 @@ class UnitStatistics:
 
     grad_sq: torch.Tensor   # [width] sum over gradient groups of (sum_tokens a * g)^2
     act_sq: torch.Tensor    # [width] sum over tokens of a^2
+    group_grads: torch.Tensor | None = None   # [groups, width] sum_tokens a * g per logical group, if grouped
 
     @classmethod
-    def zeros(cls, width: int, device) -> "UnitStatistics":
-        return cls(torch.zeros(width, device=device), torch.zeros(width, device=device))
+    def zeros(cls, width: int, device, groups: int = 0) -> "UnitStatistics":
+        grouped = torch.zeros(groups, width, dtype=torch.float64, device=device) if groups else None
+        return cls(torch.zeros(width, device=device), torch.zeros(width, device=device), grouped)
 
-    def add(self, act: torch.Tensor, grad: torch.Tensor | None, offsets: torch.Tensor) -> None:
-        """act, grad: [tokens, width] (real tokens only); offsets: [groups + 1]."""
+    def add_grouped(self, act: torch.Tensor, grad: torch.Tensor, token_groups: torch.Tensor) -> None:
+        """Gradients of logical groups that span compute batches: sums per group now, squares in :meth:`finish`."""
         if act.shape[1] == 0:
             return
-        if grad is None:
+        self.act_sq.add_(act.float().square().sum(0))
+        self.group_grads.index_add_(0, token_groups, (act.double() * grad.double()))
+
+    def finish(self) -> "UnitStatistics":
+        """Square the per-group gradient sums into grad_sq (once every batch is in)."""
+        if self.group_grads is not None:
+            self.grad_sq.add_(self.group_grads.square().sum(0).float())
+            self.group_grads = None
+        return self
+
+    def add(self, act: torch.Tensor, grad: torch.Tensor | None, offsets: torch.Tensor,
+            token_groups: torch.Tensor | None = None) -> None:
+        """act, grad: [tokens, width] (real tokens only); offsets: [groups + 1] of contiguous groups, or
+        token_groups: [tokens] logical group of each token (groups that span compute batches)."""
+        if act.shape[1] == 0:
+            return
+        if grad is not None and token_groups is not None:
+            self.add_grouped(act, grad, token_groups)
+        elif grad is None:
             self.act_sq.add_(act.float().square().sum(0))
         else:
             ops.accumulate_importance(act, grad, offsets, self.grad_sq, self.act_sq)

@@ -20,7 +20,7 @@ from kprune.errors import DataError, NumericalError
 from kprune.flops import head_flops, neuron_flops
 from kprune.knowledge import UnitStatistics, combine_scores, distillation_loss, unit_knowledge
 from kprune.masks import UnitMasks, masked
-from kprune.samples import make_batches, normalise_samples
+from kprune.samples import GradientGroups, make_batches, normalise_samples
 
 
 @dataclass
@@ -92,21 +92,26 @@ class _Probe:
 
 
 class _KnowledgeProbe(_Probe):
-    def __init__(self, widths: list[int], device, need_grad: bool):
+    def __init__(self, widths: list[int], device, need_grad: bool, groups: int = 0):
         super().__init__(need_grad)
-        self.stats = [UnitStatistics.zeros(w, device) for w in widths]
+        self.stats = [UnitStatistics.zeros(w, device, groups) for w in widths]
+        self.token_groups: torch.Tensor | None = None    # logical gradient group of each real token
 
     def add(self, sublayer, act, grad, columns):
         if act.shape[1] == 0:
             return
         full = self.stats[sublayer]
         if columns.numel() == full.act_sq.numel():     # every unit kept, in order
-            full.add(act, grad, self.offsets)
+            full.add(act, grad, self.offsets, self.token_groups)
             return
-        part = UnitStatistics.zeros(columns.numel(), act.device)
-        part.add(act, grad, self.offsets)
-        full.grad_sq.index_add_(0, columns, part.grad_sq)
+        groups = 0 if full.group_grads is None else full.group_grads.shape[0]
+        part = UnitStatistics.zeros(columns.numel(), act.device, groups)
+        part.add(act, grad, self.offsets, self.token_groups)
         full.act_sq.index_add_(0, columns, part.act_sq)
+        if groups:
+            full.group_grads.index_add_(1, columns, part.group_grads)
+        else:
+            full.grad_sq.index_add_(0, columns, part.grad_sq)
 
 
 class _GradientProbe(_Probe):
@@ -184,8 +189,9 @@ def measure_knowledge(model: nn.Module, samples, task: str = "classification", *
     predictive = teacher is not model or masks is not None
     device = next(model.parameters()).device
     pad = getattr(model.config, "pad_token_id", None) or 0
-    batches = make_batches(normalise_samples(samples, getattr(model.config, "vocab_size", None)),
-                           cfg.batch_size, pad, device)
+    plain = normalise_samples(samples, getattr(model.config, "vocab_size", None))
+    batches = make_batches(plain, cfg.compute_batch, pad, device)
+    groups = GradientGroups.random(len(plain), cfg.batch_size, cfg.seed) if cfg.gradient_groups == "batch" else None
     with_types = _accepts(model, "token_type_ids")
 
     def inputs(batch):
@@ -197,15 +203,14 @@ def measure_knowledge(model: nn.Module, samples, task: str = "classification", *
     was_training = model.training
     model.eval()
     widths, unit_widths = _sublayer_widths(adapter)
-    probe = _KnowledgeProbe(widths, device, predictive)
+    probe = _KnowledgeProbe(widths, device, predictive, groups.count if groups is not None and predictive else 0)
     try:
         with _frozen(model), torch.no_grad():
             teacher_logits = [_task_logits(teacher(**inputs(b)), task).float() for b in batches] if predictive else None
         with _frozen(model), masked(model, masks, probe):
             for index, batch in enumerate(batches):
-                offsets = batch.token_offsets() if cfg.gradient_groups == "sample" \
-                    else torch.tensor([0, batch.num_tokens])
-                probe.begin(batch.key_mask, offsets.to(device))
+                probe.begin(batch.key_mask, batch.token_offsets().to(device))
+                probe.token_groups = groups.of_tokens(batch).to(device) if groups is not None else None
                 with torch.set_grad_enabled(predictive):
                     logits = _task_logits(model(**inputs(batch)), task)
                     if not torch.isfinite(logits).all():
@@ -213,14 +218,16 @@ def measure_knowledge(model: nn.Module, samples, task: str = "classification", *
                     if predictive and probe.leaves:
                         per_sample = distillation_loss(logits.float(), teacher_logits[index], task, cfg.temperature,
                                                        batch.key_mask)
-                        divisor = cfg.batch_size if cfg.gradient_groups == "sample" else per_sample.shape[0]
-                        torch.autograd.grad(per_sample.sum() / divisor, probe.leaves, allow_unused=True)
+                        loss = per_sample.sum() / cfg.batch_size if groups is None \
+                            else (per_sample * groups.weights(batch).to(per_sample)).sum()
+                        torch.autograd.grad(loss, probe.leaves, allow_unused=True)
     finally:
         model.train(was_training)
     num_samples = sum(b.input_ids.shape[0] for b in batches)
     num_tokens = sum(b.num_tokens for b in batches)
     knowledge = []
     for k, stats in enumerate(probe.stats):
+        stats.finish()
         view = adapter.layer(k // 2)
         weight = view.attn_out.weight if k % 2 == 0 else view.ffn_out.weight
         knowledge.append(unit_knowledge(stats, weight.detach(), unit_widths[k], num_samples, num_tokens))

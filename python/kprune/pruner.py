@@ -28,7 +28,7 @@ from kprune.config import KPruneConfig, check_reduction, check_task_kind
 from kprune.errors import ConfigError, NumericalError
 from kprune.flops import head_flops, model_flops, neuron_flops
 from kprune.knowledge import UnitStatistics, distillation_loss, unit_scores
-from kprune.samples import Batch, make_batches, normalise_samples
+from kprune.samples import Batch, GradientGroups, make_batches, normalise_samples
 from kprune.search import search_kept
 from kprune.sublayers import run_sublayer, sublayer_backward
 from kprune.tuning import SublayerTuner, out_projection
@@ -74,8 +74,11 @@ class KPruner:
         pad = getattr(model.config, "pad_token_id", None) or 0
         self.samples = normalise_samples(samples, vocab)
         self.device = torch.device(self.config.device)
-        self.batches: list[Batch] = make_batches(self.samples, self.config.batch_size, pad, self.device)
+        self.batches: list[Batch] = make_batches(self.samples, self.config.compute_batch, pad, self.device)
         self.num_samples = len(self.samples)
+        # the paper's batch-mean gradients, over a seeded random partition whatever the compute batches
+        self.groups = GradientGroups.random(self.num_samples, self.config.batch_size, self.config.seed) \
+            if self.config.gradient_groups == "batch" else None
         self.num_tokens = sum(b.num_tokens for b in self.batches)
         self.seq_len = self.num_tokens / self.num_samples
         self._input_model = model
@@ -118,7 +121,9 @@ class KPruner:
         cfg = self.config
         num_sub = 2 * self.student.num_layers
         with_grad = k > 0 and cfg.use_pred and cfg.lambda_pred > 0
-        stats = {j: UnitStatistics.zeros(self._widths(j)[0], self.device) for j in range(k, num_sub)}
+        grouped = with_grad and self.groups is not None
+        groups = self.groups.count if grouped else 0
+        stats = {j: UnitStatistics.zeros(self._widths(j)[0], self.device, groups) for j in range(k, num_sub)}
         pass_ = self._recompute_pass if with_grad and cfg.recompute else self._graph_pass
         # lower precision only from k = 1: the teacher's outputs are taken at k = 0, in float32
         low = k > 0 and cfg.measure_dtype != "float32"
@@ -128,12 +133,10 @@ class KPruner:
             if low else nullcontext()
         with precision:
             for index, batch in enumerate(self.batches):
-                if cfg.gradient_groups == "sample":
-                    offsets = batch.token_offsets().to(self.device)
-                else:
-                    offsets = torch.tensor([0, batch.num_tokens], device=self.device)
-                pass_(k, index, batch, self.tuner.student_cache[index], with_grad, stats, offsets)
-        return stats
+                offsets = batch.token_offsets().to(self.device)
+                token_groups = self.groups.of_tokens(batch).to(self.device) if grouped else None
+                pass_(k, index, batch, self.tuner.student_cache[index], with_grad, stats, (offsets, token_groups))
+        return {j: st.finish() for j, st in stats.items()}
 
     def _loss(self, logits: torch.Tensor, index: int, batch: Batch) -> torch.Tensor:
         """The batch's distillation loss, scaled so that its gradients are the paper's batch means
@@ -141,15 +144,16 @@ class KPruner:
         cfg = self.config
         per_sample = distillation_loss(logits.float(), self.teacher_logits[index], self.task, cfg.temperature,
                                        batch.key_mask)
-        divisor = cfg.batch_size if cfg.gradient_groups == "sample" else per_sample.shape[0]
-        return per_sample.sum() / divisor
+        if self.groups is None:
+            return per_sample.sum() / cfg.batch_size
+        return (per_sample * self.groups.weights(batch).to(per_sample)).sum()
 
     def _check_logits(self, logits: torch.Tensor, k: int, index: int) -> None:
         if not torch.isfinite(logits).all():
             raise NumericalError(f"the model produced non-finite outputs at sublayer {k} (batch {index}); "
                                  "check the model's weights and the input ids")
 
-    def _graph_pass(self, k, index, batch, x, with_grad, stats, offsets) -> None:
+    def _graph_pass(self, k, index, batch, x, with_grad, stats, grouping) -> None:
         """Forward through sublayers >= k keeping the autograd graph, then one backward to every act.
         Fast, but the graph of one batch spans all sublayers above k."""
         num_sub = 2 * self.student.num_layers
@@ -162,7 +166,7 @@ class KPruner:
                 if with_grad:
                     acts.append(out.act)
                 else:  # no gradients: take the statistics now rather than holding every act
-                    stats[j].add(out.act[real], None, offsets)
+                    stats[j].add(out.act[real], None, *grouping)
                 hidden = out.output
             logits = self.student.head(hidden)
         self._check_logits(logits, k, index)
@@ -171,9 +175,9 @@ class KPruner:
         if with_grad:
             grads = torch.autograd.grad(self._loss(logits, index, batch), acts, allow_unused=True)
             for j, act, grad in zip(range(k, num_sub), acts, grads):
-                stats[j].add(act.detach()[real], None if grad is None else grad[real], offsets)
+                stats[j].add(act.detach()[real], None if grad is None else grad[real], *grouping)
 
-    def _recompute_pass(self, k, index, batch, x, with_grad, stats, offsets) -> None:
+    def _recompute_pass(self, k, index, batch, x, with_grad, stats, grouping) -> None:
         """Forward without a graph keeping each sublayer's input and pre-LayerNorm sum, then backward
         one sublayer at a time (:func:`sublayer_backward`: the part below the output projection runs
         again, the projection itself does not). A batch's memory grows by two [tokens, d] tensors per
@@ -196,7 +200,7 @@ class KPruner:
             xj, pre_norm, act = saved.pop()
             act, grad_act, grad_hidden = sublayer_backward(self.student, j, xj, pre_norm, real, grad_hidden, act,
                                                            need_input_grad=j > k)
-            stats[j].add(act[real], grad_act[real], offsets)
+            stats[j].add(act[real], grad_act[real], *grouping)
 
     def _scores(self, k: int, stats: dict[int, UnitStatistics]) -> dict[int, torch.Tensor]:
         cfg = self.config

@@ -15,6 +15,7 @@ class Batch:
     token_type_ids: torch.Tensor | None   # [batch, seq] long
     key_mask: torch.Tensor                # [batch, seq] bool, True on real tokens
     lengths: torch.Tensor                 # [batch] long
+    sample_index: torch.Tensor | None = None   # [batch] long: each row's index in the sample list
 
     @property
     def num_tokens(self) -> int:
@@ -94,5 +95,34 @@ def make_batches(samples: list[dict[str, torch.Tensor]], batch_size: int, pad_to
             if types is not None:
                 types[row, :n] = sample["token_type_ids"]
         key_mask = torch.arange(seq)[None, :] < lengths[:, None]
-        batches.append(Batch(ids.to(device), None if types is None else types.to(device), key_mask.to(device), lengths))
+        batches.append(Batch(ids.to(device), None if types is None else types.to(device), key_mask.to(device), lengths,
+                             torch.tensor(order[start:start + batch_size], dtype=torch.long)))
     return batches
+
+
+@dataclass
+class GradientGroups:
+    """The paper's logical batches: a seeded random partition of the sample into groups of ``batch_size``,
+    independent of how compute batches are cut. ``of_sample[i]`` is sample i's group."""
+
+    of_sample: torch.Tensor    # [samples] long
+    sizes: torch.Tensor        # [groups] long
+
+    @classmethod
+    def random(cls, num_samples: int, batch_size: int, seed: int) -> "GradientGroups":
+        order = torch.randperm(num_samples, generator=torch.Generator().manual_seed(seed))
+        of_sample = torch.empty(num_samples, dtype=torch.long)
+        of_sample[order] = torch.arange(num_samples) // batch_size
+        return cls(of_sample, torch.bincount(of_sample))
+
+    @property
+    def count(self) -> int:
+        return int(self.sizes.numel())
+
+    def of_tokens(self, batch: Batch) -> torch.Tensor:
+        """Group of each real token of a compute batch, in row-major order: [real tokens]."""
+        return torch.repeat_interleave(self.of_sample[batch.sample_index], batch.lengths)
+
+    def weights(self, batch: Batch) -> torch.Tensor:
+        """Per-row loss weights 1 / |group|: summed, they give each logical batch's mean loss."""
+        return 1.0 / self.sizes[self.of_sample[batch.sample_index]].double()
