@@ -1,9 +1,11 @@
 """Saving and reloading pruned models: weights + per-layer shapes, rebuilt on load.
 
 The output folder holds ``model.safetensors``, ``config.json`` (the model's config plus a
-``kprune`` block of per-layer kept heads and neurons), the tokenizer if one is given, and any extra
-files (e.g. ``report.json``). It is written into a temporary folder beside the target and moved into
-place at the end, so a failure never leaves a half-written output.
+``kprune`` block of per-layer kept heads and neurons, and an ``auto_map``), ``modeling_kprune.py``
+(a verbatim copy of :mod:`kprune.remote_modeling`, so that transformers alone rebuilds the model with
+``trust_remote_code=True``), the tokenizer if one is given, and any extra files (e.g. ``report.json``).
+It is written into a temporary folder beside the target and moved into place at the
+end, so a failure never leaves a half-written output.
 """
 from __future__ import annotations
 
@@ -18,12 +20,14 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 import transformers
-from kprune.adapters import EncoderAdapter
+from kprune import remote_modeling
+from kprune.adapters import EncoderAdapter, architecture_of, head_kind_of
 from kprune.errors import DataError, OutputDirError
-from kprune.surgery import resize_to
 
 KPRUNE_KEY = "kprune"
 FORMAT_VERSION = 1
+MODELING_FILE = "modeling_kprune.py"
+TASK_CLASSES = {"classification": "ForSequenceClassification", "qa": "ForQuestionAnswering"}  # by head kind
 
 
 def check_output_dir(path: str | os.PathLike, overwrite: bool = False) -> Path:
@@ -56,6 +60,15 @@ def kprune_block(model: nn.Module) -> dict:
             "original_heads": adapter.original_heads, "original_neurons": adapter.original_neurons}
 
 
+def auto_map(model: nn.Module) -> dict[str, str]:
+    """The config's ``auto_map``: ``AutoModel`` (the bare encoder) and the task's Auto class, to the
+    classes of ``modeling_kprune.py`` that rebuild the pruned shapes."""
+    prefix = MODELING_FILE.removesuffix(".py") + "." + remote_modeling.CLASS_PREFIX
+    prefix += remote_modeling.LAYOUTS[architecture_of(model).family].stem
+    task = TASK_CLASSES[head_kind_of(model)]
+    return {"AutoModel": prefix + "Model", "AutoModel" + task: prefix + task}
+
+
 def save_pruned(model: nn.Module, output_dir: str | os.PathLike, tokenizer=None, extra_files: dict | None = None,
                 overwrite: bool = False) -> Path:
     """Write the pruned model (and tokenizer, extra files) to ``output_dir``, whole or not at all."""
@@ -66,8 +79,10 @@ def save_pruned(model: nn.Module, output_dir: str | os.PathLike, tokenizer=None,
         save_file(_state_dict(model), str(staging / "model.safetensors"), metadata={"format": "pt"})
         config = model.config.to_dict()
         config[KPRUNE_KEY] = kprune_block(model)
+        config["auto_map"] = auto_map(model)
+        shutil.copyfile(remote_modeling.__file__, staging / MODELING_FILE)
         if not config.get("architectures"):
-            config["architectures"] = [type(model).__name__]
+            config["architectures"] = [type(model).__name__.removeprefix(remote_modeling.CLASS_PREFIX)]
         (staging / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
         if tokenizer is not None:
             tokenizer.save_pretrained(str(staging))
@@ -109,7 +124,10 @@ def load_pruned(model_dir: str | os.PathLike, device: str | torch.device = "cpu"
     if cls is None:
         raise DataError(f"{str(config_path)!r} names no known architecture: {names!r}")
     model = cls(config)
-    resize_to(EncoderAdapter(model), block["heads_kept"], block["neurons_kept"])
+    try:
+        remote_modeling.shrink(model, block["heads_kept"], block["neurons_kept"])
+    except (KeyError, ValueError) as exc:
+        raise DataError(f"{str(config_path)!r}: the kprune block does not fit {names[0]}: {exc}") from exc
     weights = load_file(str(model_dir / "model.safetensors"))
     result = model.load_state_dict(weights, strict=False)
     if result.missing_keys or result.unexpected_keys:

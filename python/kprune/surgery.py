@@ -15,25 +15,9 @@ from torch import nn
 from torch.nn.utils import skip_init
 
 from kprune.adapters import EncoderAdapter
+from kprune.remote_modeling import HeadlessAttention, shrink
 
-
-class HeadlessAttention(nn.Module):
-    """Self-attention with no heads: a [..., 0] context, or the output bias where the family's
-    attention module owns its output projection (DistilBERT). It keeps the (empty) projections of
-    the module it replaces under their names, so parameter names and module paths are unchanged."""
-
-    def __init__(self, replaced: nn.Module, out_proj_name: str | None = None):
-        super().__init__()
-        self.out_proj_name = out_proj_name
-        for name, child in replaced.named_children():
-            if isinstance(child, nn.Linear):
-                setattr(self, name, child)
-
-    def forward(self, hidden_states: torch.Tensor, *args, **kwargs):
-        empty = hidden_states.new_zeros(*hidden_states.shape[:-1], 0)
-        if self.out_proj_name is not None:
-            return getattr(self, self.out_proj_name)(empty), None
-        return empty, None
+__all__ = ["HeadlessAttention", "head_columns", "prune_heads", "prune_neurons", "resize_to"]
 
 
 def _slice_linear(linear: nn.Linear, rows: torch.Tensor | None = None, cols: torch.Tensor | None = None) -> nn.Linear:
@@ -93,8 +77,4 @@ def prune_neurons(adapter: EncoderAdapter, layer: int, kept_neurons: Sequence[in
 
 def resize_to(adapter: EncoderAdapter, heads: Sequence[int], neurons: Sequence[int]) -> None:
     """Shrink a freshly built model to per-layer unit counts (weights to be loaded afterwards)."""
-    for layer, (h, n) in enumerate(zip(heads, neurons)):
-        if h != adapter.layer(layer).num_heads:
-            prune_heads(adapter, layer, range(h))
-        if n != adapter.layer(layer).num_neurons:
-            prune_neurons(adapter, layer, range(n))
+    shrink(adapter.model, list(heads), list(neurons))

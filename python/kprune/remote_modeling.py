@@ -1,0 +1,135 @@
+"""Modeling code that lets a pruned model load with transformers alone (``trust_remote_code=True``).
+
+:func:`kprune.save_pruned` copies this file, verbatim, into every output folder as
+``modeling_kprune.py`` and points the config's ``auto_map`` at its classes. Each class is the
+family's own transformers class (same forward, same outputs) whose constructor shrinks every layer
+to the heads and neurons counted in the config's ``kprune`` block, before the weights are loaded.
+It must depend only on torch and transformers: it never imports kprune.
+"""
+from __future__ import annotations
+
+import warnings
+from typing import NamedTuple
+
+import torch
+import transformers
+from torch import nn
+from torch.nn.utils import skip_init
+
+
+class Layout(NamedTuple):
+    """Where one family keeps the pruned projections (paths from a layer, except ``layers``)."""
+
+    stem: str           # class-name stem: Bert -> BertModel, BertForSequenceClassification, ...
+    layers: str         # path from the encoder to its ModuleList of layers
+    attention: str      # the module replaced by HeadlessAttention when a layer keeps no heads
+    qkv: tuple[str, str, str]
+    attn_out: str
+    ffn_in: str
+    ffn_out: str
+
+
+_BERT_LIKE = dict(layers="encoder.layer", attention="attention.self",
+                  qkv=("attention.self.query", "attention.self.key", "attention.self.value"),
+                  attn_out="attention.output.dense", ffn_in="intermediate.dense", ffn_out="output.dense")
+
+LAYOUTS = {  # by config.model_type
+    "bert": Layout(stem="Bert", **_BERT_LIKE),
+    "roberta": Layout(stem="Roberta", **_BERT_LIKE),
+    "xlm-roberta": Layout(stem="XLMRoberta", **_BERT_LIKE),
+    "electra": Layout(stem="Electra", **_BERT_LIKE),
+    "distilbert": Layout(stem="DistilBert", layers="transformer.layer", attention="attention",
+                         qkv=("attention.q_lin", "attention.k_lin", "attention.v_lin"),
+                         attn_out="attention.out_lin", ffn_in="ffn.lin1", ffn_out="ffn.lin2"),
+}
+HEADS = ("Model", "ForSequenceClassification", "ForQuestionAnswering")
+BASE_CLASSES = frozenset(layout.stem + head for layout in LAYOUTS.values() for head in HEADS)  # of transformers
+CLASS_PREFIX = "KPrune"
+
+
+class HeadlessAttention(nn.Module):
+    """Self-attention with no heads: a [..., 0] context, or the output bias where the family's
+    attention module owns its output projection (DistilBERT). It keeps the (empty) projections of
+    the module it replaces under their names, so parameter names and module paths are unchanged."""
+
+    def __init__(self, replaced: nn.Module, out_proj_name: str | None = None):
+        super().__init__()
+        self.out_proj_name = out_proj_name
+        for name, child in replaced.named_children():
+            if isinstance(child, nn.Linear):
+                setattr(self, name, child)
+
+    def forward(self, hidden_states: torch.Tensor, *args, **kwargs):
+        empty = hidden_states.new_zeros(*hidden_states.shape[:-1], 0)
+        if self.out_proj_name is not None:
+            return getattr(self, self.out_proj_name)(empty), None
+        return empty, None
+
+
+def _set(module: nn.Module, path: str, value: nn.Module) -> None:
+    parent, _, name = path.rpartition(".")
+    setattr(module.get_submodule(parent), name, value)
+
+
+def _resize(layer: nn.Module, path: str, out_features: int | None = None, in_features: int | None = None) -> None:
+    """Replace a Linear by an uninitialised one of the new shape (its weights are loaded afterwards)."""
+    old = layer.get_submodule(path)
+    with warnings.catch_warnings():  # "initializing zero-element tensors" for emptied layers
+        warnings.simplefilter("ignore", UserWarning)
+        new = skip_init(nn.Linear, old.in_features if in_features is None else in_features,
+                        old.out_features if out_features is None else out_features,
+                        bias=old.bias is not None, device=old.weight.device, dtype=old.weight.dtype)
+    _set(layer, path, new)
+
+
+def shrink(model: nn.Module, heads_kept: list[int], neurons_kept: list[int]) -> None:
+    """Give a freshly built model of a supported family ``heads_kept[l]`` heads and
+    ``neurons_kept[l]`` FFN neurons in layer ``l`` (uninitialised: load the weights afterwards)."""
+    layout = LAYOUTS[model.config.model_type]
+    layers = model.base_model.get_submodule(layout.layers)
+    if not len(heads_kept) == len(neurons_kept) == len(layers):
+        raise ValueError(f"the model has {len(layers)} layers but heads_kept has {len(heads_kept)} entries "
+                         f"and neurons_kept {len(neurons_kept)}")
+    for layer, heads, neurons in zip(layers, heads_kept, neurons_kept):
+        attention = layer.get_submodule(layout.attention)
+        width = heads * attention.attention_head_size
+        if width != layer.get_submodule(layout.attn_out).in_features:
+            for path in layout.qkv:
+                _resize(layer, path, out_features=width)
+            _resize(layer, layout.attn_out, in_features=width)
+            if heads == 0:
+                owns_out = layout.attn_out.startswith(layout.attention + ".")
+                out_name = layout.attn_out.rsplit(".", 1)[1] if owns_out else None
+                _set(layer, layout.attention, HeadlessAttention(attention, out_name))
+            else:
+                for attr in ("num_attention_heads", "n_heads"):
+                    if hasattr(attention, attr):
+                        setattr(attention, attr, heads)
+                if hasattr(attention, "all_head_size"):
+                    attention.all_head_size = width
+        if neurons != layer.get_submodule(layout.ffn_out).in_features:
+            _resize(layer, layout.ffn_in, out_features=neurons)
+            _resize(layer, layout.ffn_out, in_features=neurons)
+
+
+def _pruned_class(name: str) -> type:
+    """``KPrune<name>``: transformers' ``<name>`` shrunk to the config's ``kprune`` block, if any."""
+    base = getattr(transformers, name)
+
+    def __init__(self, config, *args, **kwargs):
+        base.__init__(self, config, *args, **kwargs)
+        block = getattr(config, "kprune", None)
+        if block:
+            shrink(self, block["heads_kept"], block["neurons_kept"])
+
+    doc = f"transformers.{name} with the per-layer heads and neurons of the config's ``kprune`` block."
+    return type(CLASS_PREFIX + name, (base,), {"__init__": __init__, "__module__": __name__, "__doc__": doc})
+
+
+def __getattr__(name: str) -> type:
+    """The ``KPrune<transformers class>`` classes, built on first use (and then kept)."""
+    base = name.removeprefix(CLASS_PREFIX)
+    if name.startswith(CLASS_PREFIX) and base in BASE_CLASSES:
+        globals()[name] = _pruned_class(base)
+        return globals()[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
