@@ -70,3 +70,17 @@ def test_end_to_end_prune_save_load(tmp_path):
     loaded = kprune.load_pruned(out)
     ids, mask = padded_batch(random_samples(3, seed=7))
     assert torch.equal(model_outputs(loaded, ids, mask), model_outputs(result.model, ids, mask))
+
+
+def test_output_gets_ordinary_file_modes(tmp_path):
+    import os
+    import stat
+    old = os.umask(0o022)
+    try:
+        out = kprune.save_pruned(tiny_model("bert", "classification"), tmp_path / "out",
+                                 extra_files={"report.json": {"a": 1}})
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o755
+    for path in out.iterdir():
+        assert stat.S_IMODE(path.stat().st_mode) == 0o644, path.name

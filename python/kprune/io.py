@@ -69,6 +69,16 @@ def auto_map(model: nn.Module) -> dict[str, str]:
     return {"AutoModel": prefix + "Model", "AutoModel" + task: prefix + task}
 
 
+def _ordinary_modes(folder: Path) -> None:
+    """mkdtemp makes the staging folder private (0700): give the output the modes any new folder and
+    file would get under the user's umask (0755 / 0644 with the usual 022)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(folder, 0o777 & ~umask)
+    for path in folder.rglob("*"):
+        os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~umask)
+
+
 def save_pruned(model: nn.Module, output_dir: str | os.PathLike, tokenizer=None, extra_files: dict | None = None,
                 overwrite: bool = False) -> Path:
     """Write the pruned model (and tokenizer, extra files) to ``output_dir``, whole or not at all."""
@@ -91,6 +101,7 @@ def save_pruned(model: nn.Module, output_dir: str | os.PathLike, tokenizer=None,
             mode = "wb" if isinstance(data, bytes) else "w"
             with open(staging / name, mode) as handle:
                 handle.write(data)
+        _ordinary_modes(staging)
         if target.exists():
             backup = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=target.parent))
             os.replace(target, backup / "old")
