@@ -34,6 +34,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(REPO / "python"))
+sys.path.insert(0, str(REPO / "examples"))  # finetune.py, latency.py (tooling, not the library)
 sys.path.insert(0, str(HERE))
 
 logger = logging.getLogger("run_grid")
@@ -106,9 +107,9 @@ def prune_with(method: str, model, samples, kind: str, reduction: float, seed: i
 
 
 def measure_latency(pruned, unpruned, repeats: dict[int, int] | None = None) -> dict:
-    """Median seconds per forward of both models on random ids, interleaved (kprune.latency);
+    """Median seconds per forward of both models on random ids, interleaved (examples/latency.py);
     shapes (batch, seq) from LATENCY_SHAPES."""
-    from kprune.latency import compare_latency
+    from latency import compare_latency
 
     repeats = repeats or {32: 5, 1: 20}
     out = {}
@@ -128,7 +129,7 @@ def run_cell(task: str, method: str, reduction: float, seed: int, data_dir: Path
     from finetune_recipe import task_data
     from kprune.data import sample_features
     from kprune.evaluation import evaluate
-    from kprune.finetune import read_record
+    from finetune import read_record
     from kprune.tasks import get_task
 
     torch.set_num_threads(threads)
@@ -291,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from tqdm.auto import tqdm
 
-    from kprune.finetune import read_record
+    from finetune import read_record
 
     cells = planned_cells(args.tasks, args.methods, args.reductions, args.seeds)
     grid = load_grid(args.output)
