@@ -4,7 +4,7 @@
                                          [--tasks sst2 mrpc stsb qqp squad] [--threads 1]
 
 Checkpoints are cached in ``<cache-dir>/finetuned/<task>`` (outside the repository) and reused when
-their recorded settings match (:func:`kprune.finetune.ensure_finetuned`), so an interrupted run resumes
+their recorded settings match (``ensure_finetuned`` of examples/finetune.py), so an interrupted run resumes
 with the first unfinished task. Dev scores, settings and seconds go to
 ``benchmarks/results/finetune.json`` after each task.
 
@@ -29,10 +29,11 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "python"))
+sys.path.insert(0, str(REPO / "examples"))  # finetune.py, latency.py (tooling, not the library)
 
 import torch  # noqa: E402
 
-from kprune.finetune import ensure_finetuned, read_record  # noqa: E402
+from finetune import ensure_finetuned, read_record  # noqa: E402
 
 logger = logging.getLogger("finetune_recipe")
 

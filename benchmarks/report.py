@@ -17,8 +17,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from run_grid import (EXTRA_SEEDS, MAIN_METHODS, METHODS, OTHER_METHODS, REDUCTIONS, SEEDED_REDUCTIONS,  # noqa: E402
-                      TASK_ORDER, canonical_command, cell_key, planned_cells)
+from grid_spec import (EXTRA_SEEDS, MAIN_METHODS, METHODS, OTHER_METHODS, REDUCTIONS, SEEDED_REDUCTIONS,  # noqa: E402
+                       TASK_ORDER, canonical_command, cell_key, planned_cells)
 
 TASK_TITLES = {"sst2": "SST-2", "mrpc": "MRPC", "stsb": "STS-B", "qqp": "QQP (held-out subset)",
                "squad": "SQuAD v1.1"}

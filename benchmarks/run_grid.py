@@ -34,31 +34,13 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(REPO / "python"))
+sys.path.insert(0, str(REPO / "examples"))  # finetune.py, latency.py (tooling, not the library)
 sys.path.insert(0, str(HERE))
 
+from grid_spec import (EXTRA_SEEDS, LATENCY_SHAPES, MAIN_METHODS, METHODS, OTHER_METHODS, REDUCTIONS,  # noqa: E402
+                       TASK_ORDER, canonical_command, cell_key, planned_cells)
+
 logger = logging.getLogger("run_grid")
-
-TASK_ORDER = ["stsb", "mrpc", "sst2", "squad", "qqp"]
-METHODS = {
-    # name: (description, kind, options)
-    "kprune": "K-prune (paper defaults: λ_pred 1, λ_rep 2.5e-4, μ 64, T 2; KPMS + KPWT)",
-    "kwon": "Kwon et al. 2022: Fisher mask search + mask rearrangement + least-squares mask tuning",
-    "kprune-no-tuning": "K-prune without weight tuning (KPWT off)",
-    "kprune-pred-only": "K-prune with predictive knowledge only (λ_rep = 0)",
-    "kprune-rep-only": "K-prune with representational knowledge only (λ_pred = 0)",
-    "magnitude": "magnitude baseline: largest-weight heads and neurons, same fraction of each, no data",
-}
-MAIN_METHODS = ["kprune", "kwon"]
-OTHER_METHODS = ["kprune-no-tuning", "kprune-pred-only", "kprune-rep-only", "magnitude"]
-REDUCTIONS = [0.4, 0.5, 0.6, 0.7, 0.8]
-FIRST_REDUCTIONS = [0.5, 0.7, 0.8]
-SEEDED_REDUCTIONS = [0.5, 0.8]
-EXTRA_SEEDS = [1, 2]
-LATENCY_SHAPES = [(32, 128), (1, 128)]
-
-
-def cell_key(task: str, method: str, reduction: float, seed: int) -> str:
-    return f"{task}/{method}/{reduction:.2f}/{seed}"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -106,9 +88,9 @@ def prune_with(method: str, model, samples, kind: str, reduction: float, seed: i
 
 
 def measure_latency(pruned, unpruned, repeats: dict[int, int] | None = None) -> dict:
-    """Median seconds per forward of both models on random ids, interleaved (kprune.latency);
+    """Median seconds per forward of both models on random ids, interleaved (examples/latency.py);
     shapes (batch, seq) from LATENCY_SHAPES."""
-    from kprune.latency import compare_latency
+    from latency import compare_latency
 
     repeats = repeats or {32: 5, 1: 20}
     out = {}
@@ -128,7 +110,7 @@ def run_cell(task: str, method: str, reduction: float, seed: int, data_dir: Path
     from finetune_recipe import task_data
     from kprune.data import sample_features
     from kprune.evaluation import evaluate
-    from kprune.finetune import read_record
+    from finetune import read_record
     from kprune.tasks import get_task
 
     torch.set_num_threads(threads)
@@ -205,35 +187,6 @@ def write_grid(path: Path, grid: dict) -> None:
     os.replace(tmp, path)
 
 
-def planned_cells(tasks: list[str], methods: list[str], reductions: list[float], seeds: list[int]) -> list[tuple]:
-    """All requested cells, in the order that gives the headline comparison first."""
-    tasks = [t for t in TASK_ORDER if t in tasks] + [t for t in tasks if t not in TASK_ORDER]
-    main = [m for m in methods if m in MAIN_METHODS]
-    other = [m for m in methods if m not in MAIN_METHODS]
-    first = [r for r in reductions if any(abs(r - f) < 1e-9 for f in FIRST_REDUCTIONS)]
-    rest = [r for r in reductions if r not in first]
-    order: list[tuple] = []
-
-    def add(ms, rs, ss):
-        for s in ss:
-            for r in rs:
-                for t in tasks:
-                    for m in ms:
-                        cell = (t, m, r, s)
-                        if cell not in order:
-                            order.append(cell)
-
-    base = [s for s in seeds if s == seeds[0]]
-    add(main, first, base)
-    add(other, first, base)
-    add(main + other, rest, base)
-    extra = [s for s in seeds if s != seeds[0]]
-    seeded = [r for r in reductions if any(abs(r - f) < 1e-9 for f in SEEDED_REDUCTIONS)]
-    add(main, seeded, extra)
-    add(other, seeded, extra)
-    return order
-
-
 def machine_info(threads: int) -> dict:
     import finetune_recipe
     import torch
@@ -248,15 +201,6 @@ def machine_info(threads: int) -> dict:
 
 
 DEFAULT_OUTPUT = HERE / "results" / "grid.json"
-
-
-def canonical_command(num_tokens: int, threads: int) -> str:
-    command = "python benchmarks/run_grid.py"
-    if num_tokens != 100_000:
-        command += f" --num-tokens {num_tokens}"
-    if threads != 1:
-        command += f" --threads {threads}"
-    return command
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -291,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from tqdm.auto import tqdm
 
-    from kprune.finetune import read_record
+    from finetune import read_record
 
     cells = planned_cells(args.tasks, args.methods, args.reductions, args.seeds)
     grid = load_grid(args.output)

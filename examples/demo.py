@@ -22,11 +22,12 @@ import transformers
 import kprune
 from kprune.data import sample_features
 from kprune.evaluation import evaluate
-from kprune.finetune import ensure_finetuned
 from kprune.flops import model_flops
 from kprune.config import MEASURE_DTYPES
 from kprune.adapters import EncoderAdapter
-from kprune.latency import compare_latency
+
+from finetune import ensure_finetuned  # examples/finetune.py (this script's folder is on sys.path)
+from latency import compare_latency
 
 HERE = Path(__file__).resolve().parent
 DATA = HERE / "data" / "sst2-sample"

@@ -2,7 +2,8 @@
 
 ``EXTENSION_LOADED`` tells whether the compiled ops (torch.ops.kprune.*) are available; when they are
 not (not built, failed to load, or ``KPRUNE_DISABLE_EXT=1``), every op runs its reference and
-``EXTENSION_ERROR`` says why. ``backend_info()`` reports what is in use.
+``EXTENSION_ERROR`` says why (both recorded in ``kprune_ext._loader``, which ``ops`` reads too).
+``backend_info()`` reports what is in use.
 """
 from __future__ import annotations
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import torch
 
-import kprune_ext
 from kprune_ext import _loader, reference
 
 _DISPATCH_KEYS = {"cpu": "CPU", "cuda": "CUDA", "meta": "Meta"}
@@ -18,7 +17,7 @@ _has_kernel_cache: dict[tuple[str, str], bool] = {}
 
 def _compiled(name: str, device: torch.device) -> bool:
     """True when torch.ops.kprune.<name> should run for tensors on ``device``."""
-    if not kprune_ext.EXTENSION_LOADED or _loader.disabled_by_env():
+    if not _loader.EXTENSION_LOADED or _loader.disabled_by_env():
         return False
     key = (name, device.type)
     if key not in _has_kernel_cache:
@@ -142,7 +141,7 @@ def activation_math(x: torch.Tensor, activation: str, derivative: bool = False) 
 
 def cpu_capability() -> str | None:
     """Instruction set of the CPU kernels in use (avx512, avx2, generic), None without the extension."""
-    return torch.ops.kprune.cpu_capability() if kprune_ext.EXTENSION_LOADED else None
+    return torch.ops.kprune.cpu_capability() if _loader.EXTENSION_LOADED else None
 
 
 def set_cpu_capability(name: str) -> str:
@@ -275,5 +274,5 @@ def _register() -> None:
     torch.library.register_autograd(lib + "masked_attention_output", _attention_backward, setup_context=_attention_setup)
 
 
-if kprune_ext.EXTENSION_LOADED:
+if _loader.EXTENSION_LOADED:
     _register()

@@ -1,9 +1,15 @@
 """Tiny randomly initialised models of every supported family and head (no network)."""
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 import transformers
+
+# Fine-tuning and latency tooling live in examples/ (finetune.py, latency.py), outside the library.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
 
 VOCAB = 60
 FAMILIES = ("bert", "roberta", "xlm-roberta", "distilbert", "electra")

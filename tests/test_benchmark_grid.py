@@ -16,7 +16,7 @@ pytest.importorskip("matplotlib")
 from transformers import BertModel  # noqa: E402
 
 from fixtures_data import make_bert_tokenizer, tiny_bert_config  # noqa: E402
-from kprune import finetune as ft  # noqa: E402
+import finetune as ft  # noqa: E402  (examples/finetune.py)
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))

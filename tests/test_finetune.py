@@ -1,4 +1,4 @@
-"""kprune.finetune: training works, is reproducible, is cached, and never leaves half a directory."""
+"""examples/finetune.py: training works, is reproducible, is cached, and never leaves half a directory."""
 from __future__ import annotations
 
 import json
@@ -10,7 +10,7 @@ import torch
 pytest.importorskip("transformers")
 from transformers import BertConfig, BertModel, BertTokenizer  # noqa: E402
 
-from kprune import finetune as ft  # noqa: E402
+import finetune as ft  # noqa: E402  (examples/finetune.py)
 from kprune.errors import OutputDirError  # noqa: E402
 
 POSITIVE = ["good", "great", "fine", "nice", "lovely", "superb"]

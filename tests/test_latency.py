@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from conftest import tiny_model
-from kprune.latency import compare_latency, measure_latency
+from latency import compare_latency, measure_latency  # examples/latency.py
 
 
 class Counting(torch.nn.Module):

@@ -14,9 +14,9 @@ import kprune_ext
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def run_python(code: str, **env) -> str:
+def run_python(code: str, cwd: str = REPO, **env) -> str:
     full_env = {**os.environ, **env}
-    out = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=full_env, cwd=REPO,
+    out = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=full_env, cwd=cwd,
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     return out.stdout.strip()
@@ -92,3 +92,64 @@ def test_cpu_capability_env_caps_the_instruction_set():
     out = run_python("import kprune_ext; print(kprune_ext.backend_info()['cpu_capability'])",
                      KPRUNE_CPU_CAPABILITY="generic")
     assert out == "generic"
+
+
+def _package_copy(tmp_path, library: bytes | None) -> str:
+    """A copy of kprune_ext's Python files in tmp_path, with ``library`` as its _C file (None: not built)."""
+    import importlib.machinery
+    import shutil
+
+    target = tmp_path / "kprune_ext"
+    target.mkdir()
+    for name in os.listdir(os.path.join(REPO, "kprune_ext")):
+        if name.endswith(".py"):
+            shutil.copy(os.path.join(REPO, "kprune_ext", name), target / name)
+    if library is not None:
+        (target / ("_C" + importlib.machinery.EXTENSION_SUFFIXES[0])).write_bytes(library)
+    return str(tmp_path)
+
+
+LOG_LEVELS = """
+    import logging, sys
+    logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(levelname)s %(name)s %(message)s")
+    # an editable install of the repository would otherwise supply its own kprune_ext._C
+    sys.meta_path = [f for f in sys.meta_path if "Editable" not in getattr(f, "__name__", type(f).__name__)]
+    import os, kprune_ext
+    assert kprune_ext.__file__.startswith(os.environ["PYTHONPATH"]), kprune_ext.__file__
+    from kprune_ext import _loader
+    print("state", kprune_ext.EXTENSION_LOADED, _loader.EXTENSION_LOADED, _loader.EXTENSION_ERROR == kprune_ext.EXTENSION_ERROR)
+"""
+
+
+def _loader_lines(out: str) -> list[str]:
+    return [line for line in out.splitlines() if line.split(" ")[1:2] == ["kprune_ext"]]
+
+
+def test_broken_library_is_a_warning_with_the_reason(tmp_path):
+    root = _package_copy(tmp_path, b"not a shared library")  # present but cannot be loaded
+    out = run_python(LOG_LEVELS, cwd=root, PYTHONPATH=root)
+    lines = _loader_lines(out)
+    assert len(lines) == 1 and lines[0].startswith("WARNING kprune_ext"), out
+    assert "failed to load" in lines[0] and str(tmp_path) in lines[0]
+    assert out.splitlines()[-1] == "state False False True"
+
+
+def test_library_not_built_is_info(tmp_path):
+    root = _package_copy(tmp_path, None)
+    out = run_python(LOG_LEVELS, cwd=root, PYTHONPATH=root)
+    lines = _loader_lines(out)
+    assert len(lines) == 1 and lines[0].startswith("INFO kprune_ext") and "not built" in lines[0], out
+    assert out.splitlines()[-1] == "state False False True"
+
+
+def test_disabled_by_env_is_info_even_with_a_broken_library(tmp_path):
+    root = _package_copy(tmp_path, b"not a shared library")
+    out = run_python(LOG_LEVELS, cwd=root, PYTHONPATH=root, KPRUNE_DISABLE_EXT="1")
+    lines = _loader_lines(out)
+    assert len(lines) == 1 and lines[0].startswith("INFO kprune_ext") and "KPRUNE_DISABLE_EXT" in lines[0], out
+
+
+def test_loaded_state_lives_in_the_loader():
+    from kprune_ext import _loader
+    assert (_loader.EXTENSION_LOADED, _loader.EXTENSION_ERROR) == (kprune_ext.EXTENSION_LOADED,
+                                                                   kprune_ext.EXTENSION_ERROR)

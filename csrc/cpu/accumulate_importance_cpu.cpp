@@ -10,24 +10,9 @@ namespace {
 // act, grad: [T, U]; offsets: int64 [G + 1]; grad_sq_sum, act_sq_sum: fp32 [U] (updated in place)
 void accumulate_importance_cpu(const at::Tensor& act, const at::Tensor& grad, const at::Tensor& offsets,
                                const at::Tensor& grad_sq_sum, const at::Tensor& act_sq_sum) {
-  TORCH_CHECK(act.dim() == 2, "act must be [tokens, units], got ", act.sizes());
-  TORCH_CHECK(grad.sizes() == act.sizes(), "grad must match act ", act.sizes(), ", got ", grad.sizes());
-  TORCH_CHECK(act.is_floating_point(), "act must be floating point, got ", act.scalar_type());
-  check_same_dtype(act, grad, "grad");
-  TORCH_CHECK(offsets.dim() == 1 && offsets.numel() >= 1 && offsets.scalar_type() == at::kLong,
-              "offsets must be a non-empty 1-D int64 tensor, got ", offsets.sizes(), " ", offsets.scalar_type());
-  const int64_t tokens = act.size(0), units = act.size(1), groups = offsets.numel() - 1;
-  for (const at::Tensor* out : {&grad_sq_sum, &act_sq_sum}) {
-    TORCH_CHECK(out->dim() == 1 && out->size(0) == units && out->scalar_type() == at::kFloat,
-                "grad_sq_sum and act_sq_sum must be float32 [", units, "], got ", out->sizes(), " ",
-                out->scalar_type());
-  }
-  const at::Tensor off = offsets.contiguous();
+  const at::Tensor off = check_importance(act, grad, offsets, grad_sq_sum, act_sq_sum);
+  const int64_t units = act.size(1), groups = offsets.numel() - 1;
   const int64_t* o = off.data_ptr<int64_t>();
-  TORCH_CHECK(o[0] >= 0 && o[groups] <= tokens, "offsets must lie in [0, ", tokens, "], got ", o[0], " .. ",
-              o[groups]);
-  for (int64_t g = 0; g < groups; ++g)
-    TORCH_CHECK(o[g] <= o[g + 1], "offsets must be non-decreasing, got ", o[g], " > ", o[g + 1], " at ", g);
   if (groups == 0 || units == 0 || o[groups] == o[0]) return;
 
   // Rows may be strided (e.g. a column slice); columns must be dense and equal for both inputs.

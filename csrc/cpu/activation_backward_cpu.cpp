@@ -13,15 +13,8 @@ namespace {
 // preact, grad_act: [T, k]; bias: [k] or None -> (act, grad_preact): [T, k], dtype of preact
 std::tuple<at::Tensor, at::Tensor> activation_backward_cpu(const at::Tensor& preact, const std::optional<at::Tensor>& bias,
                                                            const at::Tensor& grad_act, c10::string_view activation) {
-  TORCH_CHECK(preact.dim() == 2, "preact must be [tokens, units], got ", preact.sizes());
-  TORCH_CHECK(preact.is_floating_point(), "preact must be floating point, got ", preact.scalar_type());
-  TORCH_CHECK(grad_act.sizes() == preact.sizes(), "grad_act must match preact ", preact.sizes(), ", got ",
-              grad_act.sizes());
-  check_same_dtype(preact, grad_act, "grad_act");
+  check_activation_backward(preact, bias, grad_act);
   const int64_t tokens = preact.size(0), k = preact.size(1);
-  if (bias.has_value()) {
-    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == k, "bias must be [", k, "], got ", bias->sizes());
-  }
   const int kind = parse_activation(std::string(activation));
   const at::Tensor h = preact.contiguous(), g = grad_act.contiguous();
   at::Tensor act = at::empty_like(h), grad_h = at::empty_like(h);

@@ -56,17 +56,8 @@ void symmetric_gram_update(const at::Tensor& gram, const at::Tensor& sel) {
 // a: [T, U]; b: [T, M]; columns: int64 [k] or None; gram: fp32 [k, k] += A^T A; cross: fp32 [k, M] += A^T b
 void gram_accumulate_cpu(const at::Tensor& a, const at::Tensor& b, const std::optional<at::Tensor>& columns,
                          const at::Tensor& gram, const at::Tensor& cross) {
-  TORCH_CHECK(a.dim() == 2 && b.dim() == 2 && a.size(0) == b.size(0), "a and b must be [tokens, *] with equal tokens, got ",
-              a.sizes(), " and ", b.sizes());
-  TORCH_CHECK(a.is_floating_point() && b.is_floating_point(), "a and b must be floating point");
+  const int64_t k = check_gram(a, b, columns, gram, cross);
   const bool has_cols = columns.has_value() && columns->defined();
-  if (has_cols) check_index(*columns, a.size(1), "columns");
-  const int64_t k = has_cols ? columns->numel() : a.size(1);
-  TORCH_CHECK(gram.dim() == 2 && gram.size(0) == k && gram.size(1) == k && gram.scalar_type() == at::kFloat,
-              "gram must be float32 [", k, ", ", k, "], got ", gram.sizes(), " ", gram.scalar_type());
-  TORCH_CHECK(cross.dim() == 2 && cross.size(0) == k && cross.size(1) == b.size(1) &&
-                  cross.scalar_type() == at::kFloat,
-              "cross must be float32 [", k, ", ", b.size(1), "], got ", cross.sizes(), " ", cross.scalar_type());
   if (a.size(0) == 0 || k == 0) return;
   const at::Tensor sel = gather_float(a, has_cols ? *columns : at::Tensor());
   symmetric_gram_update(gram, sel);

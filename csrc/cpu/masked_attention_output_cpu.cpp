@@ -12,22 +12,6 @@ namespace kprune {
 namespace cpu {
 namespace {
 
-int64_t check_attention(const at::Tensor& context, const at::Tensor& w_out, const at::Tensor& kept_heads,
-                        const at::Tensor& mask, int64_t head_size) {
-  TORCH_CHECK(context.dim() == 2, "context must be [tokens, heads * head_size], got ", context.sizes());
-  TORCH_CHECK(context.is_floating_point(), "context must be floating point, got ", context.scalar_type());
-  TORCH_CHECK(head_size > 0 && context.size(1) % head_size == 0, "head_size ", head_size, " must divide ",
-              context.size(1));
-  TORCH_CHECK(w_out.dim() == 2 && w_out.size(1) == context.size(1), "w_out must be [d, ", context.size(1), "], got ",
-              w_out.sizes());
-  check_same_dtype(context, w_out, "w_out");
-  const int64_t heads = context.size(1) / head_size;
-  check_index(kept_heads, heads, "kept_heads");
-  TORCH_CHECK(mask.dim() == 1 && mask.size(0) == kept_heads.size(0), "mask must be [", kept_heads.size(0), "], got ",
-              mask.sizes());
-  return heads;
-}
-
 // kept_heads: [k] -> int64 [k * head_size] column indices
 at::Tensor kept_columns(const at::Tensor& kept_heads, int64_t head_size) {
   return (kept_heads.unsqueeze(1) * head_size + at::arange(head_size, kept_heads.options())).reshape({-1});
@@ -70,17 +54,13 @@ std::tuple<at::Tensor, at::Tensor> masked_attention_output_backward_cpu(
     int64_t head_size, bool need_context, bool need_mask) {
   check_attention(context, w_out, kept_heads, mask, head_size);
   const int64_t tokens = context.size(0), k = kept_heads.size(0), width = k * head_size;
-  TORCH_CHECK(grad_out.dim() == 2 && grad_out.size(0) == tokens && grad_out.size(1) == w_out.size(0),
-              "grad_out must be [", tokens, ", ", w_out.size(0), "], got ", grad_out.sizes());
-  TORCH_CHECK(act.dim() == 2 && act.size(0) == tokens && act.size(1) == width, "act must be [", tokens, ", ", width,
-              "], got ", act.sizes());
+  check_attention_backward(context, w_out, kept_heads, head_size, grad_out, act, grad_act);
   const auto dtype = context.scalar_type();
   const at::Tensor heads = kept_heads.contiguous();
   const at::Tensor w_k = select_kept(w_out, 1, kept_columns(heads, head_size));  // [d, k * hs]
   const at::Tensor gs = at::mm(grad_out.to(dtype), w_k);                          // [T, k * hs]
   const at::Tensor act_c = act.to(dtype).contiguous();
   const at::Tensor ga = grad_act.has_value() ? grad_act->to(dtype).contiguous() : at::Tensor();
-  TORCH_CHECK(!ga.defined() || ga.sizes() == act.sizes(), "grad_act must match act ", act.sizes());
   at::Tensor grad_context = need_context ? at::zeros(context.sizes(), context.options()) : at::empty({0}, context.options());
   at::Tensor grad_mask = at::empty({0}, mask.options());
   const at::Tensor mask_f = mask.to(param_dtype(context.scalar_type())).contiguous();

@@ -10,29 +10,6 @@ namespace kprune {
 namespace cpu {
 namespace {
 
-struct FfnShapes {
-  int64_t tokens, d, units, k;
-};
-
-FfnShapes check_ffn(const at::Tensor& x, const at::Tensor& w_in, const std::optional<at::Tensor>& b_in,
-                    const at::Tensor& w_out, const at::Tensor& kept, const at::Tensor& mask) {
-  TORCH_CHECK(x.dim() == 2, "x must be [tokens, d], got ", x.sizes());
-  TORCH_CHECK(x.is_floating_point(), "x must be floating point, got ", x.scalar_type());
-  TORCH_CHECK(w_in.dim() == 2 && w_in.size(1) == x.size(1), "w_in must be [F, ", x.size(1), "], got ", w_in.sizes());
-  TORCH_CHECK(w_out.dim() == 2 && w_out.size(1) == w_in.size(0), "w_out must be [d_out, ", w_in.size(0), "], got ",
-              w_out.sizes());
-  check_same_dtype(x, w_in, "w_in");
-  check_same_dtype(x, w_out, "w_out");
-  if (b_in.has_value()) {
-    TORCH_CHECK(b_in->dim() == 1 && b_in->size(0) == w_in.size(0), "b_in must be [", w_in.size(0), "], got ",
-                b_in->sizes());
-  }
-  check_index(kept, w_in.size(0), "kept");
-  TORCH_CHECK(mask.dim() == 1 && mask.size(0) == kept.size(0), "mask must be [", kept.size(0), "], got ",
-              mask.sizes());
-  return {x.size(0), x.size(1), w_in.size(0), kept.size(0)};
-}
-
 at::Tensor bias_param(const std::optional<at::Tensor>& b_in, const at::Tensor& kept, at::ScalarType dtype) {
   if (!b_in.has_value()) return at::zeros({kept.size(0)}, kept.options().dtype(dtype));
   return select_kept(*b_in, 0, kept).to(dtype).contiguous();
@@ -95,10 +72,7 @@ std::tuple<at::Tensor, at::Tensor> masked_ffn_backward_cpu(
     const std::optional<at::Tensor>& preact) {
   const FfnShapes s = check_ffn(x, w_in, b_in, w_out, kept, mask);
   const int kind = parse_activation(std::string(activation));
-  TORCH_CHECK(grad_out.dim() == 2 && grad_out.size(0) == s.tokens && grad_out.size(1) == w_out.size(0),
-              "grad_out must be [", s.tokens, ", ", w_out.size(0), "], got ", grad_out.sizes());
-  TORCH_CHECK(act.dim() == 2 && act.size(0) == s.tokens && act.size(1) == s.k, "act must be [", s.tokens, ", ", s.k,
-              "], got ", act.sizes());
+  check_ffn_backward(s, x, w_out, grad_out, act, preact, grad_act);
   const auto dtype = x.scalar_type();
   const at::Tensor w_out_k = select_kept(w_out, 1, kept);         // [d_out, k]
   at::Tensor gs = at::mm(grad_out.to(dtype), w_out_k);            // [T, k]
@@ -112,10 +86,8 @@ std::tuple<at::Tensor, at::Tensor> masked_ffn_backward_cpu(
   const at::Tensor w_in_k = select_kept(w_in, 0, kept);  // [k, d]
   // [T, k] without bias: saved by masked_ffn_with_preact, else recomputed
   const bool saved = preact.has_value() && preact->defined();
-  TORCH_CHECK(!saved || preact->sizes() == act.sizes(), "preact must match act ", act.sizes());
   const at::Tensor h = saved ? preact->to(dtype).contiguous() : at::mm(x, w_in_k.t());
   const at::Tensor ga = grad_act.has_value() ? grad_act->to(dtype).contiguous() : at::Tensor();
-  TORCH_CHECK(!ga.defined() || ga.sizes() == act.sizes(), "grad_act must match act ", act.sizes());
   const at::Tensor bias = bias_param(b_in, kept, param_dtype(x.scalar_type()));
   const at::Tensor mask_f = mask.to(param_dtype(x.scalar_type())).contiguous();
   const int64_t chunks = num_chunks(s.tokens);

@@ -66,14 +66,7 @@ void solve_small(const at::Tensor& g, at::Tensor& x, double damping, int64_t max
 // gram: [..., k, k]; rhs: [..., k, m] -> fp32 [..., k, m] solving (gram + lambda I) X = rhs
 at::Tensor solve_damped_cpu(const at::Tensor& gram, const at::Tensor& rhs, double damping, int64_t max_tries,
                             int64_t precision) {
-  TORCH_CHECK(gram.dim() >= 2 && gram.size(-1) == gram.size(-2), "gram must be [..., k, k], got ", gram.sizes());
-  TORCH_CHECK(rhs.dim() >= 2 && rhs.size(-2) == gram.size(-1), "rhs must be [..., ", gram.size(-1), ", m], got ",
-              rhs.sizes());
-  TORCH_CHECK(gram.is_floating_point() && rhs.is_floating_point(), "gram and rhs must be floating point");
-  TORCH_CHECK(max_tries >= 1, "max_tries must be >= 1, got ", max_tries);
-  TORCH_CHECK(damping > 0, "damping must be > 0, got ", damping);
-  TORCH_CHECK(precision == 0 || precision == 32 || precision == 64, "precision must be 0 (auto), 32 or 64, got ",
-              precision);
+  check_solve(gram, rhs, damping, max_tries, precision);
   const int64_t k = gram.size(-1), m = rhs.size(-1);
   // Common batch shape (as torch.cholesky_solve broadcasts).
   std::vector<int64_t> batch_shape =

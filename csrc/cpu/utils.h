@@ -15,6 +15,7 @@
 #include <string>
 
 #include "isa.h"
+#include "kprune/checks.h"
 #include "kprune/cpu_kernels.h"
 
 namespace kprune {
@@ -51,15 +52,6 @@ inline int parse_activation(const std::string& name) {
   TORCH_CHECK_VALUE(false, "activation '", name, "' is not supported; expected one of gelu, gelu_tanh, relu, silu");
 }
 
-inline void check_index(const at::Tensor& index, int64_t bound, const char* name) {
-  TORCH_CHECK(index.dim() == 1 && index.scalar_type() == at::kLong, name, " must be a 1-D int64 tensor, got ",
-              index.sizes(), " ", index.scalar_type());
-  if (index.numel() > 0 && index.device().is_cpu()) {
-    const int64_t lo = index.min().item<int64_t>(), hi = index.max().item<int64_t>();
-    TORCH_CHECK(lo >= 0 && hi < bound, name, " values must lie in [0, ", bound, "), got [", lo, ", ", hi, "]");
-  }
-}
-
 // True when index is 0, 1, ..., bound - 1 (every unit kept), so the weights can be used as they are.
 inline bool is_identity_index(const at::Tensor& index, int64_t bound) {
   if (index.numel() != bound || !index.device().is_cpu()) return false;
@@ -74,11 +66,6 @@ inline bool is_identity_index(const at::Tensor& index, int64_t bound) {
 // w.index_select(dim, index) without the copy when every index is kept in order.
 inline at::Tensor select_kept(const at::Tensor& w, int64_t dim, const at::Tensor& index) {
   return is_identity_index(index, w.size(dim)) ? w : w.index_select(dim, index);
-}
-
-inline void check_same_dtype(const at::Tensor& ref, const at::Tensor& t, const char* name) {
-  TORCH_CHECK(!t.defined() || t.scalar_type() == ref.scalar_type(), name, " must have dtype ", ref.scalar_type(),
-              ", got ", t.scalar_type());
 }
 
 // Splits [0, n) into about 2 chunks per thread; each chunk owns a row of `partial` ([chunks, k]).

@@ -48,12 +48,8 @@ namespace {
 std::tuple<at::Tensor, at::Tensor> activation_backward_cuda(const at::Tensor& preact,
                                                             const std::optional<at::Tensor>& bias,
                                                             const at::Tensor& grad_act, c10::string_view activation) {
-  TORCH_CHECK(preact.dim() == 2 && grad_act.sizes() == preact.sizes() &&
-                  grad_act.scalar_type() == preact.scalar_type(),
-              "activation_backward: preact and grad_act must be [tokens, units] of one dtype");
+  check_activation_backward(preact, bias, grad_act);
   const int64_t k = preact.size(1);
-  TORCH_CHECK(!bias.has_value() || (bias->dim() == 1 && bias->size(0) == k), "activation_backward: bias must be [", k,
-              "]");
   const int kind = parse_activation(activation);
   const c10::cuda::CUDAGuard guard(preact.device());
   const at::Tensor h = preact.contiguous(), g = grad_act.contiguous();

@@ -16,6 +16,7 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include "kprune/checks.h"
 #include "utils.cuh"
 
 namespace kprune {

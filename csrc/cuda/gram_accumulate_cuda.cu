@@ -41,13 +41,9 @@ namespace {
 
 void gram_accumulate_cuda(const at::Tensor& a, const at::Tensor& b, const std::optional<at::Tensor>& columns,
                           const at::Tensor& gram, const at::Tensor& cross) {
-  TORCH_CHECK(a.dim() == 2 && b.dim() == 2 && a.size(0) == b.size(0), "a and b must be [tokens, *]");
-  const c10::cuda::CUDAGuard guard(a.device());
+  const int64_t k = check_gram(a, b, columns, gram, cross);
   const bool has_cols = columns.has_value() && columns->defined();
-  const int64_t k = has_cols ? columns->numel() : a.size(1);
-  TORCH_CHECK(gram.size(0) == k && gram.size(1) == k && cross.size(0) == k && cross.size(1) == b.size(1) &&
-                  gram.scalar_type() == at::kFloat && cross.scalar_type() == at::kFloat,
-              "gram must be float32 [k, k] and cross float32 [k, m]");
+  const c10::cuda::CUDAGuard guard(a.device());
   if (a.size(0) == 0 || k == 0) return;
   at::Tensor sel;
   if (!has_cols) {

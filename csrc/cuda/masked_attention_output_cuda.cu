@@ -23,12 +23,12 @@ __global__ void attention_forward_kernel(const T* __restrict__ context, int64_t 
 }
 
 // gs, act, grad_act (nullable): [rows, k*hs]; grad_context: [rows, H*hs] (ldc), pruned heads untouched;
-// grad_mask: [k] += sum over rows and the head's columns of gs * act
+// partial: [partial_rows, k*hs], each thread's share of sum_t gs * act (summed per head afterwards)
 template <typename T, typename P>
 __global__ void attention_backward_kernel(const T* __restrict__ gs, const T* __restrict__ act,
                                           const T* __restrict__ grad_act, const int64_t* __restrict__ heads, int64_t k,
                                           int64_t hs, const P* __restrict__ mask, T* __restrict__ grad_context,
-                                          int64_t ldc, int64_t rows, typename Cvt<T>::acc* __restrict__ grad_mask) {
+                                          int64_t ldc, int64_t rows, typename Cvt<T>::acc* __restrict__ partial) {
   using A = typename Cvt<T>::acc;
   const int64_t width = k * hs;
   const int64_t c = int64_t(blockIdx.x) * kCols + threadIdx.x;
@@ -45,7 +45,7 @@ __global__ void attention_backward_kernel(const T* __restrict__ gs, const T* __r
     if (grad_act) v += Cvt<T>::load(grad_act[t * width + c]);
     grad_context[t * ldc + dst_col] = Cvt<T>::store(v);
   }
-  atomicAdd(grad_mask + j, dot);
+  partial[(int64_t(blockIdx.y) * kRows + threadIdx.y) * width + c] = dot;
 }
 
 template <typename T, typename P>
@@ -59,19 +59,21 @@ void launch_attention_forward(const T* context, int64_t ldc, const int64_t* head
 template <typename T, typename P>
 void launch_attention_backward(const T* gs, const T* act, const T* grad_act, const int64_t* heads, int64_t k,
                                int64_t hs, const P* mask, T* grad_context, int64_t ldc, int64_t rows,
-                               typename Cvt<T>::acc* grad_mask, cudaStream_t stream) {
+                               typename Cvt<T>::acc* partial, typename Cvt<T>::acc* grad_mask, cudaStream_t stream) {
   if (rows * k * hs == 0) return;
   dim3 grid(static_cast<unsigned int>((k * hs + kCols - 1) / kCols),
             static_cast<unsigned int>((rows + kRowChunk - 1) / kRowChunk));
   attention_backward_kernel<T, P><<<grid, dim3(kCols, kRows), 0, stream>>>(gs, act, grad_act, heads, k, hs, mask,
-                                                                           grad_context, ldc, rows, grad_mask);
+                                                                           grad_context, ldc, rows, partial);
+  launch_column_group_sum(partial, partial_rows(rows, kRowChunk, kRows), k * hs, hs, k, grad_mask, stream);
 }
 
 #define KPRUNE_INSTANTIATE_ATTENTION(T, P)                                                                         \
   template void launch_attention_forward<T, P>(const T*, int64_t, const int64_t*, int64_t, int64_t, const P*, T*, \
                                                T*, int64_t, cudaStream_t);                                         \
   template void launch_attention_backward<T, P>(const T*, const T*, const T*, const int64_t*, int64_t, int64_t,     \
-                                                const P*, T*, int64_t, int64_t, Cvt<T>::acc*, cudaStream_t);
+                                                const P*, T*, int64_t, int64_t, Cvt<T>::acc*, Cvt<T>::acc*,     \
+                                                cudaStream_t);
 KPRUNE_INSTANTIATE_ATTENTION(float, float)
 KPRUNE_INSTANTIATE_ATTENTION(double, double)
 KPRUNE_INSTANTIATE_ATTENTION(Bf16, float)
@@ -97,9 +99,7 @@ std::tuple<at::Tensor, at::Tensor> masked_attention_output_cuda(const at::Tensor
                                                                 const std::optional<at::Tensor>& b_out,
                                                                 const at::Tensor& kept_heads, const at::Tensor& mask,
                                                                 int64_t head_size) {
-  TORCH_CHECK(context.dim() == 2 && head_size > 0 && context.size(1) % head_size == 0 && mask.dim() == 1 &&
-                  mask.size(0) == kept_heads.size(0),
-              "masked_attention_output: bad shapes");
+  check_attention(context, w_out, kept_heads, mask, head_size);
   const c10::cuda::CUDAGuard guard(context.device());
   const int64_t rows = context.size(0), k = kept_heads.size(0);
   const at::Tensor ctx = context.stride(1) == 1 ? context : context.contiguous();
@@ -122,6 +122,8 @@ std::tuple<at::Tensor, at::Tensor> masked_attention_output_backward_cuda(
     const at::Tensor& grad_out, const std::optional<at::Tensor>& grad_act, const at::Tensor& context,
     const at::Tensor& w_out, const at::Tensor& kept_heads, const at::Tensor& mask, const at::Tensor& act,
     int64_t head_size, bool need_context, bool need_mask) {
+  check_attention(context, w_out, kept_heads, mask, head_size);
+  check_attention_backward(context, w_out, kept_heads, head_size, grad_out, act, grad_act);
   const c10::cuda::CUDAGuard guard(context.device());
   const auto dtype = context.scalar_type();
   const int64_t rows = context.size(0), k = kept_heads.size(0);
@@ -134,12 +136,13 @@ std::tuple<at::Tensor, at::Tensor> masked_attention_output_backward_cuda(
   const at::Tensor mask_p = mask.to(pdtype).contiguous();
   at::Tensor grad_context = at::zeros(context.sizes(), context.options());
   at::Tensor grad_mask_acc = at::zeros({k}, context.options().dtype(pdtype));
+  at::Tensor partial = at::empty({partial_rows(rows, kRowChunk, kRows) * k * head_size}, context.options().dtype(pdtype));
   KPRUNE_DISPATCH_CUDA(dtype, "masked_attention_output_backward_cuda", [&] {
     launch_attention_backward<cuda_t, param_t>(device_ptr<scalar_t>(gs), device_ptr<scalar_t>(act_c),
                                                ga.defined() ? device_ptr<scalar_t>(ga) : nullptr,
                                                heads.data_ptr<int64_t>(), k, head_size, mask_p.data_ptr<param_t>(),
                                                device_ptr<scalar_t>(grad_context), context.size(1), rows,
-                                               grad_mask_acc.data_ptr<param_t>(), stream());
+                                               partial.data_ptr<param_t>(), grad_mask_acc.data_ptr<param_t>(), stream());
   });
   KPRUNE_CHECK_LAUNCH();
   return {need_context ? grad_context : at::empty({0}, context.options()),

@@ -22,12 +22,12 @@ __global__ void ffn_forward_kernel(T* __restrict__ h, T* __restrict__ act, int64
 }
 
 // gs: [rows, k] = grad_out W_out[:, kept] (becomes the pre-activation gradient); h: x W_in[kept]^T;
-// act, grad_act (nullable): [rows, k]; grad_mask: [k] += sum_t gs * act
+// act, grad_act (nullable): [rows, k]; partial: [partial_rows, k], each thread's share of sum_t gs * act
 template <typename T, typename P>
 __global__ void ffn_backward_kernel(T* __restrict__ gs, const T* __restrict__ h, const T* __restrict__ act,
                                     const T* __restrict__ grad_act, int64_t rows, int64_t k,
                                     const P* __restrict__ bias, const P* __restrict__ mask, int kind,
-                                    typename Cvt<T>::acc* __restrict__ grad_mask) {
+                                    typename Cvt<T>::acc* __restrict__ partial) {
   using A = typename Cvt<T>::acc;
   const int64_t j = int64_t(blockIdx.x) * kCols + threadIdx.x;
   const int64_t r0 = int64_t(blockIdx.y) * kRowChunk;
@@ -42,7 +42,7 @@ __global__ void ffn_backward_kernel(T* __restrict__ gs, const T* __restrict__ h,
     if (grad_act) up += Cvt<T>::load(grad_act[i]);
     gs[i] = Cvt<T>::store(up * math::activation_grad(A(Cvt<T>::load(h[i]) + A(bias[j])), kind));
   }
-  atomicAdd(grad_mask + j, dot);
+  partial[(int64_t(blockIdx.y) * kRows + threadIdx.y) * k + j] = dot;
 }
 
 template <typename T, typename P>
@@ -54,17 +54,19 @@ void launch_ffn_forward(T* h, T* act, int64_t rows, int64_t k, const P* bias, co
 
 template <typename T, typename P>
 void launch_ffn_backward(T* gs, const T* h, const T* act, const T* grad_act, int64_t rows, int64_t k, const P* bias,
-                         const P* mask, int kind, typename Cvt<T>::acc* grad_mask, cudaStream_t stream) {
+                         const P* mask, int kind, typename Cvt<T>::acc* partial, typename Cvt<T>::acc* grad_mask,
+                         cudaStream_t stream) {
   if (rows * k == 0) return;
   dim3 grid(static_cast<unsigned int>((k + kCols - 1) / kCols), static_cast<unsigned int>((rows + kRowChunk - 1) / kRowChunk));
   ffn_backward_kernel<T, P><<<grid, dim3(kCols, kRows), 0, stream>>>(gs, h, act, grad_act, rows, k, bias, mask, kind,
-                                                                     grad_mask);
+                                                                     partial);
+  launch_column_group_sum(partial, partial_rows(rows, kRowChunk, kRows), k, int64_t(1), k, grad_mask, stream);
 }
 
 #define KPRUNE_INSTANTIATE_FFN(T, P)                                                                            \
   template void launch_ffn_forward<T, P>(T*, T*, int64_t, int64_t, const P*, const P*, int, cudaStream_t);       \
   template void launch_ffn_backward<T, P>(T*, const T*, const T*, const T*, int64_t, int64_t, const P*, const P*, \
-                                          int, Cvt<T>::acc*, cudaStream_t);
+                                          int, Cvt<T>::acc*, Cvt<T>::acc*, cudaStream_t);
 KPRUNE_INSTANTIATE_FFN(float, float)
 KPRUNE_INSTANTIATE_FFN(double, double)
 KPRUNE_INSTANTIATE_FFN(Bf16, float)
@@ -93,9 +95,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ffn_forward_impl(const at::Tensor
                                                                 const std::optional<at::Tensor>& b_out,
                                                                 const at::Tensor& kept, const at::Tensor& mask,
                                                                 c10::string_view activation, bool keep_preact) {
-  TORCH_CHECK(x.dim() == 2 && w_in.dim() == 2 && w_out.dim() == 2 && kept.dim() == 1 && mask.dim() == 1 &&
-                  mask.size(0) == kept.size(0),
-              "masked_ffn: bad shapes");
+  check_ffn(x, w_in, b_in, w_out, kept, mask);
   const int kind = parse_activation(activation);
   const c10::cuda::CUDAGuard guard(x.device());
   const at::Tensor w_in_k = w_in.index_select(0, kept);
@@ -134,6 +134,8 @@ std::tuple<at::Tensor, at::Tensor> masked_ffn_backward_cuda(
     const std::optional<at::Tensor>& b_in, const at::Tensor& w_out, const at::Tensor& kept, const at::Tensor& mask,
     const at::Tensor& act, c10::string_view activation, bool need_x, bool need_mask,
     const std::optional<at::Tensor>& preact) {
+  const FfnShapes s = check_ffn(x, w_in, b_in, w_out, kept, mask);
+  check_ffn_backward(s, x, w_out, grad_out, act, preact, grad_act);
   const int kind = parse_activation(activation);
   const c10::cuda::CUDAGuard guard(x.device());
   const auto dtype = x.scalar_type();
@@ -146,11 +148,12 @@ std::tuple<at::Tensor, at::Tensor> masked_ffn_backward_cuda(
   const auto pdtype = param_dtype(dtype);
   const at::Tensor bias = bias_param(b_in, kept, pdtype), mask_p = mask.to(pdtype).contiguous();
   at::Tensor grad_mask_acc = at::zeros({kept.size(0)}, x.options().dtype(pdtype));
+  at::Tensor partial = at::empty({partial_rows(gs.size(0), kRowChunk, kRows) * gs.size(1)}, x.options().dtype(pdtype));
   KPRUNE_DISPATCH_CUDA(dtype, "masked_ffn_backward_cuda", [&] {
     launch_ffn_backward<cuda_t, param_t>(device_ptr<scalar_t>(gs), device_ptr<scalar_t>(h), device_ptr<scalar_t>(act_c),
                                          ga.defined() ? device_ptr<scalar_t>(ga) : nullptr, gs.size(0), gs.size(1),
                                          bias.data_ptr<param_t>(), mask_p.data_ptr<param_t>(), kind,
-                                         grad_mask_acc.data_ptr<param_t>(), stream());
+                                         partial.data_ptr<param_t>(), grad_mask_acc.data_ptr<param_t>(), stream());
   });
   KPRUNE_CHECK_LAUNCH();
   at::Tensor grad_x = need_x ? at::mm(gs, w_in_k) : at::empty({0}, x.options());

@@ -67,9 +67,7 @@ constexpr int64_t kMaxSmallK = 64;
 
 at::Tensor solve_damped_cuda(const at::Tensor& gram, const at::Tensor& rhs, double damping, int64_t max_tries,
                              int64_t precision) {
-  TORCH_CHECK(gram.dim() >= 2 && gram.size(-1) == gram.size(-2) && rhs.dim() >= 2 && rhs.size(-2) == gram.size(-1),
-              "gram must be [..., k, k] and rhs [..., k, m]");
-  TORCH_CHECK(max_tries >= 1 && damping > 0, "max_tries must be >= 1 and damping > 0");
+  check_solve(gram, rhs, damping, max_tries, precision);
   const c10::cuda::CUDAGuard guard(gram.device());
   const int64_t k = gram.size(-1), m = rhs.size(-1);
   std::vector<int64_t> batch_shape =

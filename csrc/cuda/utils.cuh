@@ -8,6 +8,7 @@
 #include <cstdint>
 
 #include "kprune/hd_math.h"
+#include "kprune/hd_reduce.h"
 
 namespace kprune {
 namespace cuda {
@@ -37,6 +38,27 @@ struct Cvt<__half> {
 inline unsigned int blocks_for(int64_t n, int threads) {
   int64_t b = (n + threads - 1) / threads;
   return static_cast<unsigned int>(b < 65535 * 32 ? (b > 0 ? b : 1) : 65535 * 32);
+}
+
+// Rows of per-thread partial sums the masked backward kernels write: kRows per chunk of kRowChunk rows.
+inline int64_t partial_rows(int64_t rows, int64_t row_chunk, int rows_per_block) {
+  return (rows + row_chunk - 1) / row_chunk * rows_per_block;
+}
+
+// out[j] = sum of partial [rows, ld] over all rows and the columns [j * per, (j + 1) * per), in a fixed
+// order (math::block_sum): the deterministic replacement of per-thread float atomics.
+template <typename A>
+__global__ void column_group_sum_kernel(const A* __restrict__ partial, int64_t rows, int64_t ld, int64_t per,
+                                        int64_t groups, A* __restrict__ out) {
+  const int64_t j = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (j < groups) out[j] = math::block_sum(partial, rows, ld, j * per, (j + 1) * per);
+}
+
+template <typename A>
+void launch_column_group_sum(const A* partial, int64_t rows, int64_t ld, int64_t per, int64_t groups, A* out,
+                             cudaStream_t stream) {
+  if (groups == 0) return;
+  column_group_sum_kernel<A><<<blocks_for(groups, 256), 256, 0, stream>>>(partial, rows, ld, per, groups, out);
 }
 
 }  // namespace cuda
