@@ -442,3 +442,21 @@ def test_sampler_qa_keeps_example_index(tmp_path, bert_tokenizer):
                              doc_stride=8)
     assert {f["example_index"] for f in sample} == set(range(len(examples)))
     assert _check_answer_positions(examples, sample)
+
+
+def test_squad_defaults_to_the_papers_384_token_windows_with_stride_128(tmp_path, bert_tokenizer):
+    from kprune.data import Example
+    from kprune.tasks import get_task
+    context = " ".join([CONTEXT_1] * 30)
+    question = "who won the super bowl ?"
+    example = Example(texts=(question, context), id="q", question=question, context=context, answers=[])
+    features = encode("squad", [example], bert_tokenizer)
+    context_offsets = bert_tokenizer(context, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    assert len(context_offsets) > 2 * 384 and len(features) > 3
+    assert max(f["input_ids"].numel() for f in features) == 384
+    firsts = [next(o for o in f["offset_mapping"] if o is not None) for f in features]
+    assert firsts == [tuple(context_offsets[k * 128]) for k in range(len(features))]
+    explicit = encode("squad", [example], bert_tokenizer, max_length=384, doc_stride=128)
+    assert all(torch.equal(a["input_ids"], b["input_ids"]) for a, b in zip(features, explicit))
+    assert get_task("sst2").lengths() == (128, 128) and get_task("squad_v2").lengths() == (384, 128)
+    assert get_task("squad").lengths(256, None) == (256, 128)

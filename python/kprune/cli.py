@@ -58,7 +58,7 @@ def _cmd_prune(args) -> int:
     check_model_fits_task(model, spec)
     started = time.perf_counter()
     samples = sample_features(spec.name, args.data, tokenizer, num_tokens=args.num_tokens, seed=args.seed,
-                              max_length=args.max_length)
+                              max_length=args.max_length, doc_stride=args.doc_stride)
     sampling = time.perf_counter() - started
     config = KPruneConfig(batch_size=args.batch_size, gradient_groups=args.gradient_groups, seed=args.seed,
                           measure_dtype=args.measure_dtype,
@@ -83,7 +83,7 @@ def _cmd_evaluate(args) -> int:
     model, tokenizer = _load(args.model)
     check_model_fits_task(model, spec)
     metrics = evaluate(model, tokenizer, spec.name, args.data, split=args.split, batch_size=args.batch_size,
-                       max_length=args.max_length, max_examples=args.max_examples)
+                       max_length=args.max_length, doc_stride=args.doc_stride, max_examples=args.max_examples)
     print(json.dumps(metrics))
     return 0
 
@@ -123,7 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True, help="new folder for the pruned model and report.json")
     p.add_argument("--num-tokens", type=int, default=100_000, help="token budget of the sample (default 100000)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--max-length", type=int, default=128)
+    p.add_argument("--max-length", type=int, default=None,
+                   help="tokens per sample (default: the task's, 128; SQuAD 384-token windows)")
+    p.add_argument("--doc-stride", type=int, default=None, help="SQuAD: tokens between window starts (default 128)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--gradient-groups", choices=GRADIENT_GROUPS, default="batch",
                    help="batch: the paper's batch gradients; sample: per-sample Fisher")
@@ -141,7 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--data", required=True)
     e.add_argument("--split", default="dev")
     e.add_argument("--batch-size", type=int, default=64)
-    e.add_argument("--max-length", type=int, default=128)
+    e.add_argument("--max-length", type=int, default=None,
+                   help="tokens per example (default: the task's, 128; SQuAD 384-token windows)")
+    e.add_argument("--doc-stride", type=int, default=None, help="SQuAD: tokens between window starts (default 128)")
     e.add_argument("--max-examples", type=int, default=None)
     e.set_defaults(func=_cmd_evaluate)
 

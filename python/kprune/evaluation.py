@@ -208,7 +208,7 @@ def _model_label_order(model: torch.nn.Module, spec: TaskSpec) -> torch.Tensor |
 
 
 def evaluate(model: torch.nn.Module, tokenizer, task: str, path: str | os.PathLike, split: str = "dev",
-             batch_size: int = 64, max_length: int = 128, doc_stride: int = 128,
+             batch_size: int = 64, max_length: int | None = None, doc_stride: int | None = None,
              max_examples: int | None = None) -> dict[str, float]:
     """Score ``model`` on ``split`` of the task data at ``path`` (see :func:`kprune.data.load_examples`).
 

@@ -35,6 +35,8 @@ class TaskSpec:
         label_names: names of the classes in label-id order, for files with string labels.
         text_aliases: per text, other accepted column names (CSV/JSONL/``datasets``), first match wins.
         label_aliases: other accepted names of the label column.
+        max_length: tokens per feature by default (QA: per window); the paper's 128 for GLUE, 384 for SQuAD.
+        doc_stride: QA only, context tokens between the starts of consecutive windows (the paper's 128).
     """
 
     name: str
@@ -47,6 +49,13 @@ class TaskSpec:
     label_names: tuple[str, ...] | None = None
     text_aliases: tuple[tuple[str, ...], ...] = ()
     label_aliases: tuple[str, ...] = ()
+    max_length: int = 128
+    doc_stride: int = 128
+
+    def lengths(self, max_length: int | None = None, doc_stride: int | None = None) -> tuple[int, int]:
+        """The given lengths, or this task's defaults where None."""
+        return (self.max_length if max_length is None else max_length,
+                self.doc_stride if doc_stride is None else doc_stride)
 
     @property
     def is_pair(self) -> bool:
@@ -130,12 +139,12 @@ TASKS: dict[str, TaskSpec] = {
         TaskSpec(
             name="squad", kind="qa", num_labels=2,
             text_fields=("question", "context"), label_field=None,
-            metrics=("exact_match", "f1"), main_metric="f1",
+            metrics=("exact_match", "f1"), main_metric="f1", max_length=384,
         ),
         TaskSpec(
             name="squad_v2", kind="qa", num_labels=2,
             text_fields=("question", "context"), label_field=None,
-            metrics=("exact_match", "f1"), main_metric="f1",
+            metrics=("exact_match", "f1"), main_metric="f1", max_length=384,
         ),
     )
 }

@@ -131,8 +131,8 @@ def _encode_qa(spec: TaskSpec, examples: Sequence[Example], tokenizer, max_lengt
     return [feature for features in per_example for feature in features]
 
 
-def encode(task: str, examples: Sequence[Example], tokenizer, max_length: int = 128,
-           doc_stride: int = 128) -> list[dict]:
+def encode(task: str, examples: Sequence[Example], tokenizer, max_length: int | None = None,
+           doc_stride: int | None = None) -> list[dict]:
     """Tokenize examples into model features (unpadded 1-D ``torch.long`` tensors).
 
     Classification/regression: one feature per example with ``input_ids``, ``token_type_ids`` (if the
@@ -147,9 +147,10 @@ def encode(task: str, examples: Sequence[Example], tokenizer, max_length: int = 
     0, the CLS token, when the answer is not inside the window or the question is unanswerable;
     absent when the answers are unknown), ``example_index`` (position in ``examples``) and
     ``offset_mapping`` (character ``(start, end)`` in the context per token, ``None`` for tokens
-    outside the context).
+    outside the context). ``max_length`` / ``doc_stride`` default to the task's (128; SQuAD 384 and 128).
     """
     spec = get_task(task)
+    max_length, doc_stride = spec.lengths(max_length, doc_stride)
     _check_lengths(max_length, doc_stride)
     examples = list(examples)
     if not examples:

@@ -16,13 +16,14 @@ logger = logging.getLogger(__name__)
 
 
 def sample_features(task: str, path: str | os.PathLike, tokenizer, num_tokens: int = 100_000, seed: int = 0,
-                    max_length: int = 128, split: str = "train", doc_stride: int = 128) -> list[dict]:
+                    max_length: int | None = None, split: str = "train", doc_stride: int | None = None) -> list[dict]:
     """The pruning sample: features of randomly drawn examples until ``num_tokens`` tokens are reached.
 
     Examples of ``split`` are visited in the order of ``random.Random(seed).shuffle`` and encoded
     (see :func:`encode`); features are taken until their total length (no padding is counted: features
     are unpadded) reaches ``num_tokens`` or the split is exhausted. The same seed gives the same sample.
-    QA features keep ``example_index`` pointing into the loaded split.
+    QA features keep ``example_index`` pointing into the loaded split. ``max_length`` / ``doc_stride``
+    default to the task's (:class:`~kprune.tasks.TaskSpec`: 128 tokens; SQuAD 384-token windows, stride 128).
 
     Raises:
         DataError: ``num_tokens <= 0``, or no data.
@@ -30,6 +31,7 @@ def sample_features(task: str, path: str | os.PathLike, tokenizer, num_tokens: i
     if isinstance(num_tokens, bool) or not isinstance(num_tokens, int) or num_tokens <= 0:
         raise DataError(f"num_tokens must be a positive integer, got {num_tokens!r}")
     spec = get_task(task)
+    max_length, doc_stride = spec.lengths(max_length, doc_stride)
     _check_lengths(max_length, doc_stride)
     examples = load_examples(spec.name, path, split)
     if not examples:
