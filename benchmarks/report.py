@@ -374,6 +374,9 @@ def main(argv: list[str] | None = None) -> int:
             source = (args.larger_sample.relative_to(HERE.parent) if args.larger_sample.is_relative_to(HERE.parent)
                       else args.larger_sample)
             text += "\n" + render_larger_sample(grid, larger, str(source))
+    originals = HERE / "originals" / "RUNNING.md"   # how the original implementations were run
+    if originals.is_file():
+        text += "\n" + originals.read_text()
     if args.discussion.is_file() and not args.no_discussion:
         text += "\n" + args.discussion.read_text()
     args.output.write_text(text)

@@ -185,3 +185,25 @@ def test_peers_use_only_the_public_api():
                 [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else []
             for name in names:
                 assert not name.startswith(("kprune.", "kprune_ext.")), f"{path.name} imports {name}"
+
+
+def test_rearrangement_is_the_swap_procedure():
+    """Against a naive swap search: start from the least important units, let each other unit (by
+    increasing importance) join, then drop the member whose absence gives the smallest objective."""
+    torch.manual_seed(5)
+    grads = torch.randn(12, 9) + 0.5 * torch.randn(12, 1)
+    importance = grads.square().sum(0)
+    kept = torch.zeros(9, dtype=torch.bool)
+    kept[importance.argsort(descending=True)[:4]] = True
+    order = importance.argsort().tolist()
+    pruned = order[:5]
+    for unit in order[5:]:
+        candidates = pruned + [unit]
+        costs = []
+        for drop in candidates:
+            rest = [u for u in candidates if u != drop]
+            costs.append(float(grads[:, rest].sum(1).square().sum()))
+        pruned = [u for u in candidates if u != candidates[costs.index(min(costs))]]
+    expected = torch.ones(9, dtype=torch.bool)
+    expected[pruned] = False
+    assert torch.equal(rearrange(kept, grads), expected)

@@ -11,9 +11,11 @@ Three stages, all on the original (unpruned) model's masks, written from the pap
    rest of the budget with the most important neurons, and keeps the choice whose kept importance
    is largest.
 2. Mask rearrangement. Per layer and unit type, the number of pruned units is kept and the pruned
-   set is re-chosen greedily to minimise (1-m)^T I_l (1-m), I_l = G_l^T G_l the layer's full
-   (block-diagonal) empirical Fisher: units join the pruned set one at a time, each time the one
-   that raises the objective least.
+   set is re-chosen to lower (1-m)^T I_l (1-m), I_l = G_l^T G_l the layer's full (block-diagonal)
+   empirical Fisher, i.e. the squared norm of the summed gradients of the pruned units. It starts from
+   the least important units (the search's choice) and visits the others by increasing importance:
+   each joins the set, then the member whose removal leaves the smallest objective leaves it (as
+   their code does; benchmarks/compare_kwon.py checks the two agree).
 3. Mask tuning. Sublayer by sublayer, bottom to top, the kept units' mask values are refitted by
    linear least squares so that the pruned sublayer's pre-LayerNorm output (on the pruned model's
    own input) matches the unpruned model's. The objective is quadratic in m with
@@ -92,20 +94,23 @@ def search_mask(head_importance: torch.Tensor, neuron_importance: torch.Tensor, 
 
 
 def rearrange(kept: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
-    """One layer's kept mask [units] re-chosen with the same count: greedy minimisation of
-    (1-m)^T G^T G (1-m), grads G: [samples, units]."""
+    """One layer's kept mask [units] re-chosen with the same count, lowering (1-m)^T G^T G (1-m)
+    (grads G: [samples or batches, units]) by the swap procedure of the module docstring."""
     units = kept.numel()
     num_pruned = units - int(kept.sum())
     if num_pruned == 0 or num_pruned == units:
         return kept.clone()
-    fisher = grads.double().t() @ grads.double()       # [units, units]
-    cost = fisher.diagonal().clone()                    # objective increase if unit j joins the pruned set
-    pruned = torch.zeros(units, dtype=torch.bool)
-    for _ in range(num_pruned):
-        j = int(cost.masked_fill(pruned, float("inf")).argmin())
-        pruned[j] = True
-        cost += 2 * fisher[:, j]
-    return ~pruned
+    vectors = grads.double().t()                                   # [units, samples]
+    order = vectors.square().sum(1).argsort().tolist()             # least important first
+    pruned = order[:num_pruned]
+    for unit in order[num_pruned:]:
+        pruned.append(unit)
+        members = vectors[pruned]
+        left_out = (members.sum(0)[None, :] - members).square().sum(1)   # objective without each member
+        del pruned[int(left_out.argmin())]
+    new = torch.ones(units, dtype=torch.bool)
+    new[pruned] = False
+    return new
 
 
 def pruned_objective(kept: torch.Tensor, grads: torch.Tensor) -> float:
