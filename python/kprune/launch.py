@@ -75,9 +75,10 @@ def _worker(index: int, count: int, port: int, threads: int, target, args) -> No
     sys.exit(code)
 
 
-def launch_workers(count: int, target, *args) -> int:
+def launch_workers(count: int, target, *args, threads: int | None = None) -> int:
     """Run ``target(*args)`` in ``count`` spawned processes on this machine, each with WORLD_SIZE/RANK set
-    (``target`` calls :func:`init_from_env`) and threads = this process's threads // count (at least 1).
+    (``target`` calls :func:`init_from_env`) and ``threads`` each (default: this process's threads // count,
+    at least 1).
 
     Returns 0 if every worker returned 0, else the lowest rank's non-zero exit code. Workers that
     outlive a failed one by more than a grace period are terminated."""
@@ -85,7 +86,7 @@ def launch_workers(count: int, target, *args) -> int:
         raise ConfigError(f"--workers {count!r} must be an integer >= 1")
     if env_world_size() > 1:
         raise ConfigError("--workers was given inside a torchrun world; use one of them, not both")
-    threads = max(1, torch.get_num_threads() // count)
+    threads = threads or max(1, torch.get_num_threads() // count)
     port = free_port()
     context = mp.get_context("spawn")
     previous = os.environ.get("OMP_NUM_THREADS")
