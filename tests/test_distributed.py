@@ -143,11 +143,11 @@ def test_two_ranks_equal_one_process_and_fail_together(tmp_path):
     ranks = spawn_world(2, CASES, True, tmp_path)
     for case in CASES:
         want = run_case(*case)
-        for rank, seen in enumerate(ranks):
+        for seen in ranks:
             got = seen["runs"]["/".join(case)]
             assert_same_run(got, want)
             report = got["report"]
-            assert report["world_size"] == 2 and report["rank"] == rank
+            assert report["world_size"] == 2
             assert len(report["communication"]["bytes_per_step"]) == 2 * LAYERS
             assert all(b > 0 for b in report["communication"]["bytes_per_step"])
         # weights are bit-identical across ranks (rank 0's solution is broadcast)

@@ -153,7 +153,7 @@ class Collective:
 
     def summary(self, bytes_per_step: list[int]) -> dict:
         """The report's record of the ranks and their communication."""
-        return {"world_size": self.world_size, "rank": self.rank,
+        return {"world_size": self.world_size,
                 "communication": {"bytes_per_step": bytes_per_step, "bytes": self.bytes,
                                   "seconds": round(self.seconds, 3), "wait_seconds": round(self.wait_seconds, 3)}}
 
