@@ -170,4 +170,6 @@ def build_report(task: str, teacher: nn.Module, student: nn.Module, flops_reduct
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "extension": kprune_ext.EXTENSION_LOADED,
         "config": config,
+        "world_size": 1,   # peers run in one process
+        "communication": {"bytes_per_step": [], "bytes": 0, "seconds": 0.0, "wait_seconds": 0.0},
     }

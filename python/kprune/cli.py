@@ -45,7 +45,9 @@ def check_model_fits_task(model, spec) -> None:
 def _cmd_prune(args) -> int:
     from kprune.config import KPruneConfig, check_reduction
     from kprune.data import sample_features
+    from kprune.distributed import Collective
     from kprune.io import check_output_dir, save_pruned
+    from kprune.launch import cli_worker, init_from_env, launch_workers
     from kprune.pruner import prune
     from kprune.tasks import get_task
 
@@ -54,19 +56,29 @@ def _cmd_prune(args) -> int:
     if args.num_tokens <= 0:
         raise DataError(f"--num-tokens {args.num_tokens} must be a positive number of tokens")
     spec = get_task(args.task)
-    model, tokenizer = _load(args.model)
-    check_model_fits_task(model, spec)
-    started = time.perf_counter()
-    samples = sample_features(spec.name, args.data, tokenizer, num_tokens=args.num_tokens, seed=args.seed,
-                              max_length=args.max_length, doc_stride=args.doc_stride)
-    sampling = time.perf_counter() - started
+    if args.workers != 1:   # the same command in N local processes, each running the lines below
+        return launch_workers(args.workers, cli_worker, _cmd_prune, argparse.Namespace(**{**vars(args), "workers": 1}))
+    group = init_from_env()   # torchrun (or --workers): every rank loads the same model and sample
+    ranks = Collective(group)
+    with ranks.guard("loading the model and the sample"):
+        model, tokenizer = _load(args.model)
+        check_model_fits_task(model, spec)
+        started = time.perf_counter()
+        samples = sample_features(spec.name, args.data, tokenizer, num_tokens=args.num_tokens, seed=args.seed,
+                                  max_length=args.max_length, doc_stride=args.doc_stride)
+        sampling = time.perf_counter() - started
     config = KPruneConfig(batch_size=args.batch_size, gradient_groups=args.gradient_groups, seed=args.seed,
                           measure_dtype=args.measure_dtype,
-                          weight_tuning=not args.no_weight_tuning, progress=not args.quiet)
-    result = prune(model, samples, spec.kind, args.flops_reduction, config)
+                          weight_tuning=not args.no_weight_tuning, progress=not args.quiet and ranks.rank == 0)
+    result = prune(model, samples, spec.kind, args.flops_reduction, config, process_group=group)
     report = dict(result.report, task_name=spec.name, data=str(args.data), model=str(args.model), seed=args.seed)
     report["seconds"]["sampling"] = round(sampling, 3)
-    save_pruned(result.model, args.output, tokenizer, extra_files={"report.json": report}, overwrite=args.overwrite)
+    with ranks.guard("writing the output"):   # rank 0 alone writes (atomically)
+        if ranks.rank == 0:
+            save_pruned(result.model, args.output, tokenizer, extra_files={"report.json": report},
+                        overwrite=args.overwrite)
+    if ranks.rank != 0:
+        return 0
     summary = {key: report[key] for key in ("flops_reduction", "params_before", "params_after", "heads_kept",
                                             "neurons_kept")}
     summary["seconds"] = report["seconds"]["total"]
@@ -135,6 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-weight-tuning", action="store_true", help="skip the least-squares weight tuning")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--workers", type=int, default=1,
+                   help="data-parallel processes on this machine, threads shared equally (or use torchrun)")
     p.set_defaults(func=_cmd_prune)
 
     e = sub.add_parser("evaluate", help="print a JSON object of the task's metrics")

@@ -28,3 +28,7 @@ class NumericalError(KPruneError, RuntimeError):
 
 class OutputDirError(KPruneError, OSError):
     """The output directory cannot be written (it exists and is not empty, or is a file)."""
+
+
+class DistributedError(KPruneError, RuntimeError):
+    """Ranks of a data-parallel run disagree (different model or sample), or one of them failed."""

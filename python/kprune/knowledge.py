@@ -54,6 +54,11 @@ class UnitStatistics:
         self.act_sq.add_(act.float().square().sum(0))
         self.group_grads.index_add_(0, token_groups, (act.double() * grad.double()))
 
+    def sums(self) -> list[torch.Tensor]:
+        """The running sums, to be summed across ranks (before :meth:`finish`: a logical group's samples
+        may sit on several ranks, so its gradient sum is completed before it is squared)."""
+        return [self.grad_sq, self.act_sq] + ([] if self.group_grads is None else [self.group_grads])
+
     def finish(self) -> "UnitStatistics":
         """Square the per-group gradient sums into grad_sq (once every batch is in)."""
         if self.group_grads is not None:

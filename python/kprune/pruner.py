@@ -25,10 +25,11 @@ from tqdm.auto import tqdm
 import kprune_ext
 from kprune.adapters import EncoderAdapter, check_head
 from kprune.config import KPruneConfig, check_reduction, check_task_kind
+from kprune.distributed import Collective, local_batches
 from kprune.errors import ConfigError, NumericalError
 from kprune.flops import head_flops, model_flops, neuron_flops
 from kprune.knowledge import UnitStatistics, distillation_loss, unit_scores
-from kprune.samples import Batch, GradientGroups, make_batches, normalise_samples
+from kprune.samples import Batch, GradientGroups, normalise_samples
 from kprune.search import search_kept
 from kprune.sublayers import run_sublayer, sublayer_backward
 from kprune.tuning import SublayerTuner, out_projection
@@ -61,29 +62,41 @@ def count_parameters(model: nn.Module) -> int:
 
 
 class KPruner:
-    """Stepwise K-prune: iterate :meth:`steps` to watch each sublayer, or call :meth:`run`."""
+    """Stepwise K-prune: iterate :meth:`steps` to watch each sublayer, or call :meth:`run`.
+
+    process_group: an initialised torch.distributed group whose ranks all call with the same model,
+    sample and settings; each measures its shard (balanced by tokens) and statistics are summed, so every
+    rank ends with the model one process would produce (:mod:`kprune.distributed`). None: one process."""
 
     def __init__(self, model: nn.Module, samples, task: str = "classification", flops_reduction: float = 0.5,
-                 config: KPruneConfig | None = None):
-        self.config = (config or KPruneConfig()).validate()
-        self.task = check_task_kind(task)
-        self.flops_reduction = check_reduction(flops_reduction)
-        self.teacher = EncoderAdapter(model)
-        check_head(self.teacher, self.task)
-        vocab = getattr(model.config, "vocab_size", None)
-        pad = getattr(model.config, "pad_token_id", None) or 0
-        self.samples = normalise_samples(samples, vocab)
+                 config: KPruneConfig | None = None, process_group=None):
+        self.collective = Collective(process_group)
+        with self.collective.guard("checking the settings and the sample"):
+            self.config = (config or KPruneConfig()).validate()
+            self.task = check_task_kind(task)
+            self.flops_reduction = check_reduction(flops_reduction)
+            self.teacher = EncoderAdapter(model)
+            check_head(self.teacher, self.task)
+            vocab = getattr(model.config, "vocab_size", None)
+            pad = getattr(model.config, "pad_token_id", None) or 0
+            self.samples = normalise_samples(samples, vocab)
+        settings = dict(self.config.to_dict(), task=self.task, flops_reduction=self.flops_reduction, device=None,
+                        progress=None)
+        self.collective.check_same_inputs(model, self.samples, settings)
         self.device = torch.device(self.config.device)
-        self.batches: list[Batch] = make_batches(self.samples, self.config.compute_batch, pad, self.device)
+        # this rank's share of the sample; counts, lengths and gradient groups are the whole sample's
+        self.batches: list[Batch] = local_batches(self.samples, self.collective, self.config.compute_batch, pad,
+                                                  self.device)
         self.num_samples = len(self.samples)
         # the paper's batch-mean gradients, over a seeded random partition whatever the compute batches
         self.groups = GradientGroups.random(self.num_samples, self.config.batch_size, self.config.seed) \
             if self.config.gradient_groups == "batch" else None
-        self.num_tokens = sum(b.num_tokens for b in self.batches)
+        self.num_tokens = sum(s["input_ids"].numel() for s in self.samples)
         self.seq_len = self.num_tokens / self.num_samples
         self._input_model = model
         self.seconds: dict[str, float] = defaultdict(float)
         self.steps_done: list[StepResult] = []
+        self.bytes_per_step: list[int] = []
 
     # -- setup ------------------------------------------------------------------------------------
 
@@ -103,7 +116,7 @@ class KPruner:
         self.budget = (1.0 - self.flops_reduction) * self.flops_before
         self.remaining = self.budget
         self.params_before = count_parameters(self._input_model)
-        self.tuner = SublayerTuner(self.student, self.teacher, self.batches)
+        self.tuner = SublayerTuner(self.student, self.teacher, self.batches, self.collective)
         self.teacher_logits: list[torch.Tensor] = []
         self.seconds["setup"] += time.perf_counter() - started
 
@@ -131,11 +144,12 @@ class KPruner:
         # recompute backward's per-batch hidden states) until the whole pass ends
         precision = torch.autocast(self.device.type, getattr(torch, cfg.measure_dtype), cache_enabled=False) \
             if low else nullcontext()
-        with precision:
+        with precision, self.collective.guard(f"measuring knowledge at sublayer {k}"):
             for index, batch in enumerate(self.batches):
                 offsets = batch.token_offsets().to(self.device)
                 token_groups = self.groups.of_tokens(batch).to(self.device) if grouped else None
                 pass_(k, index, batch, self.tuner.student_cache[index], with_grad, stats, (offsets, token_groups))
+        self.collective.all_reduce([tensor for st in stats.values() for tensor in st.sums()])
         return {j: st.finish() for j, st in stats.items()}
 
     def _loss(self, logits: torch.Tensor, index: int, batch: Batch) -> torch.Tensor:
@@ -230,7 +244,8 @@ class KPruner:
             self.tuner.refit(k, damping=self.config.damping)
         self.seconds["tune"] += time.perf_counter() - timer
         timer = time.perf_counter()
-        self.tuner.advance(k)
+        with self.collective.guard(f"advancing past sublayer {k}"):
+            self.tuner.advance(k)
         self.seconds["advance"] += time.perf_counter() - timer
 
     def _step(self, k: int) -> StepResult:
@@ -261,12 +276,15 @@ class KPruner:
     def steps(self) -> Iterator[StepResult]:
         """Run the 2L steps, yielding after each; the pruned model is :attr:`model` afterwards."""
         started = time.perf_counter()
-        self._setup()
+        with self.collective.guard("setting up"):
+            self._setup()
         num_sub = 2 * self.teacher.num_layers
         bar = tqdm(range(num_sub), desc="K-prune", unit="sublayer", disable=not self.config.progress)
         try:
             for k in bar:
+                sent = self.collective.bytes
                 result = self._step(k)
+                self.bytes_per_step.append(self.collective.bytes - sent)
                 self.steps_done.append(result)
                 bar.set_postfix_str(f"layer {result.layer} {result.kind}: {len(result.kept)}/{result.total}")
                 yield result
@@ -311,15 +329,17 @@ class KPruner:
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
             "extension": kprune_ext.EXTENSION_LOADED,
             "config": self.config.to_dict(),
+            **self.collective.summary(self.bytes_per_step),
         }
 
 
 def prune(model: nn.Module, samples, task: str = "classification", flops_reduction: float = 0.5,
-          config: KPruneConfig | None = None) -> PruneResult:
+          config: KPruneConfig | None = None, process_group=None) -> PruneResult:
     """Prune ``model`` (left unchanged) to remove ``flops_reduction`` of its encoder FLOPs.
 
     samples: unlabelled tokenized samples of the task's training data (a list of dicts with
     ``input_ids`` and optionally ``token_type_ids``/``attention_mask``, or a padded tokenizer batch).
     task: "classification", "regression" or "qa". Returns the physically pruned model and a report.
+    process_group: an initialised torch.distributed group to prune data-parallel (see :class:`KPruner`).
     """
-    return KPruner(model, samples, task, flops_reduction, config).run()
+    return KPruner(model, samples, task, flops_reduction, config, process_group).run()

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from kprune.adapters import EncoderAdapter
+from kprune.distributed import Collective
 from kprune.errors import ConfigError, NumericalError
 from kprune.samples import Batch, make_batches, normalise_samples
 from kprune.sublayers import run_sublayer, sublayer_act
@@ -63,11 +64,15 @@ class SublayerTuner:
     Call :meth:`statistics` or :meth:`refit` for sublayer k (any number of times), then
     :meth:`advance` (k) to move both on, in order k = 0, 1, ..., 2L − 1. The student may change (pruned,
     re-fitted) between calls; the teacher must not.
+
+    collective (:class:`kprune.distributed.Collective`): with several ranks, ``batches`` are this rank's
+    shard; the statistics are summed across ranks and rank 0's solution is used by all.
     """
 
-    def __init__(self, student, teacher, batches: list[Batch]):
+    def __init__(self, student, teacher, batches: list[Batch], collective: Collective | None = None):
         self.student, self.teacher = _adapter(student), _adapter(teacher)
         self.batches = batches
+        self.collective = collective or Collective()
         self.next = 0
         with torch.no_grad():
             self.teacher_cache = [self.teacher.embed(b.input_ids, b.token_type_ids) for b in batches]
@@ -96,23 +101,25 @@ class SublayerTuner:
         d = self.student.hidden_size
         gram = torch.zeros(width, width, device=device)
         cross = torch.zeros(width, d, device=device)
-        target_sq, tokens = 0.0, 0
+        totals = torch.zeros(2, dtype=torch.float64, device=device)   # Σ‖target‖², tokens
         next_teacher = []
-        for index, batch in enumerate(self.batches):
-            real = batch.key_mask
-            with torch.no_grad():
-                teacher_out = run_sublayer(self.teacher, sublayer, self.teacher_cache[index], real)
-                next_teacher.append(teacher_out.output)
-                target = teacher_out.pre_norm[real] - self.student_cache[index][real]
-                if out_proj.bias is not None:
-                    target -= out_proj.bias
-                target_sq += float(target.double().square().sum())
-                tokens += int(real.sum())
-                if width:
-                    act = sublayer_act(self.student, sublayer, self.student_cache[index], real)[real]
-                    ops.gram_accumulate(act, target, columns, gram, cross)
+        with self.collective.guard(f"accumulating the least-squares statistics of sublayer {sublayer}"):
+            for index, batch in enumerate(self.batches):
+                real = batch.key_mask
+                with torch.no_grad():
+                    teacher_out = run_sublayer(self.teacher, sublayer, self.teacher_cache[index], real)
+                    next_teacher.append(teacher_out.output)
+                    target = teacher_out.pre_norm[real] - self.student_cache[index][real]
+                    if out_proj.bias is not None:
+                        target -= out_proj.bias
+                    totals[0] += target.double().square().sum()
+                    totals[1] += int(real.sum())
+                    if width:
+                        act = sublayer_act(self.student, sublayer, self.student_cache[index], real)[real]
+                        ops.gram_accumulate(act, target, columns, gram, cross)
+        self.collective.all_reduce([gram, cross, totals])
         self._next_teacher = next_teacher     # the teacher's next hidden states come free with the targets
-        return LeastSquaresStats(gram, cross, target_sq, tokens)
+        return LeastSquaresStats(gram, cross, float(totals[0]), int(totals[1]))
 
     def refit(self, sublayer: int, kept: Sequence[int] | torch.Tensor | None = None,
               damping: float = 1e-4) -> torch.Tensor:
@@ -127,6 +134,7 @@ class SublayerTuner:
             solution = stats.cross
         else:
             solution = ops.solve_damped(stats.gram, stats.cross, damping)
+            self.collective.broadcast(solution)   # every rank solved alike; rank 0's copy makes it bit-exact
             if not torch.isfinite(solution).all():
                 raise NumericalError(f"weight tuning of sublayer {sublayer} produced non-finite weights")
         with torch.no_grad():
