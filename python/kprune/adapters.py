@@ -59,7 +59,8 @@ ARCHITECTURES: dict[str, Architecture] = {
     ),
 }
 
-HEAD_KINDS = {"ForSequenceClassification": "classification", "ForQuestionAnswering": "qa"}
+# a bare encoder (*Model) is a sentence-embedding model: its "head" is mean pooling + L2 normalisation
+HEAD_KINDS = {"ForSequenceClassification": "classification", "ForQuestionAnswering": "qa", "Model": "embedding"}
 
 # config activation names -> kprune_ext activation names
 ACTIVATION_NAMES = {
@@ -145,6 +146,8 @@ class EncoderAdapter:
 
     @property
     def encoder(self) -> nn.Module:
+        if self.head_kind == "embedding":   # the bare encoder is the model itself
+            return self.model
         return getattr(self.model, self.arch.base)
 
     @property
@@ -182,9 +185,12 @@ class EncoderAdapter:
         project = getattr(enc, "embeddings_project", None)
         return project(hidden) if project is not None else hidden
 
-    def head(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Task logits from the last hidden states: [batch, labels] or, for QA, [batch, seq, 2]."""
+    def head(self, hidden: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Task logits from the last hidden states: [batch, labels] or, for QA, [batch, seq, 2]; for an
+        embedding model the mean-pooled (over key_mask's real tokens), L2-normalised embedding [batch, d]."""
         model = self.model
+        if self.head_kind == "embedding":
+            return mean_pool_normalise(hidden, key_mask)
         if self.head_kind == "qa":
             return model.qa_outputs(hidden)
         family = self.arch.family
@@ -201,8 +207,25 @@ class EncoderAdapter:
         return heads, neurons
 
 
+def mean_pool_normalise(hidden: torch.Tensor, key_mask: torch.Tensor | None) -> torch.Tensor:
+    """Sentence embeddings [batch, d]: the mean of the real tokens' hidden states (key_mask: [batch, seq],
+    True or 1 on real tokens; None: every token), L2-normalised, as sentence-transformers computes them."""
+    if key_mask is None:
+        pooled = hidden.mean(1)
+    else:
+        weights = key_mask.to(hidden.dtype)[..., None]
+        pooled = (hidden * weights).sum(1) / weights.sum(1).clamp_min(1.0)
+    return F.normalize(pooled, p=2.0, dim=-1, eps=1e-12)
+
+
 def check_head(adapter: EncoderAdapter, task: str) -> None:
     """Refuse a task the model's head cannot serve (e.g. task='qa' on a classifier)."""
+    name = type(adapter.model).__name__
+    if (task == "embedding") != (adapter.head_kind == "embedding"):
+        raise ConfigError(f"task={task!r} does not fit {name}: task='embedding' takes a bare encoder (*Model, "
+                          "e.g. a sentence-transformers folder), the other tasks a model with a task head")
+    if task == "embedding":
+        return
     labels = int(getattr(adapter.model.config, "num_labels", 0))
     if task == "qa" and adapter.head_kind != "qa":
         raise ConfigError(f"task='qa' needs a *ForQuestionAnswering model, got {type(adapter.model).__name__}")

@@ -23,6 +23,7 @@ import transformers
 from kprune import remote_modeling
 from kprune.adapters import EncoderAdapter, architecture_of, head_kind_of
 from kprune.errors import DataError, OutputDirError
+from kprune.sentence_files import sentence_transformers_files
 
 KPRUNE_KEY = "kprune"
 FORMAT_VERSION = 1
@@ -65,8 +66,10 @@ def auto_map(model: nn.Module) -> dict[str, str]:
     classes of ``modeling_kprune.py`` that rebuild the pruned shapes."""
     prefix = MODELING_FILE.removesuffix(".py") + "." + remote_modeling.CLASS_PREFIX
     prefix += remote_modeling.LAYOUTS[architecture_of(model).family].stem
-    task = TASK_CLASSES[head_kind_of(model)]
-    return {"AutoModel": prefix + "Model", "AutoModel" + task: prefix + task}
+    kind = head_kind_of(model)
+    if kind == "embedding":     # a bare encoder: AutoModel is its class
+        return {"AutoModel": prefix + "Model"}
+    return {"AutoModel": prefix + "Model", "AutoModel" + TASK_CLASSES[kind]: prefix + TASK_CLASSES[kind]}
 
 
 def _ordinary_modes(folder: Path) -> None:
@@ -96,7 +99,9 @@ def save_pruned(model: nn.Module, output_dir: str | os.PathLike, tokenizer=None,
         (staging / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
         if tokenizer is not None:
             tokenizer.save_pretrained(str(staging))
-        for name, content in (extra_files or {}).items():
+        files = dict(sentence_transformers_files(model) if head_kind_of(model) == "embedding" else {})
+        for name, content in dict(files, **(extra_files or {})).items():
+            (staging / name).parent.mkdir(parents=True, exist_ok=True)
             data = content if isinstance(content, (str, bytes)) else json.dumps(content, indent=2) + "\n"
             mode = "wb" if isinstance(data, bytes) else "w"
             with open(staging / name, mode) as handle:

@@ -133,4 +133,4 @@ def forward_logits(adapter: EncoderAdapter, input_ids: torch.Tensor, token_type_
                    key_mask: torch.Tensor) -> torch.Tensor:
     """The whole model, functionally: task logits."""
     hidden, _ = run_from(adapter, 0, adapter.embed(input_ids, token_type_ids), key_mask)
-    return adapter.head(hidden)
+    return adapter.head(hidden, key_mask)
