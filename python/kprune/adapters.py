@@ -6,13 +6,16 @@ algorithm needs (layers, embeddings, the task head) without any family-specific 
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from kprune.errors import ConfigError, UnsupportedModelError
+from kprune.remote_modeling import kept_bias_heads
 
 
 @dataclass(frozen=True)
@@ -34,6 +37,9 @@ class Architecture:
     neurons_field: str
     hidden_field: str
     act_field: str
+    # path from the encoder to the module that computes one position bias for all heads, shared by every
+    # layer (MPNet's relative attention bias, compute_position_bias): each layer takes its kept heads' slices
+    position_bias: str | None = None
 
 
 _BERT_LIKE = dict(
@@ -57,6 +63,10 @@ ARCHITECTURES: dict[str, Architecture] = {
         ffn_act="ffn.activation", headless_target="attention", heads_field="n_heads",
         neurons_field="hidden_dim", hidden_field="dim", act_field="activation",
     ),
+    "mpnet": Architecture(**dict(
+        _BERT_LIKE, family="mpnet", base="mpnet", query="attention.attn.q", key="attention.attn.k",
+        value="attention.attn.v", attn_out="attention.attn.o", attn_norm="attention.LayerNorm",
+        headless_target="attention.attn", position_bias="encoder")),
 }
 
 # a bare encoder (*Model) is a sentence-embedding model: its "head" is mean pooling + L2 normalisation
@@ -115,6 +125,7 @@ class LayerView:
     ffn_norm: nn.LayerNorm
     ffn_act: nn.Module
     head_size: int
+    position_bias: Callable[[int], torch.Tensor] | None = None   # seq -> [1, heads kept, seq, seq], if any
 
     @property
     def num_heads(self) -> int:
@@ -166,7 +177,15 @@ class EncoderAdapter:
             attn_out=_get(layer, a.attn_out), attn_norm=_get(layer, a.attn_norm),
             ffn_in=_get(layer, a.ffn_in), ffn_out=_get(layer, a.ffn_out), ffn_norm=_get(layer, a.ffn_norm),
             ffn_act=_get(layer, a.ffn_act), head_size=self.head_size,
+            position_bias=None if a.position_bias is None else partial(self.position_bias, index),
         )
+
+    def position_bias(self, index: int, seq: int) -> torch.Tensor:
+        """Layer ``index``'s slices [1, heads kept, seq, seq] of the position bias shared by all layers."""
+        table = _get(self.encoder, self.arch.position_bias)
+        weight = table.relative_attention_bias.weight
+        bias = table.compute_position_bias(weight.new_zeros(1, seq, 1))
+        return bias.index_select(1, kept_bias_heads(_get(self.layers[index], self.arch.headless_target), bias.shape[1]))
 
     def replace_in_layer(self, index: int, path: str, module: nn.Module) -> None:
         _set(self.layers[index], path, module)

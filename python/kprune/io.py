@@ -57,8 +57,12 @@ def _state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 def kprune_block(model: nn.Module) -> dict:
     adapter = EncoderAdapter(model)
     heads, neurons = adapter.units_kept()
-    return {"format_version": FORMAT_VERSION, "heads_kept": heads, "neurons_kept": neurons,
-            "original_heads": adapter.original_heads, "original_neurons": adapter.original_neurons}
+    block = {"format_version": FORMAT_VERSION, "heads_kept": heads, "neurons_kept": neurons,
+             "original_heads": adapter.original_heads, "original_neurons": adapter.original_neurons}
+    bias_heads = remote_modeling.position_heads(model)
+    if bias_heads is not None:   # the original heads each layer kept of a shared position bias (MPNet)
+        block["position_heads"] = bias_heads
+    return block
 
 
 def auto_map(model: nn.Module) -> dict[str, str]:
@@ -94,7 +98,7 @@ def save_pruned(model: nn.Module, output_dir: str | os.PathLike, tokenizer=None,
         config[KPRUNE_KEY] = kprune_block(model)
         config["auto_map"] = auto_map(model)
         shutil.copyfile(remote_modeling.__file__, staging / MODELING_FILE)
-        if not config.get("architectures"):
+        if not config.get("architectures") or head_kind_of(model) == "embedding":   # the encoder, not e.g. *ForMaskedLM
             config["architectures"] = [type(model).__name__.removeprefix(remote_modeling.CLASS_PREFIX)]
         (staging / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
         if tokenizer is not None:
@@ -141,7 +145,7 @@ def load_pruned(model_dir: str | os.PathLike, device: str | torch.device = "cpu"
         raise DataError(f"{str(config_path)!r} names no known architecture: {names!r}")
     model = cls(config)
     try:
-        remote_modeling.shrink(model, block["heads_kept"], block["neurons_kept"])
+        remote_modeling.shrink(model, block["heads_kept"], block["neurons_kept"], block.get("position_heads"))
     except (KeyError, ValueError) as exc:
         raise DataError(f"{str(config_path)!r}: the kprune block does not fit {names[0]}: {exc}") from exc
     weights = load_file(str(model_dir / "model.safetensors"))
