@@ -153,3 +153,15 @@ def test_pruned_folder_loads_in_sentence_transformers(workspace, capsys):
     want = embed_sentences(kprune.load_pruned(out), tokenizer, sentences)
     torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
     assert type(loaded[0].auto_model).__name__ == "KPruneBertModel"
+
+
+def test_cli_prunes_the_encoder_of_a_folder_that_names_another_architecture(workspace, capsys):
+    """all-mpnet-base-v2's folder says MPNetForMaskedLM: --task embedding prunes its encoder."""
+    config = json.loads((workspace / "model" / "config.json").read_text())
+    (workspace / "model" / "config.json").write_text(json.dumps(dict(config, architectures=["BertForMaskedLM"])))
+    out = workspace / "pruned"
+    assert main(["prune", "--model", str(workspace / "model"), "--task", "embedding", "--data",
+                 str(workspace / "STS-B"), "--output", str(out), "--num-tokens", "200", "--quiet"]) == 0
+    capsys.readouterr()
+    assert json.loads((out / "config.json").read_text())["architectures"] == ["BertModel"]
+    assert type(kprune.load_pruned(out)) is transformers.BertModel

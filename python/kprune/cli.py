@@ -61,6 +61,7 @@ def _cmd_prune(args) -> int:
         from kprune.sentence_files import source_files
 
         extra = source_files(args.model)
+        model = model.base_model   # the encoder (sentence-transformers folders may name e.g. *ForMaskedLM)
     else:
         check_model_fits_task(model, spec)
         extra = {}

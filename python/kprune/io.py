@@ -9,6 +9,7 @@ end, so a failure never leaves a half-written output.
 """
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import shutil
@@ -143,12 +144,15 @@ def load_pruned(model_dir: str | os.PathLike, device: str | torch.device = "cpu"
     cls = getattr(transformers, names[0], None) if names else None
     if cls is None:
         raise DataError(f"{str(config_path)!r} names no known architecture: {names!r}")
-    model = cls(config)
+    weights = load_file(str(model_dir / "model.safetensors"))
+    # an encoder taken from e.g. a *ForMaskedLM has no pooler: build it without one
+    no_pooler = "add_pooling_layer" in inspect.signature(cls.__init__).parameters and \
+        not any(key.startswith("pooler.") for key in weights)
+    model = cls(config, add_pooling_layer=False) if no_pooler else cls(config)
     try:
         remote_modeling.shrink(model, block["heads_kept"], block["neurons_kept"], block.get("position_heads"))
     except (KeyError, ValueError) as exc:
         raise DataError(f"{str(config_path)!r}: the kprune block does not fit {names[0]}: {exc}") from exc
-    weights = load_file(str(model_dir / "model.safetensors"))
     result = model.load_state_dict(weights, strict=False)
     if result.missing_keys or result.unexpected_keys:
         raise DataError(f"{str(model_dir)!r}: model.safetensors does not match config.json "

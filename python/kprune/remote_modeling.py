@@ -73,11 +73,15 @@ class HeadlessAttention(nn.Module):
 class KeptHeadsBias:
     """Mixin for a self-attention that kept some heads of a position bias computed once, for all the
     original heads, and passed to every layer (MPNet's relative attention bias): it adds only its kept
-    heads' slices (the non-persistent buffer ``kept_heads``, indices into the original heads)."""
+    heads' slices. ``bias_heads`` (a tuple of indices into the original heads) is a plain attribute, not a
+    buffer: transformers builds models on the meta device, where buffers not in the checkpoint are lost."""
+
+    bias_heads: tuple[int, ...]
 
     def forward(self, hidden_states, attention_mask=None, position_bias=None, *args, **kwargs):
         if position_bias is not None:
-            position_bias = position_bias.index_select(1, self.kept_heads.to(position_bias.device))
+            index = torch.tensor(self.bias_heads, dtype=torch.long, device=position_bias.device)
+            position_bias = position_bias.index_select(1, index)
         return super().forward(hidden_states, attention_mask, position_bias, *args, **kwargs)
 
 
@@ -88,21 +92,18 @@ def _kept_heads_class(base: type) -> type:
     return globals()[name]
 
 
-def keep_bias_heads(attention: nn.Module, kept: list[int] | torch.Tensor) -> None:
-    """Make ``attention`` add only the ``kept`` heads' slices of the shared position bias."""
+def keep_bias_heads(attention: nn.Module, kept) -> None:
+    """Make ``attention`` add only the ``kept`` original heads' slices of the shared position bias."""
     if not isinstance(attention, KeptHeadsBias):
         attention.__class__ = _kept_heads_class(type(attention))
-    device = next(attention.parameters()).device
-    attention.register_buffer("kept_heads", torch.as_tensor(kept, dtype=torch.long, device=device).clone(),
-                              persistent=False)
+    attention.bias_heads = tuple(int(i) for i in kept)
 
 
 def kept_bias_heads(attention: nn.Module, total: int) -> torch.Tensor:
     """Indices (into the original heads) of the heads ``attention`` computes: all ``total`` unless pruned."""
-    kept = getattr(attention, "kept_heads", None)
-    if kept is None:
-        return torch.arange(total, device=next(attention.parameters()).device)
-    return kept
+    kept = getattr(attention, "bias_heads", None)
+    device = next(attention.parameters()).device
+    return torch.arange(total, device=device) if kept is None else torch.tensor(kept, dtype=torch.long, device=device)
 
 
 def position_heads(model: nn.Module) -> list[list[int]] | None:
