@@ -14,6 +14,7 @@ from conftest import model_outputs, padded_batch, random_samples, tiny_config, t
 from fixtures_data import make_bert_tokenizer, sst2_rows, write_tsv
 from kprune.adapters import EncoderAdapter
 from kprune.cli import main
+from kprune.sublayers import forward_logits
 from kprune.surgery import prune_heads
 
 
@@ -34,6 +35,11 @@ def test_pruned_layers_take_their_kept_heads_slices_of_the_shared_bias():
     want = a.o((scores.softmax(-1) @ v).transpose(1, 2).reshape(2, 7, 8))
     with torch.no_grad():
         torch.testing.assert_close(a(x, None, full)[0], want, atol=1e-6, rtol=1e-5)
+    # kprune's functional forward (used while pruning) adds the same slices as transformers' forward
+    ids, mask = padded_batch(random_samples(4, seed=3), pad_id=1)
+    with torch.no_grad():
+        functional = forward_logits(adapter, ids, None, mask.bool())
+    torch.testing.assert_close(functional, model_outputs(model, ids, mask), atol=1e-5, rtol=1e-4)
     # the pruned module survives copies and pickling
     ids, mask = padded_batch(random_samples(3, seed=1), pad_id=1)
     for other in (copy.deepcopy(model), pickle.loads(pickle.dumps(model))):
