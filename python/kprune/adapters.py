@@ -183,8 +183,7 @@ class EncoderAdapter:
     def position_bias(self, index: int, seq: int) -> torch.Tensor:
         """Layer ``index``'s slices [1, heads kept, seq, seq] of the position bias shared by all layers."""
         table = _get(self.encoder, self.arch.position_bias)
-        weight = table.relative_attention_bias.weight
-        bias = table.compute_position_bias(weight.new_zeros(1, seq, 1))
+        bias = table.compute_position_bias(next(table.parameters()).new_zeros(1, seq, 1))   # reads x's shape only
         return bias.index_select(1, kept_bias_heads(_get(self.layers[index], self.arch.headless_target), bias.shape[1]))
 
     def replace_in_layer(self, index: int, path: str, module: nn.Module) -> None:
