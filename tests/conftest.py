@@ -12,7 +12,7 @@ import transformers
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
 
 VOCAB = 60
-FAMILIES = ("bert", "roberta", "xlm-roberta", "distilbert", "electra")
+FAMILIES = ("bert", "roberta", "xlm-roberta", "distilbert", "electra", "mpnet")
 HEADS = ("classification", "regression", "qa")
 
 
@@ -32,6 +32,8 @@ def tiny_config(family: str, head: str, layers: int = 2):
         return transformers.XLMRobertaConfig(pad_token_id=1, hidden_act="gelu_new", **bert_like)
     if family == "electra":
         return transformers.ElectraConfig(embedding_size=16, **bert_like)
+    if family == "mpnet":   # transformers' MPNet always uses 32 relative-position buckets
+        return transformers.MPNetConfig(pad_token_id=1, relative_attention_num_buckets=32, **bert_like)
     raise ValueError(family)
 
 

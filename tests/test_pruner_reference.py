@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 import kprune
+import transformers
 from conftest import random_samples, tiny_model
 from kprune.samples import make_batches
 
@@ -26,7 +27,7 @@ def _units(model):
 
 
 def _sublayer_modules(model, j):
-    layer = model.bert.encoder.layer[j // 2]
+    layer = getattr(model, "bert", model).encoder.layer[j // 2]   # a bare BertModel is its own encoder
     if j % 2 == 0:
         return layer.attention.output.dense, layer.attention.output.LayerNorm
     return layer.output.dense, layer.output.LayerNorm
@@ -75,7 +76,24 @@ def _kl_loss(student_logits, teacher_logits, temperature):
     return temperature ** 2 * (log_t.exp() * (log_t - log_s)).sum(-1)
 
 
-def naive_kprune(model, samples, reduction, groups, batch_size, seed=0):
+def _embedding(model, ids, key):
+    """Sentence embedding written out: mean of the real tokens' last hidden states, unit length."""
+    hidden = model(input_ids=ids, attention_mask=key.long()).last_hidden_state
+    mean = (hidden * key[..., None]).sum(1) / key.sum(1, keepdim=True)
+    return mean / mean.norm(dim=-1, keepdim=True)
+
+
+def _outputs(model, ids, key, task):
+    return _embedding(model, ids, key) if task == "embedding" else model(input_ids=ids, attention_mask=key.long()).logits
+
+
+def _loss(student, teacher, task):
+    if task == "embedding":   # squared distance of unit vectors: 2 - 2 cos
+        return 2 - 2 * (student * teacher).sum(-1)
+    return _kl_loss(student, teacher, CFG["temperature"])
+
+
+def naive_kprune(model, samples, reduction, groups, batch_size, seed=0, task="classification"):
     """Returns (kept units per step, masked student, its hooks)."""
     layers, heads, hs, neurons, d = _units(model)
     teacher, student = model, copy.deepcopy(model)
@@ -101,7 +119,7 @@ def naive_kprune(model, samples, reduction, groups, batch_size, seed=0):
     with torch.no_grad():
         teacher_runs = []
         for ids, key in units:
-            logits = teacher(input_ids=ids, attention_mask=key.long()).logits
+            logits = _outputs(teacher, ids, key, task)
             teacher_runs.append((logits, dict(teacher_hooks.pre_norm)))
     teacher_hooks.remove()
     hooks = Masked(student, masks)
@@ -113,8 +131,8 @@ def naive_kprune(model, samples, reduction, groups, batch_size, seed=0):
         for (ids, key), (t_logits, t_pre) in zip(units, teacher_runs):
             live = [m.clone().requires_grad_(True) for m in masks]
             hooks.live = live
-            logits = student(input_ids=ids, attention_mask=key.long()).logits
-            per_sample = _kl_loss(logits, t_logits, CFG["temperature"])
+            logits = _outputs(student, ids, key, task)
+            per_sample = _loss(logits, t_logits, task)
             loss = per_sample.sum() / (divisor or per_sample.shape[0])
             grads = torch.autograd.grad(loss, live)
             for j in range(k, 2 * layers):
@@ -179,3 +197,23 @@ def test_kpruner_matches_naive_kprune(groups, recompute):
         want = naive(input_ids=ids).logits
         got = result.model(input_ids=ids).logits
     torch.testing.assert_close(got, want, atol=2e-4, rtol=1e-3)
+
+
+@pytest.mark.parametrize("groups", ["sample", "batch"])
+def test_kpruner_matches_naive_kprune_on_a_sentence_embedding_model(groups):
+    """task='embedding' on a bare encoder: mean pooling, normalisation, squared embedding distance."""
+    torch.manual_seed(4)
+    model = transformers.BertModel(tiny_model("bert", "classification", layers=3).config).eval()
+    samples = random_samples(24, seed=12)
+    config = kprune.KPruneConfig(progress=False, batch_size=8, gradient_groups=groups)
+    pruner = kprune.KPruner(model, samples, "embedding", 0.55, config)
+    result = pruner.run()
+    want_kept, naive = naive_kprune(model, samples, 0.55, groups, 8, task="embedding")
+    assert [step.kept for step in pruner.steps_done] == want_kept
+    assert 0 < sum(map(len, want_kept)) < 3 * (4 + 40)
+    assert type(result.model) is transformers.BertModel and result.report["task"] == "embedding"
+    ids = torch.stack([s["input_ids"][:3] for s in samples])
+    key = torch.ones_like(ids, dtype=torch.bool)
+    with torch.no_grad():
+        torch.testing.assert_close(_embedding(result.model, ids, key), _embedding(naive, ids, key),
+                                   atol=2e-4, rtol=1e-3)

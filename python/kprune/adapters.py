@@ -6,13 +6,16 @@ algorithm needs (layers, embeddings, the task head) without any family-specific 
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from kprune.errors import ConfigError, UnsupportedModelError
+from kprune.remote_modeling import kept_bias_heads
 
 
 @dataclass(frozen=True)
@@ -34,6 +37,9 @@ class Architecture:
     neurons_field: str
     hidden_field: str
     act_field: str
+    # path from the encoder to the module that computes one position bias for all heads, shared by every
+    # layer (MPNet's relative attention bias, compute_position_bias): each layer takes its kept heads' slices
+    position_bias: str | None = None
 
 
 _BERT_LIKE = dict(
@@ -57,9 +63,14 @@ ARCHITECTURES: dict[str, Architecture] = {
         ffn_act="ffn.activation", headless_target="attention", heads_field="n_heads",
         neurons_field="hidden_dim", hidden_field="dim", act_field="activation",
     ),
+    "mpnet": Architecture(**dict(
+        _BERT_LIKE, family="mpnet", base="mpnet", query="attention.attn.q", key="attention.attn.k",
+        value="attention.attn.v", attn_out="attention.attn.o", attn_norm="attention.LayerNorm",
+        headless_target="attention.attn", position_bias="encoder")),
 }
 
-HEAD_KINDS = {"ForSequenceClassification": "classification", "ForQuestionAnswering": "qa"}
+# a bare encoder (*Model) is a sentence-embedding model: its "head" is mean pooling + L2 normalisation
+HEAD_KINDS = {"ForSequenceClassification": "classification", "ForQuestionAnswering": "qa", "Model": "embedding"}
 
 # config activation names -> kprune_ext activation names
 ACTIVATION_NAMES = {
@@ -114,6 +125,7 @@ class LayerView:
     ffn_norm: nn.LayerNorm
     ffn_act: nn.Module
     head_size: int
+    position_bias: Callable[[int], torch.Tensor] | None = None   # seq -> [1, heads kept, seq, seq], if any
 
     @property
     def num_heads(self) -> int:
@@ -145,6 +157,8 @@ class EncoderAdapter:
 
     @property
     def encoder(self) -> nn.Module:
+        if self.head_kind == "embedding":   # the bare encoder is the model itself
+            return self.model
         return getattr(self.model, self.arch.base)
 
     @property
@@ -163,7 +177,14 @@ class EncoderAdapter:
             attn_out=_get(layer, a.attn_out), attn_norm=_get(layer, a.attn_norm),
             ffn_in=_get(layer, a.ffn_in), ffn_out=_get(layer, a.ffn_out), ffn_norm=_get(layer, a.ffn_norm),
             ffn_act=_get(layer, a.ffn_act), head_size=self.head_size,
+            position_bias=None if a.position_bias is None else partial(self.position_bias, index),
         )
+
+    def position_bias(self, index: int, seq: int) -> torch.Tensor:
+        """Layer ``index``'s slices [1, heads kept, seq, seq] of the position bias shared by all layers."""
+        table = _get(self.encoder, self.arch.position_bias)
+        bias = table.compute_position_bias(next(table.parameters()).new_zeros(1, seq, 1))   # reads x's shape only
+        return bias.index_select(1, kept_bias_heads(_get(self.layers[index], self.arch.headless_target), bias.shape[1]))
 
     def replace_in_layer(self, index: int, path: str, module: nn.Module) -> None:
         _set(self.layers[index], path, module)
@@ -182,9 +203,12 @@ class EncoderAdapter:
         project = getattr(enc, "embeddings_project", None)
         return project(hidden) if project is not None else hidden
 
-    def head(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Task logits from the last hidden states: [batch, labels] or, for QA, [batch, seq, 2]."""
+    def head(self, hidden: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Task logits from the last hidden states: [batch, labels] or, for QA, [batch, seq, 2]; for an
+        embedding model the mean-pooled (over key_mask's real tokens), L2-normalised embedding [batch, d]."""
         model = self.model
+        if self.head_kind == "embedding":
+            return mean_pool_normalise(hidden, key_mask)
         if self.head_kind == "qa":
             return model.qa_outputs(hidden)
         family = self.arch.family
@@ -201,8 +225,25 @@ class EncoderAdapter:
         return heads, neurons
 
 
+def mean_pool_normalise(hidden: torch.Tensor, key_mask: torch.Tensor | None) -> torch.Tensor:
+    """Sentence embeddings [batch, d]: the mean of the real tokens' hidden states (key_mask: [batch, seq],
+    True or 1 on real tokens; None: every token), L2-normalised, as sentence-transformers computes them."""
+    if key_mask is None:
+        pooled = hidden.mean(1)
+    else:
+        weights = key_mask.to(hidden.dtype)[..., None]
+        pooled = (hidden * weights).sum(1) / weights.sum(1).clamp_min(1.0)
+    return F.normalize(pooled, p=2.0, dim=-1, eps=1e-12)
+
+
 def check_head(adapter: EncoderAdapter, task: str) -> None:
     """Refuse a task the model's head cannot serve (e.g. task='qa' on a classifier)."""
+    name = type(adapter.model).__name__
+    if (task == "embedding") != (adapter.head_kind == "embedding"):
+        raise ConfigError(f"task={task!r} does not fit {name}: task='embedding' takes a bare encoder (*Model, "
+                          "e.g. a sentence-transformers folder), the other tasks a model with a task head")
+    if task == "embedding":
+        return
     labels = int(getattr(adapter.model.config, "num_labels", 0))
     if task == "qa" and adapter.head_kind != "qa":
         raise ConfigError(f"task='qa' needs a *ForQuestionAnswering model, got {type(adapter.model).__name__}")

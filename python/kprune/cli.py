@@ -55,27 +55,42 @@ def _cmd_prune(args) -> int:
     check_output_dir(args.output, args.overwrite)
     if args.num_tokens <= 0:
         raise DataError(f"--num-tokens {args.num_tokens} must be a positive number of tokens")
-    spec = get_task(args.task)
+    embedding = args.task == "embedding"    # a sentence-embedding encoder, pruned on unlabelled sentences
+    spec = None if embedding else get_task(args.task)
     if args.workers != 1:   # the same command in N local processes, each running the lines below
         return launch_workers(args.workers, cli_worker, _cmd_prune, argparse.Namespace(**{**vars(args), "workers": 1}))
     group = init_from_env()   # torchrun (or --workers): every rank loads the same model and sample
     ranks = Collective(group)
     with ranks.guard("loading the model and the sample"):
         model, tokenizer = _load(args.model)
-        check_model_fits_task(model, spec)
+        if embedding:
+            from kprune.data.sentences import sample_sentences
+            from kprune.sentence_files import source_files
+
+            extra = source_files(args.model)
+            model = model.base_model   # the encoder (sentence-transformers folders may name e.g. *ForMaskedLM)
+        else:
+            check_model_fits_task(model, spec)
+            extra = {}
         started = time.perf_counter()
-        samples = sample_features(spec.name, args.data, tokenizer, num_tokens=args.num_tokens, seed=args.seed,
-                                  max_length=args.max_length, doc_stride=args.doc_stride)
+        if embedding:
+            samples = sample_sentences(args.data, tokenizer, num_tokens=args.num_tokens, seed=args.seed,
+                                       max_length=args.max_length or 128)
+        else:
+            samples = sample_features(spec.name, args.data, tokenizer, num_tokens=args.num_tokens, seed=args.seed,
+                                      max_length=args.max_length, doc_stride=args.doc_stride)
         sampling = time.perf_counter() - started
     config = KPruneConfig(batch_size=args.batch_size, gradient_groups=args.gradient_groups, seed=args.seed,
                           measure_dtype=args.measure_dtype,
                           weight_tuning=not args.no_weight_tuning, progress=not args.quiet and ranks.rank == 0)
-    result = prune(model, samples, spec.kind, args.flops_reduction, config, process_group=group)
-    report = dict(result.report, task_name=spec.name, data=str(args.data), model=str(args.model), seed=args.seed)
+    result = prune(model, samples, "embedding" if embedding else spec.kind, args.flops_reduction, config,
+                   process_group=group)
+    report = dict(result.report, task_name=args.task if embedding else spec.name, data=str(args.data),
+                  model=str(args.model), seed=args.seed)
     report["seconds"]["sampling"] = round(sampling, 3)
     with ranks.guard("writing the output"):   # rank 0 alone writes (atomically)
         if ranks.rank == 0:
-            save_pruned(result.model, args.output, tokenizer, extra_files={"report.json": report},
+            save_pruned(result.model, args.output, tokenizer, extra_files=dict(extra, **{"report.json": report}),
                         overwrite=args.overwrite)
     if ranks.rank != 0:
         return 0
@@ -93,6 +108,14 @@ def _cmd_evaluate(args) -> int:
 
     spec = get_task(args.task)
     model, tokenizer = _load(args.model)
+    if args.embedding:
+        from kprune.embedding import evaluate_sts
+
+        if spec.name != "stsb":
+            raise DataError(f"--embedding scores sentence embeddings on stsb, not on {spec.name!r}")
+        print(json.dumps(evaluate_sts(model, tokenizer, args.data, split=args.split, batch_size=args.batch_size,
+                                      max_length=args.max_length or 128, max_examples=args.max_examples)))
+        return 0
     check_model_fits_task(model, spec)
     metrics = evaluate(model, tokenizer, spec.name, args.data, split=args.split, batch_size=args.batch_size,
                        max_length=args.max_length, doc_stride=args.doc_stride, max_examples=args.max_examples)
@@ -129,7 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("prune", help="prune a fine-tuned model to a FLOPs budget")
     p.add_argument("--model", required=True, help="fine-tuned Hugging Face model folder")
-    p.add_argument("--task", required=True, help="sst2, mrpc, stsb, qqp, mnli, qnli, rte, cola, squad or squad_v2")
+    p.add_argument("--task", required=True, help="sst2, mrpc, stsb, qqp, mnli, qnli, rte, cola, squad, squad_v2, or "
+                   "embedding (a sentence-embedding encoder; --data gives unlabelled sentences, labels ignored)")
     p.add_argument("--data", required=True, help="GLUE task folder, SQuAD folder/JSON, CSV/JSONL file, or datasets name")
     p.add_argument("--flops-reduction", type=float, default=0.5, help="fraction of encoder FLOPs to remove (0..1)")
     p.add_argument("--output", required=True, help="new folder for the pruned model and report.json")
@@ -161,6 +185,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="tokens per example (default: the task's, 128; SQuAD 384-token windows)")
     e.add_argument("--doc-stride", type=int, default=None, help="SQuAD: tokens between window starts (default 128)")
     e.add_argument("--max-examples", type=int, default=None)
+    e.add_argument("--embedding", action="store_true", help="score any encoder's mean-pooled sentence embeddings "
+                   "by the Spearman correlation of cosine similarities (--task stsb), no fine-tuning")
     e.set_defaults(func=_cmd_evaluate)
 
     i = sub.add_parser("info", help="architecture, units kept, FLOPs and parameters")

@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass
 
 from kprune.errors import ConfigError
 
-TASK_KINDS = ("classification", "regression", "qa")
+TASK_KINDS = ("classification", "regression", "qa", "embedding")
 GRADIENT_GROUPS = ("batch", "sample")
 MEASURE_DTYPES = ("float32", "bfloat16")
 

@@ -9,6 +9,7 @@ end, so a failure never leaves a half-written output.
 """
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import shutil
@@ -23,6 +24,7 @@ import transformers
 from kprune import remote_modeling
 from kprune.adapters import EncoderAdapter, architecture_of, head_kind_of
 from kprune.errors import DataError, OutputDirError
+from kprune.sentence_files import sentence_transformers_files
 
 KPRUNE_KEY = "kprune"
 FORMAT_VERSION = 1
@@ -56,8 +58,12 @@ def _state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 def kprune_block(model: nn.Module) -> dict:
     adapter = EncoderAdapter(model)
     heads, neurons = adapter.units_kept()
-    return {"format_version": FORMAT_VERSION, "heads_kept": heads, "neurons_kept": neurons,
-            "original_heads": adapter.original_heads, "original_neurons": adapter.original_neurons}
+    block = {"format_version": FORMAT_VERSION, "heads_kept": heads, "neurons_kept": neurons,
+             "original_heads": adapter.original_heads, "original_neurons": adapter.original_neurons}
+    bias_heads = remote_modeling.position_heads(model)
+    if bias_heads is not None:   # the original heads each layer kept of a shared position bias (MPNet)
+        block["position_heads"] = bias_heads
+    return block
 
 
 def auto_map(model: nn.Module) -> dict[str, str]:
@@ -65,8 +71,10 @@ def auto_map(model: nn.Module) -> dict[str, str]:
     classes of ``modeling_kprune.py`` that rebuild the pruned shapes."""
     prefix = MODELING_FILE.removesuffix(".py") + "." + remote_modeling.CLASS_PREFIX
     prefix += remote_modeling.LAYOUTS[architecture_of(model).family].stem
-    task = TASK_CLASSES[head_kind_of(model)]
-    return {"AutoModel": prefix + "Model", "AutoModel" + task: prefix + task}
+    kind = head_kind_of(model)
+    if kind == "embedding":     # a bare encoder: AutoModel is its class
+        return {"AutoModel": prefix + "Model"}
+    return {"AutoModel": prefix + "Model", "AutoModel" + TASK_CLASSES[kind]: prefix + TASK_CLASSES[kind]}
 
 
 def _ordinary_modes(folder: Path) -> None:
@@ -91,12 +99,14 @@ def save_pruned(model: nn.Module, output_dir: str | os.PathLike, tokenizer=None,
         config[KPRUNE_KEY] = kprune_block(model)
         config["auto_map"] = auto_map(model)
         shutil.copyfile(remote_modeling.__file__, staging / MODELING_FILE)
-        if not config.get("architectures"):
+        if not config.get("architectures") or head_kind_of(model) == "embedding":   # the encoder, not e.g. *ForMaskedLM
             config["architectures"] = [type(model).__name__.removeprefix(remote_modeling.CLASS_PREFIX)]
         (staging / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
         if tokenizer is not None:
             tokenizer.save_pretrained(str(staging))
-        for name, content in (extra_files or {}).items():
+        files = dict(sentence_transformers_files(model) if head_kind_of(model) == "embedding" else {})
+        for name, content in dict(files, **(extra_files or {})).items():
+            (staging / name).parent.mkdir(parents=True, exist_ok=True)
             data = content if isinstance(content, (str, bytes)) else json.dumps(content, indent=2) + "\n"
             mode = "wb" if isinstance(data, bytes) else "w"
             with open(staging / name, mode) as handle:
@@ -134,12 +144,15 @@ def load_pruned(model_dir: str | os.PathLike, device: str | torch.device = "cpu"
     cls = getattr(transformers, names[0], None) if names else None
     if cls is None:
         raise DataError(f"{str(config_path)!r} names no known architecture: {names!r}")
-    model = cls(config)
+    weights = load_file(str(model_dir / "model.safetensors"))
+    # an encoder taken from e.g. a *ForMaskedLM has no pooler: build it without one
+    no_pooler = "add_pooling_layer" in inspect.signature(cls.__init__).parameters and \
+        not any(key.startswith("pooler.") for key in weights)
+    model = cls(config, add_pooling_layer=False) if no_pooler else cls(config)
     try:
-        remote_modeling.shrink(model, block["heads_kept"], block["neurons_kept"])
+        remote_modeling.shrink(model, block["heads_kept"], block["neurons_kept"], block.get("position_heads"))
     except (KeyError, ValueError) as exc:
         raise DataError(f"{str(config_path)!r}: the kprune block does not fit {names[0]}: {exc}") from exc
-    weights = load_file(str(model_dir / "model.safetensors"))
     result = model.load_state_dict(weights, strict=False)
     if result.missing_keys or result.unexpected_keys:
         raise DataError(f"{str(model_dir)!r}: model.safetensors does not match config.json "

@@ -19,7 +19,10 @@ def _kl(teacher_logits: torch.Tensor, student_logits: torch.Tensor, temperature:
 def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, kind: str, temperature: float,
                       key_mask: torch.Tensor | None = None) -> torch.Tensor:
     """Per-sample loss [batch]: T^2 KL on softmax(z/T) (classification; QA: mean of start and end
-    over the real tokens), or the squared error to the teacher's outputs (regression)."""
+    over the real tokens), the squared error to the teacher's outputs (regression), or for sentence
+    embeddings :func:`embedding_distance`."""
+    if kind == "embedding":
+        return embedding_distance(student, teacher)
     if kind == "regression":
         return (student - teacher).square().flatten(1).mean(1)
     if kind == "qa":
@@ -32,6 +35,17 @@ def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, kind: str, t
             parts.append(_kl(t, s, temperature))
         return temperature ** 2 * (parts[0] + parts[1]) / 2
     return temperature ** 2 * _kl(teacher, student, temperature)
+
+
+def embedding_distance(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """Per-sample squared Euclidean distance [batch] between L2-normalised embeddings [batch, d].
+
+    For unit vectors ||e_s - e_t||^2 = 2 - 2 cos(e_s, e_t): twice the cosine distance, the very quantity
+    embeddings are compared by (cosine similarity in retrieval and STS). Like the KL of the other tasks
+    it is smooth, zero with a zero gradient when the student equals the teacher, and its curvature there
+    is the Fisher-like quantity K_pred estimates; unlike a raw MSE on unnormalised vectors it ignores
+    changes of norm that cosine similarity cannot see."""
+    return (student - teacher).square().sum(-1)
 
 
 @dataclass

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from kprune.adapters import EncoderAdapter, check_head
+from kprune.adapters import EncoderAdapter, check_head, mean_pool_normalise
 from kprune.config import KPruneConfig, check_task_kind
 from kprune.errors import DataError, NumericalError
 from kprune.flops import head_flops, neuron_flops
@@ -142,7 +142,9 @@ def _accepts(model: nn.Module, name: str) -> bool:
     return name in inspect.signature(model.forward).parameters
 
 
-def _task_logits(output, task: str) -> torch.Tensor:
+def _task_logits(output, task: str, key_mask: torch.Tensor | None = None) -> torch.Tensor:
+    if task == "embedding":
+        return mean_pool_normalise(output.last_hidden_state, key_mask)
     if task == "qa":
         return torch.stack([output.start_logits, output.end_logits], -1)
     return output.logits
@@ -206,13 +208,13 @@ def measure_knowledge(model: nn.Module, samples, task: str = "classification", *
     probe = _KnowledgeProbe(widths, device, predictive, groups.count if groups is not None and predictive else 0)
     try:
         with _frozen(model), torch.no_grad():
-            teacher_logits = [_task_logits(teacher(**inputs(b)), task).float() for b in batches] if predictive else None
+            teacher_logits = [_task_logits(teacher(**inputs(b)), task, b.key_mask).float() for b in batches] if predictive else None
         with _frozen(model), masked(model, masks, probe):
             for index, batch in enumerate(batches):
                 probe.begin(batch.key_mask, batch.token_offsets().to(device))
                 probe.token_groups = groups.of_tokens(batch).to(device) if groups is not None else None
                 with torch.set_grad_enabled(predictive):
-                    logits = _task_logits(model(**inputs(batch)), task)
+                    logits = _task_logits(model(**inputs(batch)), task, batch.key_mask)
                     if not torch.isfinite(logits).all():
                         raise NumericalError(f"the model produced non-finite outputs (batch {index})")
                     if predictive and probe.leaves:

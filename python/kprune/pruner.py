@@ -182,7 +182,7 @@ class KPruner:
                 else:  # no gradients: take the statistics now rather than holding every act
                     stats[j].add(out.act[real], None, *grouping)
                 hidden = out.output
-            logits = self.student.head(hidden)
+            logits = self.student.head(hidden, real)
         self._check_logits(logits, k, index)
         if k == 0:  # the student is still the teacher: its outputs are the teacher's
             self.teacher_logits.append(logits.detach())
@@ -207,7 +207,7 @@ class KPruner:
                 hidden = out.output
         with torch.enable_grad():
             top = hidden.detach().requires_grad_()
-            logits = self.student.head(top)
+            logits = self.student.head(top, real)
             self._check_logits(logits, k, index)
             (grad_hidden,) = torch.autograd.grad(self._loss(logits, index, batch), [top])
         for j in reversed(range(k, num_sub)):
@@ -339,7 +339,9 @@ def prune(model: nn.Module, samples, task: str = "classification", flops_reducti
 
     samples: unlabelled tokenized samples of the task's training data (a list of dicts with
     ``input_ids`` and optionally ``token_type_ids``/``attention_mask``, or a padded tokenizer batch).
-    task: "classification", "regression" or "qa". Returns the physically pruned model and a report.
+    task: "classification", "regression", "qa", or "embedding" for a bare encoder used as a sentence-embedding
+    model (mean pooling + L2 normalisation; predictive knowledge from the squared distance of the teacher's
+    and student's embeddings, :func:`kprune.knowledge.embedding_distance`). Returns the physically pruned model and a report.
     process_group: an initialised torch.distributed group to prune data-parallel (see :class:`KPruner`).
     """
     return KPruner(model, samples, task, flops_reduction, config, process_group).run()

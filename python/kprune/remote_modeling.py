@@ -27,6 +27,7 @@ class Layout(NamedTuple):
     attn_out: str
     ffn_in: str
     ffn_out: str
+    position_bias: bool = False   # one position bias for all heads, shared by the layers: slice it per layer
 
 
 _BERT_LIKE = dict(layers="encoder.layer", attention="attention.self",
@@ -41,6 +42,9 @@ LAYOUTS = {  # by config.model_type
     "distilbert": Layout(stem="DistilBert", layers="transformer.layer", attention="attention",
                          qkv=("attention.q_lin", "attention.k_lin", "attention.v_lin"),
                          attn_out="attention.out_lin", ffn_in="ffn.lin1", ffn_out="ffn.lin2"),
+    "mpnet": Layout(stem="MPNet", layers="encoder.layer", attention="attention.attn",
+                    qkv=("attention.attn.q", "attention.attn.k", "attention.attn.v"), attn_out="attention.attn.o",
+                    ffn_in="intermediate.dense", ffn_out="output.dense", position_bias=True),
 }
 HEADS = ("Model", "ForSequenceClassification", "ForQuestionAnswering")
 BASE_CLASSES = frozenset(layout.stem + head for layout in LAYOUTS.values() for head in HEADS)  # of transformers
@@ -66,6 +70,53 @@ class HeadlessAttention(nn.Module):
         return empty, None
 
 
+class KeptHeadsBias:
+    """Mixin for a self-attention that kept some heads of a position bias computed once, for all the
+    original heads, and passed to every layer (MPNet's relative attention bias): it adds only its kept
+    heads' slices. ``bias_heads`` (a tuple of indices into the original heads) is a plain attribute, not a
+    buffer: transformers builds models on the meta device, where buffers not in the checkpoint are lost."""
+
+    bias_heads: tuple[int, ...]
+
+    def forward(self, hidden_states, attention_mask=None, position_bias=None, *args, **kwargs):
+        if position_bias is not None:
+            index = torch.tensor(self.bias_heads, dtype=torch.long, device=position_bias.device)
+            position_bias = position_bias.index_select(1, index)
+        return super().forward(hidden_states, attention_mask, position_bias, *args, **kwargs)
+
+
+def _kept_heads_class(base: type) -> type:
+    name = "KeptHeads" + base.__name__
+    if name not in globals():   # module-level, so that pickling finds it
+        globals()[name] = type(name, (KeptHeadsBias, base), {"__module__": __name__})
+    return globals()[name]
+
+
+def keep_bias_heads(attention: nn.Module, kept) -> None:
+    """Make ``attention`` add only the ``kept`` original heads' slices of the shared position bias."""
+    if not isinstance(attention, KeptHeadsBias):
+        attention.__class__ = _kept_heads_class(type(attention))
+    attention.bias_heads = tuple(int(i) for i in kept)
+
+
+def kept_bias_heads(attention: nn.Module, total: int) -> torch.Tensor:
+    """Indices (into the original heads) of the heads ``attention`` computes: all ``total`` unless pruned."""
+    kept = getattr(attention, "bias_heads", None)
+    device = next(attention.parameters()).device
+    return torch.arange(total, device=device) if kept is None else torch.tensor(kept, dtype=torch.long, device=device)
+
+
+def position_heads(model: nn.Module) -> list[list[int]] | None:
+    """Per layer, the original heads kept, for families with a shared position bias (else None)."""
+    layout = LAYOUTS[model.config.model_type]
+    if not layout.position_bias:
+        return None
+    total = int(model.config.num_attention_heads)
+    layers = model.base_model.get_submodule(layout.layers)
+    return [kept_bias_heads(layer.get_submodule(layout.attention), total).tolist()
+            if layer.get_submodule(layout.attn_out).in_features else [] for layer in layers]
+
+
 def _set(module: nn.Module, path: str, value: nn.Module) -> None:
     parent, _, name = path.rpartition(".")
     setattr(module.get_submodule(parent), name, value)
@@ -82,15 +133,23 @@ def _resize(layer: nn.Module, path: str, out_features: int | None = None, in_fea
     _set(layer, path, new)
 
 
-def shrink(model: nn.Module, heads_kept: list[int], neurons_kept: list[int]) -> None:
+def shrink(model: nn.Module, heads_kept: list[int], neurons_kept: list[int],
+           bias_heads: list[list[int]] | None = None) -> None:
     """Give a freshly built model of a supported family ``heads_kept[l]`` heads and
-    ``neurons_kept[l]`` FFN neurons in layer ``l`` (uninitialised: load the weights afterwards)."""
+    ``neurons_kept[l]`` FFN neurons in layer ``l`` (uninitialised: load the weights afterwards).
+    bias_heads: for families with a shared position bias, the original heads each layer kept (default:
+    the first ones)."""
     layout = LAYOUTS[model.config.model_type]
     layers = model.base_model.get_submodule(layout.layers)
     if not len(heads_kept) == len(neurons_kept) == len(layers):
         raise ValueError(f"the model has {len(layers)} layers but heads_kept has {len(heads_kept)} entries "
                          f"and neurons_kept {len(neurons_kept)}")
-    for layer, heads, neurons in zip(layers, heads_kept, neurons_kept):
+    if layout.position_bias and bias_heads is None:   # not said: the first heads
+        bias_heads = [list(range(count)) for count in heads_kept]
+    if layout.position_bias and (len(bias_heads) != len(layers) or any(
+            len(kept) != count for kept, count in zip(bias_heads, heads_kept) if count)):
+        raise ValueError(f"position_heads {bias_heads!r} does not give the indices of the {heads_kept} kept heads")
+    for index, (layer, heads, neurons) in enumerate(zip(layers, heads_kept, neurons_kept)):
         attention = layer.get_submodule(layout.attention)
         width = heads * attention.attention_head_size
         if width != layer.get_submodule(layout.attn_out).in_features:
@@ -107,6 +166,8 @@ def shrink(model: nn.Module, heads_kept: list[int], neurons_kept: list[int]) -> 
                         setattr(attention, attr, heads)
                 if hasattr(attention, "all_head_size"):
                     attention.all_head_size = width
+        if layout.position_bias and heads:
+            keep_bias_heads(layer.get_submodule(layout.attention), bias_heads[index])
         if neurons != layer.get_submodule(layout.ffn_out).in_features:
             _resize(layer, layout.ffn_in, out_features=neurons)
             _resize(layer, layout.ffn_out, in_features=neurons)
@@ -120,7 +181,7 @@ def _pruned_class(name: str) -> type:
         base.__init__(self, config, *args, **kwargs)
         block = getattr(config, "kprune", None)
         if block:
-            shrink(self, block["heads_kept"], block["neurons_kept"])
+            shrink(self, block["heads_kept"], block["neurons_kept"], block.get("position_heads"))
 
     doc = f"transformers.{name} with the per-layer heads and neurons of the config's ``kprune`` block."
     return type(CLASS_PREFIX + name, (base,), {"__init__": __init__, "__module__": __name__, "__doc__": doc})

@@ -34,14 +34,18 @@ def attention_context(view: LayerView, x: torch.Tensor, key_mask: torch.Tensor) 
     q = view.query(x).view(shape).transpose(1, 2)
     k = view.key(x).view(shape).transpose(1, 2)
     v = view.value(x).view(shape).transpose(1, 2)
+    mask = key_mask[:, None, None, :]
+    if view.position_bias is not None:   # an additive bias per head (the layer's slices of a shared table)
+        bias = view.position_bias(seq).to(q.dtype)
+        mask = bias.masked_fill(~mask, float("-inf"))
     if x.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
         # aten's bf16 flash attention backward on CPU is ~6x slower than float32 (measured, torch 2.13):
         # under autocast the attention itself runs in float32, the projections stay in bf16
         with torch.autocast("cpu", enabled=False):
             ctx = F.scaled_dot_product_attention(q.float(), k.float(), v.float(),
-                                                 attn_mask=key_mask[:, None, None, :]).to(q.dtype)
+                                                 attn_mask=mask if mask.dtype == torch.bool else mask.float()).to(q.dtype)
     else:
-        ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask[:, None, None, :])
+        ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
     return ctx.transpose(1, 2).reshape(batch, seq, heads * view.head_size)
 
 
@@ -133,4 +137,4 @@ def forward_logits(adapter: EncoderAdapter, input_ids: torch.Tensor, token_type_
                    key_mask: torch.Tensor) -> torch.Tensor:
     """The whole model, functionally: task logits."""
     hidden, _ = run_from(adapter, 0, adapter.embed(input_ids, token_type_ids), key_mask)
-    return adapter.head(hidden)
+    return adapter.head(hidden, key_mask)

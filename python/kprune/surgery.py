@@ -15,7 +15,7 @@ from torch import nn
 from torch.nn.utils import skip_init
 
 from kprune.adapters import EncoderAdapter
-from kprune.remote_modeling import HeadlessAttention, shrink
+from kprune.remote_modeling import HeadlessAttention, keep_bias_heads, kept_bias_heads, shrink
 
 __all__ = ["HeadlessAttention", "head_columns", "prune_heads", "prune_neurons", "resize_to"]
 
@@ -60,6 +60,9 @@ def prune_heads(adapter: EncoderAdapter, layer: int, kept_heads: Sequence[int] |
         out_name = arch.attn_out.rsplit(".", 1)[1] if owns_out else None
         adapter.replace_in_layer(layer, arch.headless_target, HeadlessAttention(attention, out_name))
     elif len(kept) > 0:
+        if arch.position_bias is not None:   # its slices of the shared position bias follow the kept heads
+            before = kept_bias_heads(attention, view.num_heads)
+            keep_bias_heads(attention, before[kept.to(before.device)])
         for attr in ("num_attention_heads", "n_heads"):
             if hasattr(attention, attr):
                 setattr(attention, attr, len(kept))
