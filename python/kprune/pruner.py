@@ -134,8 +134,8 @@ class KPruner:
         with precision:
             for index, batch in enumerate(self.batches):
                 offsets = batch.token_offsets().to(self.device)
-                token_groups = self.groups.of_tokens(batch).to(self.device) if grouped else None
-                pass_(k, index, batch, self.tuner.student_cache[index], with_grad, stats, (offsets, token_groups))
+                row_groups = self.groups.of_rows(batch).to(self.device) if grouped else None
+                pass_(k, index, batch, self.tuner.student_cache[index], with_grad, stats, (offsets, row_groups))
         return {j: st.finish() for j, st in stats.items()}
 
     def _loss(self, logits: torch.Tensor, index: int, batch: Batch) -> torch.Tensor:
