@@ -13,6 +13,7 @@ from pathlib import Path
 ROWS = {
     "importance[samples]": ("importance accumulation, one group per sample", None, ""),
     "importance[batch]": ("importance accumulation, one group per batch", None, ""),
+    "importance[logical groups]": ("per-group sums, logical batches spread over compute batches", None, ""),
     "masked_ffn forward (50% kept)": ("masked FFN forward, 50% of neurons kept", "dense", "dense masked"),
     "masked_ffn forward+backward (50% kept)": ("masked FFN forward + backward, 50% kept", None, ""),
     "masked_attention_output forward (50% kept)": ("masked attention output, 6 of 12 heads kept", "dense",

@@ -3,6 +3,8 @@
 Every case checks its result against the PyTorch reference before timing. Groups compare the
 compiled op ("ext") with its reference ("ref") and with the baseline the kernel must beat:
   importance   ref = the unfused PyTorch composition                      target ext >= 3x
+  importance[logical groups]  accumulate_group_sums (per-group sums of logical batches spread over
+               compute batches, K-prune's gradient_groups="batch"); ref = its PyTorch reference
   masked_ffn / masked_attention  "dense" = full sublayer, 0/1 mask multiplied in, 50% kept  target >= 1.5x
   solve        "lstsq" = torch.linalg.lstsq on the same damped normal equations            target >= 1.5x
   activation_backward  ref = F.gelu under autograd and its backward (no target; it feeds the run)
@@ -57,6 +59,25 @@ def test_importance(benchmark, importance_inputs, groups, impl):
 
     assert_close(run(), run(reference.accumulate_importance))
     benchmark.group = f"importance[{groups}]"
+    benchmark.pedantic(run, **ROUNDS)
+
+
+@pytest.mark.parametrize("impl", ["ext", "ref"])
+def test_importance_logical_groups(benchmark, importance_inputs, impl):
+    """One compute batch of 128 samples from 32 logical groups (4 samples each, as a length-sorted batch
+    mixes groups), the per-group sums added to a float64 [32, 3,072] accumulator."""
+    act, grad = importance_inputs
+    offsets = torch.arange(0, TOKENS + 1, SAMPLE_LEN)
+    segment_group = torch.randperm(offsets.numel() - 1, generator=torch.Generator().manual_seed(4)) % 32
+    fn = ops.accumulate_group_sums if impl == "ext" else reference.accumulate_group_sums
+
+    def run(impl_fn=fn):
+        out = (torch.zeros(32, NEURONS, dtype=torch.float64), torch.zeros(NEURONS))
+        impl_fn(act, grad, offsets, segment_group, *out)
+        return out
+
+    assert_close(run(), run(reference.accumulate_group_sums))
+    benchmark.group = "importance[logical groups]"
     benchmark.pedantic(run, **ROUNDS)
 
 

@@ -43,6 +43,10 @@ TORCH_LIBRARY(kprune, m) {
   // act, grad: [T, U]; offsets: int64 [G + 1]; grad_sq_sum, act_sq_sum: fp32 [U]
   m.def("accumulate_importance(Tensor act, Tensor grad, Tensor offsets, Tensor(a!) grad_sq_sum, "
         "Tensor(b!) act_sq_sum) -> ()");
+  // act, grad: [T, U]; offsets: int64 [S + 1] (segments = samples); segment_group: int64 [S] in [0, G);
+  // group_sums: fp64 [G, U] += per-group sums of act*grad; act_sq_sum: fp32 [U] += sum act^2
+  m.def("accumulate_group_sums(Tensor act, Tensor grad, Tensor offsets, Tensor segment_group, "
+        "Tensor(a!) group_sums, Tensor(b!) act_sq_sum) -> ()");
   // a: [T, U]; b: [T, M]; columns: int64 [k]; gram: fp32 [k, k]; cross: fp32 [k, M]
   m.def("gram_accumulate(Tensor a, Tensor b, Tensor? columns, Tensor(a!) gram, Tensor(b!) cross) -> ()");
   // gram: [..., k, k]; rhs: [..., k, m] -> fp32 [..., k, m]; precision: 0 auto, 32, 64

@@ -17,6 +17,7 @@ logger = logging.getLogger("kprune_ext")
 
 OPS = (
     "accumulate_importance",
+    "accumulate_group_sums",
     "gram_accumulate",
     "solve_damped",
     "masked_ffn",

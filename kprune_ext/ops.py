@@ -50,6 +50,24 @@ def accumulate_importance(
         reference.accumulate_importance(act, grad, offsets, grad_sq_sum, act_sq_sum)
 
 
+def accumulate_group_sums(
+    act: torch.Tensor,
+    grad: torch.Tensor,
+    offsets: torch.Tensor,
+    segment_group: torch.Tensor,
+    group_sums: torch.Tensor,
+    act_sq_sum: torch.Tensor,
+) -> None:
+    """group_sums[segment_group[s], u] += sum_{t in segment s} act*grad (float64); act_sq_sum[u] += sum_t act^2.
+
+    Segments (offsets [S + 1]) are the samples of a compute batch, segment_group [S] their logical
+    gradient groups (see reference)."""
+    if _compiled("accumulate_group_sums", act.device):
+        torch.ops.kprune.accumulate_group_sums.default(act, grad, offsets, segment_group, group_sums, act_sq_sum)
+    else:
+        reference.accumulate_group_sums(act, grad, offsets, segment_group, group_sums, act_sq_sum)
+
+
 def gram_accumulate(
     a: torch.Tensor,
     b: torch.Tensor,
@@ -163,6 +181,20 @@ def _register() -> None:
         for out in (grad_sq_sum, act_sq_sum):
             torch._check(out.dim() == 1 and out.shape[0] == act.shape[1] and out.dtype == torch.float32,
                          lambda: f"grad_sq_sum and act_sq_sum must be float32 [{act.shape[1]}]")
+
+    @torch.library.register_fake(lib + "accumulate_group_sums")
+    def _(act, grad, offsets, segment_group, group_sums, act_sq_sum):
+        torch._check(act.dim() == 2, lambda: f"act must be [tokens, units], got {tuple(act.shape)}")
+        torch._check(grad.dim() == 2 and grad.shape[0] == act.shape[0] and grad.shape[1] == act.shape[1],
+                     lambda: f"grad must match act {tuple(act.shape)}, got {tuple(grad.shape)}")
+        torch._check(offsets.dim() == 1 and offsets.dtype == torch.int64, lambda: "offsets must be 1-D int64")
+        torch._check(segment_group.dim() == 1 and segment_group.dtype == torch.int64
+                     and segment_group.shape[0] == offsets.shape[0] - 1,
+                     lambda: "segment_group must be 1-D int64 with one group per segment")
+        torch._check(group_sums.dim() == 2 and group_sums.shape[1] == act.shape[1] and group_sums.dtype == torch.float64,
+                     lambda: f"group_sums must be float64 [groups, {act.shape[1]}]")
+        torch._check(act_sq_sum.dim() == 1 and act_sq_sum.shape[0] == act.shape[1] and act_sq_sum.dtype == torch.float32,
+                     lambda: f"act_sq_sum must be float32 [{act.shape[1]}]")
 
     @torch.library.register_fake(lib + "gram_accumulate")
     def _(a, b, columns, gram, cross):

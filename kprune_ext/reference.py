@@ -38,17 +38,43 @@ def accumulate_importance(
     grad_sq_sum[u] += sum_g (sum_{t in g} act[t, u] * grad[t, u])^2
     act_sq_sum[u]  += sum_{t in [offsets[0], offsets[-1])} act[t, u]^2
     """
-    a = act.float()
-    g = grad.float()
-    lengths = (offsets[1:] - offsets[:-1]).long()
-    lo, hi = int(offsets[0]), int(offsets[-1])
+    lengths, lo, hi = _segments(offsets)
     if lengths.numel() and hi > lo:
+        a, g = act[lo:hi].float(), grad[lo:hi].float()
         group_ids = torch.repeat_interleave(torch.arange(lengths.numel(), device=act.device), lengths)
-        prod = a[lo:hi] * g[lo:hi]
         per_group = torch.zeros(lengths.numel(), a.shape[1], dtype=torch.float32, device=act.device)
-        per_group.index_add_(0, group_ids, prod)
+        per_group.index_add_(0, group_ids, a * g)
         grad_sq_sum.add_(per_group.square().sum(0))
-        act_sq_sum.add_(a[lo:hi].square().sum(0))
+        act_sq_sum.add_(a.square().sum(0))
+
+
+def _segments(offsets: torch.Tensor) -> tuple[torch.Tensor, int, int]:
+    """(lengths [segments], first token, end token) of contiguous token segments given by offsets."""
+    return (offsets[1:] - offsets[:-1]).long(), int(offsets[0]), int(offsets[-1])
+
+
+def accumulate_group_sums(
+    act: torch.Tensor,
+    grad: torch.Tensor,
+    offsets: torch.Tensor,
+    segment_group: torch.Tensor,
+    group_sums: torch.Tensor,
+    act_sq_sum: torch.Tensor,
+) -> None:
+    """Add per-group sums of act * grad for groups whose segments are spread over calls, in place.
+
+    act, grad: [tokens, units] (fp32/bf16/fp16/fp64); offsets: int64 [segments + 1], non-decreasing,
+    token ranges of the segments (the samples of a compute batch); segment_group: int64 [segments], the
+    logical group of each segment, in [0, groups). group_sums: float64 [groups, units];
+    act_sq_sum: fp32 [units].
+    group_sums[segment_group[s], u] += sum_{t in segment s} act[t, u] * grad[t, u]   (in float64)
+    act_sq_sum[u] += sum_{t in [offsets[0], offsets[-1])} act[t, u]^2
+    """
+    lengths, lo, hi = _segments(offsets)
+    if lengths.numel() and hi > lo:
+        token_groups = torch.repeat_interleave(segment_group, lengths)
+        group_sums.index_add_(0, token_groups, act[lo:hi].double() * grad[lo:hi].double())
+        act_sq_sum.add_(act[lo:hi].float().square().sum(0))
 
 
 def gram_accumulate(

@@ -116,6 +116,115 @@ def test_accumulate_importance_rejects_bad_offsets(offsets, match):
         ops.accumulate_importance(act, act, torch.tensor(offsets), torch.zeros(4), torch.zeros(4))
 
 
+# ---- accumulate_group_sums --------------------------------------------------------------------
+
+def group_sums_case(tokens, units, lengths, groups, dtype, device="cpu", start=0, layout="contiguous"):
+    """act, grad, offsets as importance_case, and each segment's group drawn from [0, groups)."""
+    act, grad, offsets = importance_case(tokens + start, units, lengths, dtype, device, start, layout)
+    g = torch.Generator().manual_seed(len(lengths) * 31 + groups)
+    segment_group = torch.randint(0, max(groups, 1), (len(lengths),), generator=g)
+    return act, grad, offsets, segment_group.to(device)
+
+
+def group_sums_outputs(groups, units, device="cpu"):
+    """Non-zero starting values, so that the op must add to them."""
+    sums = torch.linspace(-1, 1, groups * units, dtype=torch.float64, device=device).reshape(groups, units)
+    return sums, torch.full((units,), 0.25, device=device)
+
+
+def group_sums_loop(act, grad, offsets, segment_group, groups):
+    """The definition as a float64 loop over segments and their tokens, one row at a time."""
+    a, g = act.double(), grad.double()
+    sums, act_sq = torch.zeros(groups, act.shape[1], dtype=torch.float64), torch.zeros(act.shape[1], dtype=torch.float64)
+    for s in range(segment_group.numel()):
+        for t in range(int(offsets[s]), int(offsets[s + 1])):
+            sums[int(segment_group[s])] += a[t] * g[t]
+            act_sq += a[t] * a[t]
+    return sums, act_sq
+
+
+GROUP_SUMS_CASES = [  # tokens, units, segment lengths, groups, first token
+    (40, 48, [10, 0, 25, 3], 3, 2), (64, 768, [16, 16, 32], 2, 0), (300, 1000, [128, 100, 60, 12], 3, 0),
+    (600, 70, [300, 300], 1, 0), (24, 4096, [8, 8, 8], 5, 0), (5, 7, [], 2, 0), (0, 16, [0, 0], 2, 0),
+    (6, 0, [2, 4], 2, 0),
+]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES + [torch.float64])
+@pytest.mark.parametrize("tokens,units,lengths,groups,start", GROUP_SUMS_CASES)
+def test_accumulate_group_sums(device, dtype, tokens, units, lengths, groups, start, isa):
+    act, grad, offsets, segment_group = group_sums_case(tokens, units, lengths, groups, dtype, device, start)
+    got, want = group_sums_outputs(groups, units, device), group_sums_outputs(groups, units, device)
+    ops.accumulate_group_sums(act, grad, offsets, segment_group, *got)
+    reference.accumulate_group_sums(act, grad, offsets, segment_group, *want)
+    # fp32/bf16/fp16 sums run in fp32 within chunks of 256 tokens, then in float64
+    close(got[0], want[0], torch.float64 if dtype == torch.float64 else torch.float32)
+    close(got[1], want[1], torch.float32)
+
+
+@pytest.mark.parametrize("tokens,units,lengths,groups,start", GROUP_SUMS_CASES[:4])
+def test_accumulate_group_sums_reference_matches_float64_loop(tokens, units, lengths, groups, start):
+    act, grad, offsets, segment_group = group_sums_case(tokens, units, lengths, groups, torch.float64, start=start)
+    sums, act_sq = torch.zeros(groups, units, dtype=torch.float64), torch.zeros(units)
+    reference.accumulate_group_sums(act, grad, offsets, segment_group, sums, act_sq)
+    want_sums, want_sq = group_sums_loop(act, grad, offsets, segment_group, groups)
+    torch.testing.assert_close(sums, want_sums, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(act_sq.double(), want_sq, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("layout", ["column_slice", "transposed"])
+def test_accumulate_group_sums_non_contiguous(layout, isa):
+    act, grad, offsets, segment_group = group_sums_case(50, 600, [20, 30], 2, torch.float32, layout=layout)
+    assert not act.is_contiguous()
+    got = (torch.zeros(600, 2, dtype=torch.float64).t(), torch.zeros(1200)[::2])  # strided outputs too
+    want = (torch.zeros(2, 600, dtype=torch.float64), torch.zeros(600))
+    ops.accumulate_group_sums(act, grad, offsets, segment_group, *got)
+    reference.accumulate_group_sums(act, grad, offsets, segment_group, *want)
+    for g, w in zip(got, want):
+        close(g, w, torch.float32)
+
+
+def test_accumulate_group_sums_is_deterministic_across_thread_counts():
+    act, grad, offsets, segment_group = group_sums_case(300, 1000, [128, 100, 60, 12], 2, torch.float32)
+    results = []
+    previous = torch.get_num_threads()
+    try:
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            out = group_sums_outputs(2, 1000)
+            ops.accumulate_group_sums(act, grad, offsets, segment_group, *out)
+            results.append(out)
+    finally:
+        torch.set_num_threads(previous)
+    for other in results[1:]:
+        assert all(torch.equal(x, y) for x, y in zip(results[0], other))
+
+
+@pytest.mark.parametrize("change,match", [
+    (dict(offsets=[3, 1, 5]), "non-decreasing"),
+    (dict(offsets=[0, 4, 99]), "lie in"),
+    (dict(segment_group=[0, 2]), r"segment_group values must lie in \[0, 2\)"),
+    (dict(segment_group=[-1, 0]), "segment_group values must lie in"),
+    (dict(segment_group=[0]), "one group per segment"),
+    (dict(segment_group=torch.tensor([0, 1], dtype=torch.int32)), "segment_group must be a 1-D int64"),
+    (dict(group_sums=torch.zeros(2, 4)), "group_sums must be float64"),
+    (dict(group_sums=torch.zeros(2, 5, dtype=torch.float64)), "group_sums must be float64"),
+    (dict(act_sq_sum=torch.zeros(4, dtype=torch.float64)), "act_sq_sum must be float32"),
+    (dict(grad=torch.zeros(10, 4, dtype=torch.float64)), "grad must have dtype"),
+    (dict(grad=torch.zeros(9, 4)), "grad must match act"),
+])
+def test_accumulate_group_sums_rejects_bad_input(change, match):
+    args = dict(act=torch.randn(10, 4), grad=torch.randn(10, 4), offsets=[0, 4, 10], segment_group=[0, 1],
+                group_sums=torch.zeros(2, 4, dtype=torch.float64), act_sq_sum=torch.zeros(4))
+    args.update(change)
+    for key in ("offsets", "segment_group"):
+        if not torch.is_tensor(args[key]):
+            args[key] = torch.tensor(args[key])
+    with pytest.raises(RuntimeError, match=match):
+        ops.accumulate_group_sums(**args)
+
+
 # ---- gram_accumulate --------------------------------------------------------------------------
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -435,6 +544,8 @@ def opcheck_cases():
     a = torch.randn(6, 5)
     return {
         "accumulate_importance": (act, grad, offsets, torch.zeros(8), torch.zeros(8)),
+        "accumulate_group_sums": (act, grad, offsets, torch.tensor([1, 1]), torch.zeros(3, 8, dtype=torch.float64),
+                                  torch.zeros(8)),
         "gram_accumulate": (a, torch.randn(6, 3), torch.tensor([4, 1]), torch.zeros(2, 2), torch.zeros(2, 3)),
         "solve_damped": (gram, rhs, 1e-4, 8, 0),
         "masked_ffn": (ffn[0].requires_grad_(), *ffn[1:6], ffn[6].requires_grad_(), "gelu"),
@@ -444,7 +555,7 @@ def opcheck_cases():
     }
 
 
-@pytest.mark.parametrize("name", ["accumulate_importance", "gram_accumulate", "solve_damped", "masked_ffn",
+@pytest.mark.parametrize("name", ["accumulate_importance", "accumulate_group_sums", "gram_accumulate", "solve_damped", "masked_ffn",
                                   "masked_ffn_with_preact", "masked_attention_output", "activation_backward"])
 def test_opcheck(name):
     torch.library.opcheck(getattr(torch.ops.kprune, name).default, opcheck_cases()[name])

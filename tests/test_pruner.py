@@ -225,24 +225,25 @@ def test_recomputed_backward_equals_one_graph(family):
         torch.testing.assert_close(a[name], b[name], atol=1e-5, rtol=1e-4)
 
 
-@pytest.mark.parametrize("recompute", [True, False])
-def test_bfloat16_measurement_runs_in_bfloat16_and_agrees(monkeypatch, recompute):
+@pytest.mark.parametrize("recompute,groups", [(True, "sample"), (False, "sample"), (True, "batch"), (False, "batch")])
+def test_bfloat16_measurement_runs_in_bfloat16_and_agrees(monkeypatch, recompute, groups):
     import kprune.knowledge as knowledge
     seen = []
-    real_op = knowledge.ops.accumulate_importance
+    # per-sample groups go through the importance op, logical batches through the group-sums op
+    op_name = "accumulate_importance" if groups == "sample" else "accumulate_group_sums"
+    real_op = getattr(knowledge.ops, op_name)
 
     def spy(act, grad, *args):
         seen.append((act.dtype, grad.dtype, torch.is_autocast_cache_enabled()))
         return real_op(act, grad, *args)
 
-    monkeypatch.setattr(knowledge.ops, "accumulate_importance", spy)
+    monkeypatch.setattr(knowledge.ops, op_name, spy)
     model = tiny_model("bert", "qa", layers=3)
     samples = random_samples(24, seed=2)
     kept = {}
     for dtype in ("float32", "bfloat16"):
         seen.clear()
-        # per-sample groups: the statistics go through the importance op, which the spy watches
-        config = kprune.KPruneConfig(**FAST, measure_dtype=dtype, recompute=recompute, gradient_groups="sample")
+        config = kprune.KPruneConfig(**FAST, measure_dtype=dtype, recompute=recompute, gradient_groups=groups)
         pruner = KPruner(model, samples, "qa", 0.5, config)
         report = pruner.run().report
         assert report["flops_after"] <= report["flops_budget"] * (1 + 1e-9)

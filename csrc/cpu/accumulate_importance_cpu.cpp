@@ -15,19 +15,13 @@ void accumulate_importance_cpu(const at::Tensor& act, const at::Tensor& grad, co
   const int64_t* o = off.data_ptr<int64_t>();
   if (groups == 0 || units == 0 || o[groups] == o[0]) return;
 
-  // Rows may be strided (e.g. a column slice); columns must be dense and equal for both inputs.
-  const bool strided_ok = act.stride(1) == 1 && grad.strides() == act.strides();
-  const at::Tensor a = strided_ok ? act : act.contiguous();
-  const at::Tensor g = strided_ok ? grad : grad.contiguous();
+  const std::pair<at::Tensor, at::Tensor> dense = dense_columns(act, grad);
+  const at::Tensor &a = dense.first, &g = dense.second;
   const int64_t ld = a.stride(0);
   at::Tensor gsq = grad_sq_sum.is_contiguous() ? grad_sq_sum : grad_sq_sum.contiguous();
   at::Tensor asq = act_sq_sum.is_contiguous() ? act_sq_sum : act_sq_sum.contiguous();
-
-  // Column blocks: at most kImportanceWidth wide, at least 2 blocks per thread when units allow.
-  const int64_t threads = at::get_num_threads();
-  int64_t width = (units + 2 * threads - 1) / (2 * threads);
-  width = std::min<int64_t>(kImportanceWidth, std::max<int64_t>(64, (width + 15) / 16 * 16));
-  const int64_t blocks = (units + width - 1) / width;
+  const ColumnBlocks cols = column_blocks(units);
+  const int64_t width = cols.width, blocks = cols.count;
   const KernelTable& table = kernels();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.scalar_type(), "accumulate_importance_cpu", [&] {
     using T = typename Storage<scalar_t>::type;

@@ -18,6 +18,13 @@ struct KernelTable {
                          int64_t u0, int64_t width, float* grad_sq, float* act_sq);
   void (*importance_bf16)(const Bf16*, const Bf16*, int64_t ld, const int64_t* offsets, int64_t groups,
                           int64_t u0, int64_t width, float* grad_sq, float* act_sq);
+  // act, grad: [tokens, ld]; offsets: [segments + 1]; segment_group: [segments]; group_sums: [groups, ldg]
+  void (*group_sums_f32)(const float*, const float*, int64_t ld, const int64_t* offsets,
+                         const int64_t* segment_group, int64_t segments, int64_t u0, int64_t width,
+                         double* group_sums, int64_t ldg, float* act_sq);
+  void (*group_sums_bf16)(const Bf16*, const Bf16*, int64_t ld, const int64_t* offsets,
+                          const int64_t* segment_group, int64_t segments, int64_t u0, int64_t width,
+                          double* group_sums, int64_t ldg, float* act_sq);
   // h: [rows, k] (ldh) -> scaled; act: [rows, k] (lda)
   void (*ffn_forward_f32)(float* h, int64_t ldh, float* act, int64_t lda, int64_t r0, int64_t r1, int64_t k,
                           const float* bias, const float* mask, int kind);

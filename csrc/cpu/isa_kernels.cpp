@@ -17,6 +17,12 @@ namespace {
     importance_block<T>(act, grad, ld, offsets, groups, u0, width, gsq, asq);                               \
   }                                                                                                           \
   template <typename T>                                                                                       \
+  ATTR void group_sums_##SUFFIX(const T* act, const T* grad, int64_t ld, const int64_t* offsets,             \
+                                const int64_t* segment_group, int64_t segments, int64_t u0, int64_t width,    \
+                                double* sums, int64_t ldg, float* asq) {                                      \
+    group_sums_block<T>(act, grad, ld, offsets, segment_group, segments, u0, width, sums, ldg, asq);          \
+  }                                                                                                           \
+  template <typename T>                                                                                       \
   ATTR void ffn_forward_##SUFFIX(T* h, int64_t ldh, T* act, int64_t lda, int64_t r0, int64_t r1, int64_t k,   \
                                  const float* bias, const float* mask, int kind) {                            \
     ffn_forward<T, float>(h, ldh, act, lda, r0, r1, k, bias, mask, kind);                                          \
@@ -36,7 +42,8 @@ namespace {
     math::cholesky_solve_lower<double>(l, n, n, x, m, ldx);                                                   \
   }                                                                                                           \
   const KernelTable table_##SUFFIX = {                                                                        \
-      importance_##SUFFIX<float>,  importance_##SUFFIX<Bf16>,    ffn_forward_##SUFFIX<float>,                 \
+      importance_##SUFFIX<float>,  importance_##SUFFIX<Bf16>,    group_sums_##SUFFIX<float>,                  \
+      group_sums_##SUFFIX<Bf16>,   ffn_forward_##SUFFIX<float>,                                               \
       ffn_forward_##SUFFIX<Bf16>,  ffn_backward_##SUFFIX<float>, ffn_backward_##SUFFIX<Bf16>,                 \
       activation_backward_##SUFFIX<float>, activation_backward_##SUFFIX<Bf16>,                                \
       cholesky_solve_##SUFFIX,                                                                                \

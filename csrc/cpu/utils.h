@@ -13,6 +13,7 @@
 #include <c10/util/Half.h>
 
 #include <string>
+#include <utility>
 
 #include "isa.h"
 #include "kprune/checks.h"
@@ -78,6 +79,25 @@ inline int64_t num_chunks(int64_t n) {
   return std::max<int64_t>(1, std::min<int64_t>(n, 2 * at::get_num_threads()));
 }
 
+// act and grad with dense columns and equal strides (rows may be strided, e.g. a column slice):
+// themselves when they already are, contiguous copies otherwise.
+inline std::pair<at::Tensor, at::Tensor> dense_columns(const at::Tensor& act, const at::Tensor& grad) {
+  if (act.stride(1) == 1 && grad.strides() == act.strides()) return {act, grad};
+  return {act.contiguous(), grad.contiguous()};
+}
+
+// Column blocks of the per-column kernels (importance, group sums): at most kImportanceWidth wide, at
+// least 2 blocks per thread when units allow. Block b covers [b * width, min((b + 1) * width, units)).
+struct ColumnBlocks {
+  int64_t width, count;
+};
+inline ColumnBlocks column_blocks(int64_t units) {
+  const int64_t threads = at::get_num_threads();
+  int64_t width = (units + 2 * threads - 1) / (2 * threads);
+  width = std::min<int64_t>(kImportanceWidth, std::max<int64_t>(64, (width + 15) / 16 * 16));
+  return {width, (units + width - 1) / width};
+}
+
 // Table kernels for float / bf16 (chosen instruction set); the generic templates otherwise.
 inline void run_importance(const KernelTable& t, const float* a, const float* g, int64_t ld, const int64_t* o,
                            int64_t groups, int64_t u0, int64_t w, float* gsq, float* asq) {
@@ -91,6 +111,22 @@ template <typename T>
 void run_importance(const KernelTable&, const T* a, const T* g, int64_t ld, const int64_t* o, int64_t groups,
                     int64_t u0, int64_t w, float* gsq, float* asq) {
   importance_block<T>(a, g, ld, o, groups, u0, w, gsq, asq);
+}
+
+inline void run_group_sums(const KernelTable& t, const float* a, const float* g, int64_t ld, const int64_t* o,
+                           const int64_t* sg, int64_t segments, int64_t u0, int64_t w, double* sums, int64_t ldg,
+                           float* asq) {
+  t.group_sums_f32(a, g, ld, o, sg, segments, u0, w, sums, ldg, asq);
+}
+inline void run_group_sums(const KernelTable& t, const Bf16* a, const Bf16* g, int64_t ld, const int64_t* o,
+                           const int64_t* sg, int64_t segments, int64_t u0, int64_t w, double* sums, int64_t ldg,
+                           float* asq) {
+  t.group_sums_bf16(a, g, ld, o, sg, segments, u0, w, sums, ldg, asq);
+}
+template <typename T>
+void run_group_sums(const KernelTable&, const T* a, const T* g, int64_t ld, const int64_t* o, const int64_t* sg,
+                    int64_t segments, int64_t u0, int64_t w, double* sums, int64_t ldg, float* asq) {
+  group_sums_block<T>(a, g, ld, o, sg, segments, u0, w, sums, ldg, asq);
 }
 
 inline void run_ffn_forward(const KernelTable& t, float* h, float* act, int64_t ld, int64_t r0, int64_t r1,

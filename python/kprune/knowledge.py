@@ -61,12 +61,15 @@ class UnitStatistics:
         grouped = torch.zeros(groups, width, dtype=torch.float64, device=device) if groups else None
         return cls(torch.zeros(width, device=device), torch.zeros(width, device=device), grouped)
 
-    def add_grouped(self, act: torch.Tensor, grad: torch.Tensor, token_groups: torch.Tensor) -> None:
-        """Gradients of logical groups that span compute batches: sums per group now, squares in :meth:`finish`."""
+    def add_grouped(self, act: torch.Tensor, grad: torch.Tensor, offsets: torch.Tensor,
+                    segment_group: torch.Tensor) -> None:
+        """Gradients of logical groups that span compute batches: sums per group now, squares in :meth:`finish`.
+
+        offsets: [samples + 1] token offsets of the batch's samples; segment_group: [samples] logical group
+        of each sample."""
         if act.shape[1] == 0:
             return
-        self.act_sq.add_(act.float().square().sum(0))
-        self.group_grads.index_add_(0, token_groups, (act.double() * grad.double()))
+        ops.accumulate_group_sums(act, grad, offsets, segment_group, self.group_grads, self.act_sq)
 
     def sums(self) -> list[torch.Tensor]:
         """The running sums, to be summed across ranks (before :meth:`finish`: a logical group's samples
@@ -81,13 +84,13 @@ class UnitStatistics:
         return self
 
     def add(self, act: torch.Tensor, grad: torch.Tensor | None, offsets: torch.Tensor,
-            token_groups: torch.Tensor | None = None) -> None:
-        """act, grad: [tokens, width] (real tokens only); offsets: [groups + 1] of contiguous groups, or
-        token_groups: [tokens] logical group of each token (groups that span compute batches)."""
+            segment_group: torch.Tensor | None = None) -> None:
+        """act, grad: [tokens, width] (real tokens only); offsets: [groups + 1] of contiguous groups, or with
+        segment_group: [samples] the logical group of each sample (groups that span compute batches)."""
         if act.shape[1] == 0:
             return
-        if grad is not None and token_groups is not None:
-            self.add_grouped(act, grad, token_groups)
+        if grad is not None and segment_group is not None:
+            self.add_grouped(act, grad, offsets, segment_group)
         elif grad is None:
             self.act_sq.add_(act.float().square().sum(0))
         else:

@@ -95,18 +95,18 @@ class _KnowledgeProbe(_Probe):
     def __init__(self, widths: list[int], device, need_grad: bool, groups: int = 0):
         super().__init__(need_grad)
         self.stats = [UnitStatistics.zeros(w, device, groups) for w in widths]
-        self.token_groups: torch.Tensor | None = None    # logical gradient group of each real token
+        self.row_groups: torch.Tensor | None = None      # logical gradient group of each sample (row)
 
     def add(self, sublayer, act, grad, columns):
         if act.shape[1] == 0:
             return
         full = self.stats[sublayer]
         if columns.numel() == full.act_sq.numel():     # every unit kept, in order
-            full.add(act, grad, self.offsets, self.token_groups)
+            full.add(act, grad, self.offsets, self.row_groups)
             return
         groups = 0 if full.group_grads is None else full.group_grads.shape[0]
         part = UnitStatistics.zeros(columns.numel(), act.device, groups)
-        part.add(act, grad, self.offsets, self.token_groups)
+        part.add(act, grad, self.offsets, self.row_groups)
         full.act_sq.index_add_(0, columns, part.act_sq)
         if groups:
             full.group_grads.index_add_(1, columns, part.group_grads)
@@ -212,7 +212,7 @@ def measure_knowledge(model: nn.Module, samples, task: str = "classification", *
         with _frozen(model), masked(model, masks, probe):
             for index, batch in enumerate(batches):
                 probe.begin(batch.key_mask, batch.token_offsets().to(device))
-                probe.token_groups = groups.of_tokens(batch).to(device) if groups is not None else None
+                probe.row_groups = groups.of_rows(batch).to(device) if groups is not None else None
                 with torch.set_grad_enabled(predictive):
                     logits = _task_logits(model(**inputs(batch)), task, batch.key_mask)
                     if not torch.isfinite(logits).all():

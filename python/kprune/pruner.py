@@ -147,8 +147,8 @@ class KPruner:
         with precision, self.collective.guard(f"measuring knowledge at sublayer {k}"):
             for index, batch in enumerate(self.batches):
                 offsets = batch.token_offsets().to(self.device)
-                token_groups = self.groups.of_tokens(batch).to(self.device) if grouped else None
-                pass_(k, index, batch, self.tuner.student_cache[index], with_grad, stats, (offsets, token_groups))
+                row_groups = self.groups.of_rows(batch).to(self.device) if grouped else None
+                pass_(k, index, batch, self.tuner.student_cache[index], with_grad, stats, (offsets, row_groups))
         self.collective.all_reduce([tensor for st in stats.values() for tensor in st.sums()])
         return {j: st.finish() for j, st in stats.items()}
 

@@ -119,10 +119,10 @@ class GradientGroups:
     def count(self) -> int:
         return int(self.sizes.numel())
 
-    def of_tokens(self, batch: Batch) -> torch.Tensor:
-        """Group of each real token of a compute batch, in row-major order: [real tokens]."""
-        return torch.repeat_interleave(self.of_sample[batch.sample_index], batch.lengths)
+    def of_rows(self, batch: Batch) -> torch.Tensor:
+        """Group of each row (sample) of a compute batch: [batch] long."""
+        return self.of_sample[batch.sample_index]
 
     def weights(self, batch: Batch) -> torch.Tensor:
         """Per-row loss weights 1 / |group|: summed, they give each logical batch's mean loss."""
-        return 1.0 / self.sizes[self.of_sample[batch.sample_index]].double()
+        return 1.0 / self.sizes[self.of_rows(batch)].double()

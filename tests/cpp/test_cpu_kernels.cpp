@@ -51,6 +51,45 @@ static void test_importance(const KernelTable& t) {
   for (int64_t u = 0; u < units; ++u) KP_CHECK_NEAR(got16_a[u], want_a[u], 2e-2 * (1.0 + want_a[u]));
 }
 
+// Segments (samples) of one call in logical groups: group 1 gets segments 0 and 2, group 0 is untouched.
+static void test_group_sums(const KernelTable& t) {
+  const int64_t tokens = 700, units = 530, ld = 530, groups = 3, ldg = 540;  // ldg > units: strided rows
+  const std::vector<int64_t> offsets = {3, 100, 100, 400, 690}, segment_group = {1, 2, 1, 2};
+  const auto act = pseudo_random(tokens * units, 11), grad = pseudo_random(tokens * units, 12);
+  std::vector<double> want_s(groups * ldg, 0.5), want_a(units, 0.0);
+  for (size_t s = 0; s + 1 < offsets.size(); ++s)
+    for (int64_t r = offsets[s]; r < offsets[s + 1]; ++r)
+      for (int64_t u = 0; u < units; ++u) {
+        want_s[segment_group[s] * ldg + u] += double(act[r * ld + u]) * grad[r * ld + u];
+        want_a[u] += double(act[r * ld + u]) * act[r * ld + u];
+      }
+  std::vector<double> got_s(groups * ldg, 0.5);
+  std::vector<float> got_a(units, 0.0f);
+  for (int64_t u0 = 0; u0 < units; u0 += 200)  // column blocks, as the binding splits them
+    t.group_sums_f32(act.data(), grad.data(), ld, offsets.data(), segment_group.data(), 4, u0,
+                     std::min<int64_t>(200, units - u0), got_s.data(), ldg, got_a.data());
+  for (int64_t i = 0; i < groups * ldg; ++i) KP_CHECK_NEAR(got_s[i], want_s[i], 1e-5 * (1.0 + std::fabs(want_s[i])));
+  for (int64_t u = 0; u < units; ++u) KP_CHECK_NEAR(got_a[u], want_a[u], 1e-5 * (1.0 + want_a[u]));
+  std::vector<Bf16> act16(act.size()), grad16(act.size());
+  for (size_t i = 0; i < act.size(); ++i) {
+    act16[i] = math::float_to_bf16(act[i]);
+    grad16[i] = math::float_to_bf16(grad[i]);
+  }
+  std::vector<double> want16_s(groups * ldg, 0.0), got16_s(groups * ldg, 0.0);
+  for (size_t s = 0; s + 1 < offsets.size(); ++s)
+    for (int64_t r = offsets[s]; r < offsets[s + 1]; ++r)
+      for (int64_t u = 0; u < units; ++u)
+        want16_s[segment_group[s] * ldg + u] +=
+            double(math::bf16_to_float(act16[r * ld + u])) * math::bf16_to_float(grad16[r * ld + u]);
+  std::vector<float> got16_a(units, 0.0f);
+  for (int64_t u0 = 0; u0 < units; u0 += kImportanceWidth)
+    t.group_sums_bf16(act16.data(), grad16.data(), ld, offsets.data(), segment_group.data(), 4, u0,
+                      std::min<int64_t>(kImportanceWidth, units - u0), got16_s.data(), ldg, got16_a.data());
+  for (int64_t i = 0; i < groups * ldg; ++i)
+    KP_CHECK_NEAR(got16_s[i], want16_s[i], 1e-5 * (1.0 + std::fabs(want16_s[i])));
+  for (int64_t u = 0; u < units; ++u) KP_CHECK_NEAR(got16_a[u], want_a[u], 2e-2 * (1.0 + want_a[u]));
+}
+
 static void test_ffn(const KernelTable& t) {
   const int64_t rows = 37, k = 45;
   const auto h0 = pseudo_random(rows * k, 3), bias = pseudo_random(k, 4), mask = pseudo_random(k, 5);
@@ -132,6 +171,7 @@ int main() {
     std::printf("testing %s\n", isa_name(isa));
     const KernelTable& t = kernels();
     test_importance(t);
+    test_group_sums(t);
     test_ffn(t);
     test_activation_backward(t);
     test_cholesky_solve(t);

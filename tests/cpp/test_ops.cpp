@@ -13,9 +13,10 @@ namespace {
 c10::OperatorHandle op(const char* name) { return c10::Dispatcher::singleton().findSchemaOrThrow(name, ""); }
 
 void test_registered() {
-  for (const char* name : {"kprune::accumulate_importance", "kprune::gram_accumulate", "kprune::solve_damped",
-                           "kprune::masked_ffn", "kprune::masked_ffn_backward", "kprune::masked_attention_output",
-                           "kprune::masked_attention_output_backward", "kprune::activation_math"}) {
+  for (const char* name : {"kprune::accumulate_importance", "kprune::accumulate_group_sums", "kprune::gram_accumulate",
+                           "kprune::solve_damped", "kprune::masked_ffn", "kprune::masked_ffn_backward",
+                           "kprune::masked_attention_output", "kprune::masked_attention_output_backward",
+                           "kprune::activation_math"}) {
     KP_CHECK(c10::Dispatcher::singleton().findSchema({name, ""}).has_value());
     KP_CHECK(op(name).hasKernelForDispatchKey(c10::DispatchKey::CPU));
   }
@@ -32,6 +33,22 @@ void test_accumulate_importance() {
   const at::Tensor prod = act * grad;
   const at::Tensor want = prod.slice(0, 0, 20).sum(0).square() + prod.slice(0, 20, 70).sum(0).square();
   KP_CHECK(at::allclose(grad_sq, want, 1e-4, 1e-4));
+  KP_CHECK(at::allclose(act_sq, act.square().sum(0), 1e-4, 1e-4));
+}
+
+void test_accumulate_group_sums() {
+  at::manual_seed(3);
+  const at::Tensor act = at::randn({70, 33}), grad = at::randn({70, 33});
+  const at::Tensor offsets = at::tensor(std::vector<int64_t>{0, 20, 20, 70});
+  const at::Tensor segment_group = at::tensor(std::vector<int64_t>{1, 0, 1});
+  at::Tensor sums = at::zeros({2, 33}, at::kDouble), act_sq = at::zeros({33});
+  op("kprune::accumulate_group_sums")
+      .typed<void(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                  const at::Tensor&)>()
+      .call(act, grad, offsets, segment_group, sums, act_sq);
+  const at::Tensor prod = act.to(at::kDouble) * grad.to(at::kDouble);
+  KP_CHECK(at::allclose(sums[0], at::zeros({33}, at::kDouble)));
+  KP_CHECK(at::allclose(sums[1], prod.sum(0), 1e-5, 1e-5));
   KP_CHECK(at::allclose(act_sq, act.square().sum(0), 1e-4, 1e-4));
 }
 
@@ -66,6 +83,7 @@ void test_masked_ffn() {
 int main() {
   test_registered();
   test_accumulate_importance();
+  test_accumulate_group_sums();
   test_solve_damped();
   test_masked_ffn();
   return KP_REPORT();

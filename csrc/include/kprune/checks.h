@@ -52,15 +52,20 @@ inline at::Tensor check_offsets(const at::Tensor& offsets, int64_t tokens, const
   return host;
 }
 
-// accumulate_importance(act [T, U], grad [T, U], offsets [G + 1], grad_sq_sum, act_sq_sum fp32 [U]);
-// returns the offsets on the host.
-inline at::Tensor check_importance(const at::Tensor& act, const at::Tensor& grad, const at::Tensor& offsets,
-                                   const at::Tensor& grad_sq_sum, const at::Tensor& act_sq_sum) {
+// act [T, U] floating point; grad like act (shape, dtype, device).
+inline void check_act_grad(const at::Tensor& act, const at::Tensor& grad) {
   TORCH_CHECK(act.dim() == 2, "act must be [tokens, units], got ", act.sizes());
   TORCH_CHECK(grad.sizes() == act.sizes(), "grad must match act ", act.sizes(), ", got ", grad.sizes());
   TORCH_CHECK(act.is_floating_point(), "act must be floating point, got ", act.scalar_type());
   check_same_dtype(act, grad, "grad");
   check_device(grad, act.device(), "grad", "act");
+}
+
+// accumulate_importance(act [T, U], grad [T, U], offsets [G + 1], grad_sq_sum, act_sq_sum fp32 [U]);
+// returns the offsets on the host.
+inline at::Tensor check_importance(const at::Tensor& act, const at::Tensor& grad, const at::Tensor& offsets,
+                                   const at::Tensor& grad_sq_sum, const at::Tensor& act_sq_sum) {
+  check_act_grad(act, grad);
   const int64_t units = act.size(1);
   for (const at::Tensor* out : {&grad_sq_sum, &act_sq_sum}) {
     TORCH_CHECK(out->dim() == 1 && out->size(0) == units && out->scalar_type() == at::kFloat,
@@ -69,6 +74,27 @@ inline at::Tensor check_importance(const at::Tensor& act, const at::Tensor& grad
     check_device(*out, act.device(), "grad_sq_sum and act_sq_sum", "act");
   }
   return check_offsets(offsets, act.size(0), act.device());
+}
+
+// accumulate_group_sums(act [T, U], grad [T, U], offsets [S + 1], segment_group [S] in [0, G),
+// group_sums fp64 [G, U], act_sq_sum fp32 [U]); returns the offsets on the host.
+inline at::Tensor check_group_sums(const at::Tensor& act, const at::Tensor& grad, const at::Tensor& offsets,
+                                   const at::Tensor& segment_group, const at::Tensor& group_sums,
+                                   const at::Tensor& act_sq_sum) {
+  check_act_grad(act, grad);
+  const int64_t units = act.size(1);
+  TORCH_CHECK(group_sums.dim() == 2 && group_sums.size(1) == units && group_sums.scalar_type() == at::kDouble,
+              "group_sums must be float64 [groups, ", units, "], got ", group_sums.sizes(), " ",
+              group_sums.scalar_type());
+  check_device(group_sums, act.device(), "group_sums", "act");
+  TORCH_CHECK(act_sq_sum.dim() == 1 && act_sq_sum.size(0) == units && act_sq_sum.scalar_type() == at::kFloat,
+              "act_sq_sum must be float32 [", units, "], got ", act_sq_sum.sizes(), " ", act_sq_sum.scalar_type());
+  check_device(act_sq_sum, act.device(), "act_sq_sum", "act");
+  at::Tensor host = check_offsets(offsets, act.size(0), act.device());
+  check_index(segment_group, group_sums.size(0), "segment_group", act.device(), "act");
+  TORCH_CHECK(segment_group.numel() == offsets.numel() - 1, "segment_group must have one group per segment (",
+              offsets.numel() - 1, "), got ", segment_group.numel());
+  return host;
 }
 
 // gram_accumulate(a [T, U], b [T, M], columns [k] or None, gram fp32 [k, k], cross fp32 [k, M]); returns k.

@@ -34,6 +34,25 @@ struct Cvt<Bf16> {
 constexpr int64_t kImportanceWidth = 512;  // units per column block (accumulators stay in L1)
 constexpr int64_t kImportanceChunk = 256;  // tokens summed before folding into the running sums
 
+// Rows [t0, t1) of act, grad: [tokens, ld], columns [u0, u0 + width): ag[j] = sum_t act*grad and
+// aa[j] = sum_t act^2 in the accumulation type (t1 - t0 <= kImportanceChunk keeps the sums short).
+template <typename T>
+KPRUNE_INLINE void chunk_sums(const T* __restrict act, const T* __restrict grad, int64_t ld, int64_t t0, int64_t t1,
+                              int64_t u0, int64_t width, typename Cvt<T>::acc* __restrict ag,
+                              typename Cvt<T>::acc* __restrict aa) {
+  using A = typename Cvt<T>::acc;
+  for (int64_t j = 0; j < width; ++j) ag[j] = aa[j] = A(0);
+  for (int64_t t = t0; t < t1; ++t) {
+    const T* __restrict ar = act + t * ld + u0;
+    const T* __restrict gr = grad + t * ld + u0;
+    for (int64_t j = 0; j < width; ++j) {
+      const A a = Cvt<T>::load(ar[j]);
+      ag[j] += a * Cvt<T>::load(gr[j]);
+      aa[j] += a * a;
+    }
+  }
+}
+
 // act, grad: [tokens, ld]; offsets: [groups + 1]; columns [u0, u0 + width), width <= kImportanceWidth.
 // grad_sq[u] += sum_g (sum_{t in g} act*grad)^2 ; act_sq[u] += sum_t act^2 (t in [offsets[0], offsets[G])).
 template <typename T>
@@ -48,16 +67,7 @@ KPRUNE_INLINE void importance_block(const T* __restrict act, const T* __restrict
     for (int64_t j = 0; j < width; ++j) group_sum[j] = A(0);
     for (int64_t t0 = offsets[g]; t0 < offsets[g + 1]; t0 += kImportanceChunk) {
       const int64_t t1 = t0 + kImportanceChunk < offsets[g + 1] ? t0 + kImportanceChunk : offsets[g + 1];
-      for (int64_t j = 0; j < width; ++j) chunk_ag[j] = chunk_aa[j] = A(0);
-      for (int64_t t = t0; t < t1; ++t) {
-        const T* __restrict ar = act + t * ld + u0;
-        const T* __restrict gr = grad + t * ld + u0;
-        for (int64_t j = 0; j < width; ++j) {
-          const A a = Cvt<T>::load(ar[j]);
-          chunk_ag[j] += a * Cvt<T>::load(gr[j]);
-          chunk_aa[j] += a * a;
-        }
-      }
+      chunk_sums<T>(act, grad, ld, t0, t1, u0, width, chunk_ag, chunk_aa);
       for (int64_t j = 0; j < width; ++j) {
         group_sum[j] += chunk_ag[j];
         total_aa[j] += chunk_aa[j];
@@ -69,6 +79,38 @@ KPRUNE_INLINE void importance_block(const T* __restrict act, const T* __restrict
     grad_sq[u0 + j] += float(total_gsq[j]);
     act_sq[u0 + j] += float(total_aa[j]);
   }
+}
+
+// Per-group sums of act*grad for groups whose segments (samples) are spread over many calls.
+// act, grad: [tokens, ld]; offsets: [segments + 1]; segment_group: [segments], the group of each segment;
+// group_sums: float64 [groups, ldg]; columns [u0, u0 + width), width <= kImportanceWidth.
+// group_sums[segment_group[s], u] += sum_{t in s} act*grad, each segment's sum formed in float64 from
+// sums of at most kImportanceChunk tokens in the accumulation type, segments added in order;
+// act_sq[u] += sum_t act^2 (t in [offsets[0], offsets[S])).
+template <typename T>
+KPRUNE_INLINE void group_sums_block(const T* __restrict act, const T* __restrict grad, int64_t ld,
+                                    const int64_t* offsets, const int64_t* segment_group, int64_t segments,
+                                    int64_t u0, int64_t width, double* __restrict group_sums, int64_t ldg,
+                                    float* __restrict act_sq) {
+  using A = typename Cvt<T>::acc;
+  A chunk_ag[kImportanceWidth], chunk_aa[kImportanceWidth], total_aa[kImportanceWidth];
+  double segment_sum[kImportanceWidth];
+  for (int64_t j = 0; j < width; ++j) total_aa[j] = A(0);
+  for (int64_t s = 0; s < segments; ++s) {
+    if (offsets[s] == offsets[s + 1]) continue;
+    for (int64_t j = 0; j < width; ++j) segment_sum[j] = 0.0;
+    for (int64_t t0 = offsets[s]; t0 < offsets[s + 1]; t0 += kImportanceChunk) {
+      const int64_t t1 = t0 + kImportanceChunk < offsets[s + 1] ? t0 + kImportanceChunk : offsets[s + 1];
+      chunk_sums<T>(act, grad, ld, t0, t1, u0, width, chunk_ag, chunk_aa);
+      for (int64_t j = 0; j < width; ++j) {
+        segment_sum[j] += double(chunk_ag[j]);
+        total_aa[j] += chunk_aa[j];
+      }
+    }
+    double* __restrict row = group_sums + segment_group[s] * ldg + u0;
+    for (int64_t j = 0; j < width; ++j) row[j] += segment_sum[j];
+  }
+  for (int64_t j = 0; j < width; ++j) act_sq[u0 + j] += float(total_aa[j]);
 }
 
 // FFN forward epilogue on rows [r0, r1) of h: [rows, k] (ldh), the bare GEMM result x W_in[kept]^T.
