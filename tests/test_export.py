@@ -149,7 +149,7 @@ def test_bad_settings_are_refused(tmp_path, kwargs, error, message):
 
 def test_bad_paths_and_models_are_refused(tmp_path):
     model = tiny_model("electra", "classification")
-    with pytest.raises(DataError, match="does not exist"):
+    with pytest.raises(DataError, match="missing' is not a directory"):
         export_model(tmp_path / "missing", tmp_path / "m.onnx")
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match="config.json"):
@@ -166,7 +166,7 @@ def test_bad_paths_and_models_are_refused(tmp_path):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--model", "{tmp}/missing", "--output", "{tmp}/m.onnx"], "does not exist"),
+    (["--model", "{tmp}/missing", "--output", "{tmp}/m.onnx"], "missing' is not a directory"),
     (["--model", "{tmp}", "--output", "{tmp}/m.onnx", "--opset", "9"], "opset 9"),
     (["--model", "{tmp}", "--output", "{tmp}"], "is a directory"),
 ])
