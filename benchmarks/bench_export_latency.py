@@ -77,6 +77,7 @@ def build_models(args) -> tuple[dict, dict]:
     source = minilm_dir()
     torch.manual_seed(0)
     base = transformers.AutoModelForSequenceClassification.from_pretrained(source, num_labels=2).eval()
+    base.config.architectures = [type(base).__name__]   # the package's config names BertModel; save_pruned keeps it
     tokenizer = transformers.AutoTokenizer.from_pretrained(source)
     models, info = {"unpruned": base}, {}
     for reduction in args.reductions:
@@ -172,6 +173,9 @@ def section(data: dict) -> str:
         "",
         "Speedup = unpruned / pruned median latency under the same runtime; the last column compares the faster "
         "runtime of each. " + data["target"]["text"],
+        *([f"**Measured on a loaded machine** (load average {max(loads.values()):.1f} on "
+           f"{data['machine']['cpus']} CPUs): the milliseconds and ratios are noisy; re-run on a quiet machine."]
+          if max(loads.values()) > 0.5 * data["machine"]["cpus"] else []),
         END,
     ])
 
