@@ -1,4 +1,4 @@
-"""Command line: ``kprune prune | evaluate | info``."""
+"""Command line: ``kprune prune | evaluate | info | export``."""
 from __future__ import annotations
 
 import argparse
@@ -10,6 +10,7 @@ from pathlib import Path
 
 from kprune.config import GRADIENT_GROUPS, MEASURE_DTYPES
 from kprune.errors import DataError, KPruneError
+from kprune.export import DEFAULT_OPSET, FORMATS, MAX_OPSET, MIN_OPSET
 
 logger = logging.getLogger("kprune")
 
@@ -145,6 +146,14 @@ def _cmd_info(args) -> int:
     return 0
 
 
+def _cmd_export(args) -> int:
+    from kprune.export import export_model
+
+    path = export_model(args.model, args.output, args.format, args.opset, args.overwrite)
+    print(json.dumps({"output": str(path), "format": args.format, "bytes": path.stat().st_size}))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kprune", description="Retraining-free pruning of Transformer encoders")
     parser.add_argument("-v", "--verbose", action="store_true", help="log each step")
@@ -193,6 +202,14 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--model", required=True)
     i.add_argument("--seq-len", type=float, default=128.0, help="sequence length the FLOPs are counted at")
     i.set_defaults(func=_cmd_info)
+
+    x = sub.add_parser("export", help="export a (pruned) model to ONNX with dynamic batch and sequence axes")
+    x.add_argument("--model", required=True, help="model folder written by kprune prune, or a Hugging Face folder")
+    x.add_argument("--format", choices=FORMATS, default="onnx", help="output format (default onnx)")
+    x.add_argument("--output", required=True, help="file to write, e.g. model.onnx")
+    x.add_argument("--opset", type=int, default=None, help=f"ONNX operator set, {MIN_OPSET} to {MAX_OPSET} (default {DEFAULT_OPSET})")
+    x.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    x.set_defaults(func=_cmd_export)
     return parser
 
 

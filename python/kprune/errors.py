@@ -27,7 +27,8 @@ class NumericalError(KPruneError, RuntimeError):
 
 
 class OutputDirError(KPruneError, OSError):
-    """The output directory cannot be written (it exists and is not empty, or is a file)."""
+    """The output path cannot be written (a directory exists and is not empty, a file exists, or the
+    path is of the wrong kind)."""
 
 
 class DistributedError(KPruneError, RuntimeError):
