@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 import kprune_ext
 from kprune.adapters import EncoderAdapter, check_head
@@ -28,6 +27,7 @@ from kprune.config import KPruneConfig, check_reduction, check_task_kind
 from kprune.errors import ConfigError, NumericalError
 from kprune.flops import head_flops, model_flops, neuron_flops
 from kprune.knowledge import UnitStatistics, distillation_loss, unit_scores
+from kprune.progress import RunProgress, step_costs
 from kprune.samples import Batch, GradientGroups, make_batches, normalise_samples
 from kprune.search import search_kept
 from kprune.sublayers import run_sublayer, sublayer_backward
@@ -84,6 +84,7 @@ class KPruner:
         self._input_model = model
         self.seconds: dict[str, float] = defaultdict(float)
         self.steps_done: list[StepResult] = []
+        self.progress = RunProgress([], enabled=False)
 
     # -- setup ------------------------------------------------------------------------------------
 
@@ -104,6 +105,7 @@ class KPruner:
         self.remaining = self.budget
         self.params_before = count_parameters(self._input_model)
         self.tuner = SublayerTuner(self.student, self.teacher, self.batches)
+        self.tuner.on_batch = self.progress.tick
         self.teacher_logits: list[torch.Tensor] = []
         self.seconds["setup"] += time.perf_counter() - started
 
@@ -131,11 +133,13 @@ class KPruner:
         # recompute backward's per-batch hidden states) until the whole pass ends
         precision = torch.autocast(self.device.type, getattr(torch, cfg.measure_dtype), cache_enabled=False) \
             if low else nullcontext()
+        self.progress.phase("knowledge", len(self.batches))
         with precision:
             for index, batch in enumerate(self.batches):
                 offsets = batch.token_offsets().to(self.device)
                 token_groups = self.groups.of_tokens(batch).to(self.device) if grouped else None
                 pass_(k, index, batch, self.tuner.student_cache[index], with_grad, stats, (offsets, token_groups))
+                self.progress.tick()
         return {j: st.finish() for j, st in stats.items()}
 
     def _loss(self, logits: torch.Tensor, index: int, batch: Batch) -> torch.Tensor:
@@ -227,6 +231,7 @@ class KPruner:
             prune_neurons(self.student, k // 2, kept)
         timer = time.perf_counter()
         if self.config.weight_tuning and kept.numel() > 0:
+            self.progress.phase("tuning", len(self.batches))
             self.tuner.refit(k, damping=self.config.damping)
         self.seconds["tune"] += time.perf_counter() - timer
         timer = time.perf_counter()
@@ -263,15 +268,18 @@ class KPruner:
         started = time.perf_counter()
         self._setup()
         num_sub = 2 * self.teacher.num_layers
-        bar = tqdm(range(num_sub), desc="K-prune", unit="sublayer", disable=not self.config.progress)
+        cfg = self.config
+        self.progress = RunProgress(step_costs(num_sub, cfg.use_pred and cfg.lambda_pred > 0), cfg.progress)
+        self.tuner.on_batch = self.progress.tick
         try:
-            for k in bar:
+            for k in range(num_sub):
+                self.progress.start(k)
                 result = self._step(k)
                 self.steps_done.append(result)
-                bar.set_postfix_str(f"layer {result.layer} {result.kind}: {len(result.kept)}/{result.total}")
+                self.progress.finish(f"layer {result.layer} {result.kind} kept {len(result.kept)}/{result.total}")
                 yield result
         finally:
-            bar.close()
+            self.progress.close()
             self._input_model.train(self._was_training)
             if hasattr(self, "tuner"):
                 self.tuner.release()
