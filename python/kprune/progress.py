@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from tqdm.auto import tqdm
 
+from kprune import threads
+
 #: Cost of a backward pass through a sublayer, in forward passes (the recomputing backward re-runs
 #: the part below the output projection).
 BACKWARD_COST = 2.0
@@ -57,7 +59,8 @@ class RunProgress:
         self.inner.set_description_str(f"  {name}")
 
     def tick(self) -> None:
-        """One batch of the current pass is done."""
+        """One batch of the current pass is done (also the moment to re-check the machine's load)."""
+        threads.poll()
         if not self.enabled:
             return
         self.inner.update()

@@ -177,16 +177,37 @@ def apply_threads(threads: int) -> None:
         torch.set_num_threads(threads)
 
 
-class ThreadGovernor:
-    """Between steps of a run, re-measure the other processes' load and resize torch's pool to the
-    cores they leave free (only for an automatic plan; at most every ``min_interval`` seconds)."""
+_active: "ThreadGovernor | None" = None
 
-    def __init__(self, plan: ThreadPlan, min_interval: float = 2.0):
+
+def poll() -> None:
+    """Let the installed :class:`ThreadGovernor` (if any) re-check the load; cheap, call it often
+    from the thread that runs torch (the pruner calls it after every batch)."""
+    if _active is not None:
+        _active.update()
+
+
+class ThreadGovernor:
+    """During a run, re-measure the other processes' load and resize torch's pool to the cores they
+    leave free (only for an automatic plan; at most every ``min_interval`` seconds). :meth:`install`
+    makes :func:`poll` drive it."""
+
+    def __init__(self, plan: ThreadPlan, min_interval: float = 5.0):
         self.plan = plan
         self.threads = plan.threads
         self.min_interval = min_interval
         self.meter = BusyMeter()
         self._since = time.monotonic()
+
+    def install(self) -> "ThreadGovernor":
+        global _active
+        _active = self
+        return self
+
+    def uninstall(self) -> None:
+        global _active
+        if _active is self:
+            _active = None
 
     def update(self) -> int:
         """Re-check the load; returns the thread count now in use."""
