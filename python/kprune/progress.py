@@ -74,7 +74,8 @@ class RunProgress:
         self.outer.set_postfix_str(f"sublayer {self.step + 1}/{len(self.costs)}: {summary}")
 
     def _advance(self, amount: float) -> None:
-        amount = max(0.0, min(amount, sum(self.costs[self.step]) - self._step_done))
+        amount = max(0.0, min(amount, sum(self.costs[self.step]) - self._step_done,
+                              self.outer.total - self.outer.n))
         self._step_done += amount
         self.outer.update(amount)
 

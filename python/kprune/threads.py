@@ -105,23 +105,18 @@ class BusyMeter:
         return max(0.0, machine_busy - own)
 
 
-def _fixed_count(requested: int | None, env) -> tuple[int, str] | None:
-    if requested is not None:
-        return _positive(requested, "--threads"), "--threads"
+def _fixed_count(threads: int | None, env) -> tuple[int, str] | None:
+    if threads is not None:
+        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+            raise ConfigError(f"threads={threads!r} must be a positive integer number of threads")
+        return threads, "--threads"
     for name in ("KPRUNE_THREADS", "OMP_NUM_THREADS"):
         value = env.get(name, "").strip()
         if value:
-            try:
-                return _positive(int(value), name), name
-            except ValueError:
-                raise ConfigError(f"{name}={value!r} must be a positive integer number of threads") from None
+            if not value.isdigit() or int(value) < 1:
+                raise ConfigError(f"{name}={value!r} must be a positive integer number of threads")
+            return int(value), name
     return None
-
-
-def _positive(value: int, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"{name} {value!r} must be a positive integer number of threads")
-    return value
 
 
 def threads_for(cores: int, busy: float | None) -> int:
@@ -132,9 +127,9 @@ def threads_for(cores: int, busy: float | None) -> int:
     return max(1, min(cores, int(cores - busy + 0.5)))
 
 
-def plan_threads(requested: int | None = None, env=None, cores: int | None = None,
+def plan_threads(threads: int | None = None, env=None, cores: int | None = None,
                  busy: float | None = None) -> ThreadPlan:
-    """Choose threads and wait policy. ``requested`` (the ``--threads`` value) or ``KPRUNE_THREADS`` /
+    """Choose threads and wait policy. ``threads`` (the ``--threads`` value) or ``KPRUNE_THREADS`` /
     ``OMP_NUM_THREADS`` in ``env`` fix the count; else it follows ``busy`` (cores other processes use;
     measured over a short interval when None). A wait policy already in ``env`` is kept.
 
@@ -143,7 +138,7 @@ def plan_threads(requested: int | None = None, env=None, cores: int | None = Non
     """
     env = os.environ if env is None else env
     cores = usable_cores() if cores is None else cores
-    fixed = _fixed_count(requested, env)
+    fixed = _fixed_count(threads, env)
     if busy is None and fixed is None:
         meter = BusyMeter()
         time.sleep(START_SAMPLE_SECONDS)
