@@ -40,7 +40,7 @@ class RunProgress:
         if not self.enabled:
             return
         self.outer = tqdm(total=sum(a + b for a, b in costs), desc=desc, position=0, smoothing=0.1,
-                          bar_format="{desc}: {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}] {postfix}")
+                          bar_format="{desc}: {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}{postfix}]")
         self.inner = tqdm(total=0, desc="", position=1, leave=False, unit="batch")
 
     def start(self, step: int) -> None:

@@ -45,7 +45,7 @@ class ThreadPlan:
     spincount: str | None = None
 
     def describe(self) -> str:
-        load = "unknown load" if self.busy is None else f"other processes busy on {self.busy:.1f} of them"
+        load = "load not measured" if self.busy is None else f"other processes busy on {self.busy:.1f} of them"
         policy = f"OMP_WAIT_POLICY={self.wait_policy}" if self.wait_policy else \
             f"GOMP_SPINCOUNT={self.spincount}" if self.spincount else "OpenMP wait policy as set"
         return f"threads: {self.threads} ({self.source}; {self.cores} cores, {load}; {policy})"
