@@ -89,11 +89,11 @@ def finetune(model_dir: str | os.PathLike, task: str, data_path: str | os.PathLi
         tokenizer = _load_tokenizer(model_dir)
         model = _load_model(model_dir, spec)
 
-        examples = kdata.load_examples(spec.name, data_path, split="train")
+        examples = kdata.load_examples(spec, data_path, split="train")
         if max_train_examples is not None and max_train_examples < len(examples):
             chosen = sorted(random.Random(seed).sample(range(len(examples)), max_train_examples))
             examples = [examples[i] for i in chosen]
-        features = kdata.encode(spec.name, examples, tokenizer, max_length=max_length,
+        features = kdata.encode(spec, examples, tokenizer, max_length=max_length,
                                 doc_stride=doc_stride)
         if not features:
             from kprune.errors import DataError
@@ -112,7 +112,7 @@ def finetune(model_dir: str | os.PathLike, task: str, data_path: str | os.PathLi
 
         start = time.perf_counter()
         model.eval()
-        dev_metrics = keval.evaluate(model, tokenizer, spec.name, data_path, split="dev",
+        dev_metrics = keval.evaluate(model, tokenizer, spec, data_path, split="dev",
                                      batch_size=eval_batch_size, max_length=max_length,
                                      doc_stride=doc_stride, max_examples=max_eval_examples)
         eval_seconds = time.perf_counter() - start

@@ -47,14 +47,14 @@ def test_prune_evaluate_info(workspace, capsys):
     assert (out / "tokenizer.json").exists() or (out / "vocab.txt").exists()
     code, stdout, _ = run(capsys, "evaluate", "--model", str(out), "--task", "sst2", "--data", str(workspace / "SST-2"))
     assert code == 0 and 0.0 <= json.loads(stdout)["accuracy"] <= 1.0
-    code, stdout, _ = run(capsys, "info", "--model", str(out))
+    code, stdout, _ = run(capsys, "info", "--model", str(out), "--json")
     info = json.loads(stdout)
     assert code == 0 and info["heads_kept"] == report["heads_kept"] and info["architecture"] == "bert"
 
 
 @pytest.mark.parametrize("argv, message", [
     (["--task", "sst9"], "sst9"),
-    (["--flops-reduction", "1.5"], "flops_reduction"),
+    (["--flops-reduction", "1.5"], "--flops-reduction 1.5 must be"),
     (["--task", "mnli"], "3 label"),
     (["--task", "stsb"], "1 label"),
     (["--num-tokens", "0"], "num-tokens"),

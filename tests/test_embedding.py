@@ -118,7 +118,7 @@ def test_cli_prunes_and_scores_an_embedding_model(workspace, capsys):
     assert code == 0 and summary["flops_reduction"] > 0.3
     assert json.loads((out / "sentence_bert_config.json").read_text())["max_seq_length"] == 77   # carried over
     assert json.loads((out / "report.json").read_text())["task"] == "embedding"
-    assert main(["info", "--model", str(out)]) == 0
+    assert main(["info", "--model", str(out), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["class"] == "BertModel" and info["flops_reduction"] > 0.3
     tokenizer = transformers.AutoTokenizer.from_pretrained(out)

@@ -159,10 +159,24 @@ def test_bad_paths_and_models_are_refused(tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(OutputDirError, match="not a directory"):
         export_model(model, tmp_path / "file" / "m.onnx")
-    bare = transformers.BertModel(tiny_config("bert", "classification"))   # no task head
-    with pytest.raises(UnsupportedModelError, match="BertModel"):
-        export_model(bare, tmp_path / "m.onnx")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "file"]
+    headless = transformers.BertForMaskedLM(tiny_config("bert", "classification"))   # no supported head
+    with pytest.raises(UnsupportedModelError, match="BertForMaskedLM"):
+        export_model(headless, tmp_path / "m.onnx")
+
+
+def test_bare_encoder_exports_its_hidden_states(tmp_path):
+    bare = transformers.BertModel(tiny_config("bert", "classification")).eval()   # e.g. an embedding model
+    adapter = EncoderAdapter(bare)
+    prune_heads(adapter, 0, [1, 2])
+    prune_neurons(adapter, 1, [0, 3, 9])
+    path = export_model(bare, tmp_path / "enc.onnx")
+    inputs = batch(3, 9, seed=5)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = session.run(["last_hidden_state"], {k: v.numpy() for k, v in inputs.items()})
+    want = torch_outputs(bare, inputs, list(inputs), ["last_hidden_state"])
+    real = inputs["attention_mask"].bool().numpy()
+    assert abs(got[0][real] - want[0][real]).max() < 1e-4
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -186,7 +200,7 @@ def test_cli_help_names_every_option(capsys):
         main(["export", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert exit_info.value.code == 0
-    for option, words in (("--model", "model folder"), ("--format", "default onnx"),
+    for option, words in (("--model", "model folder"), ("--format", "onnx"),
                           ("--output", "file to write"), ("--opset", "18 to 23 (default 20)"),
                           ("--overwrite", "replace an existing")):
         assert option in text and words in text

@@ -73,6 +73,6 @@ def test_cli_prunes_evaluates_and_describes_mpnet(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["flops_reduction"] >= 0.5 - 1e-9
     assert main(["evaluate", "--model", str(out), "--task", "sst2", "--data", str(tmp_path / "SST-2")]) == 0
     assert json.loads(capsys.readouterr().out)["num_examples"] == 12
-    assert main(["info", "--model", str(out)]) == 0
+    assert main(["info", "--model", str(out), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["architecture"] == "mpnet" and info["flops_reduction"] > 0.3

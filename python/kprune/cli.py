@@ -8,20 +8,23 @@ import sys
 import time
 from pathlib import Path
 
+from kprune import console
 from kprune.config import GRADIENT_GROUPS, MEASURE_DTYPES
-from kprune.errors import DataError, KPruneError
-from kprune.export import DEFAULT_OPSET, FORMATS, MAX_OPSET, MIN_OPSET
+from kprune.errors import ConfigError, DataError, KPruneError
 
 logger = logging.getLogger("kprune")
 
 
 def _load(model_dir: str):
+    if not Path(model_dir).is_dir():
+        raise DataError(f"--model {model_dir!r} is not a directory; expected a Hugging Face model folder")
+    if not (Path(model_dir) / "config.json").is_file():
+        raise DataError(f"--model {model_dir!r} is not a model folder: it has no config.json")
+    console.status(f"loading the model from {model_dir}")
     import transformers
 
     from kprune.io import load_pruned
 
-    if not Path(model_dir).is_dir():
-        raise DataError(f"--model {model_dir!r} is not a directory; expected a Hugging Face model folder")
     model = load_pruned(model_dir)
     try:
         tokenizer = transformers.AutoTokenizer.from_pretrained(model_dir)
@@ -39,8 +42,27 @@ def check_model_fits_task(model, spec) -> None:
         raise DataError(f"task {spec.name!r} ({spec.kind}) does not fit the model's head {type(model).__name__}")
     labels = int(getattr(model.config, "num_labels", 0))
     if spec.kind != "qa" and labels != spec.num_labels:
+        hint = "give --num-labels the head's size" if spec.name == "classification" else \
+            "prune a model fine-tuned for this task, or use --task classification --num-labels N for your own head"
         raise DataError(f"task {spec.name!r} has {spec.num_labels} label(s) but the model's head has {labels}; "
-                        "prune a model fine-tuned for this task")
+                        f"{hint}")
+
+
+def task_spec(args, model):
+    """The task of --task: a GLUE/SQuAD task, or a generic classification (--num-labels, default the
+    head's size; class names from the model's id2label) or regression task; with the column flags."""
+    from kprune.tasks import custom_task, get_task, with_columns
+
+    if args.task in ("classification", "regression"):
+        labels = args.num_labels if args.num_labels is not None else int(getattr(model.config, "num_labels", 2))
+        names = [str(v) for _, v in sorted((int(k), v) for k, v in (model.config.id2label or {}).items())]
+        named = len(names) == labels and not all(n.upper() == f"LABEL_{i}" for i, n in enumerate(names))
+        spec = custom_task(args.task, labels, names if named and args.task == "classification" else None)
+    else:
+        if args.num_labels is not None:
+            raise ConfigError(f"--num-labels applies to --task classification, not to --task {args.task}")
+        spec = get_task(args.task)
+    return with_columns(spec, args.text_column, args.text_pair_column, args.label_column)
 
 
 def _cmd_prune(args) -> int:
@@ -50,14 +72,12 @@ def _cmd_prune(args) -> int:
     from kprune.io import check_output_dir, save_pruned
     from kprune.launch import cli_worker, init_from_env, launch_workers
     from kprune.pruner import prune
-    from kprune.tasks import get_task
 
     check_reduction(args.flops_reduction)
     check_output_dir(args.output, args.overwrite)
     if args.num_tokens <= 0:
         raise DataError(f"--num-tokens {args.num_tokens} must be a positive number of tokens")
     embedding = args.task == "embedding"    # a sentence-embedding encoder, pruned on unlabelled sentences
-    spec = None if embedding else get_task(args.task)
     if args.workers != 1:   # the same command in N local processes, each running the lines below
         return launch_workers(args.workers, cli_worker, _cmd_prune, argparse.Namespace(**{**vars(args), "workers": 1}))
     group = init_from_env()   # torchrun (or --workers): every rank loads the same model and sample
@@ -68,18 +88,19 @@ def _cmd_prune(args) -> int:
             from kprune.data.sentences import sample_sentences
             from kprune.sentence_files import source_files
 
-            extra = source_files(args.model)
+            spec, extra = None, source_files(args.model)
             model = model.base_model   # the encoder (sentence-transformers folders may name e.g. *ForMaskedLM)
         else:
+            spec, extra = task_spec(args, model), {}
             check_model_fits_task(model, spec)
-            extra = {}
         started = time.perf_counter()
         if embedding:
             samples = sample_sentences(args.data, tokenizer, num_tokens=args.num_tokens, seed=args.seed,
                                        max_length=args.max_length or 128)
         else:
-            samples = sample_features(spec.name, args.data, tokenizer, num_tokens=args.num_tokens, seed=args.seed,
-                                      max_length=args.max_length, doc_stride=args.doc_stride)
+            samples = sample_features(spec, args.data, tokenizer, num_tokens=args.num_tokens, seed=args.seed,
+                                      max_length=args.max_length, doc_stride=args.doc_stride,
+                                      progress=not args.quiet and ranks.rank == 0)
         sampling = time.perf_counter() - started
     config = KPruneConfig(batch_size=args.batch_size, gradient_groups=args.gradient_groups, seed=args.seed,
                           measure_dtype=args.measure_dtype,
@@ -91,6 +112,7 @@ def _cmd_prune(args) -> int:
     report["seconds"]["sampling"] = round(sampling, 3)
     with ranks.guard("writing the output"):   # rank 0 alone writes (atomically)
         if ranks.rank == 0:
+            console.status(f"writing {args.output}")
             save_pruned(result.model, args.output, tokenizer, extra_files=dict(extra, **{"report.json": report}),
                         overwrite=args.overwrite)
     if ranks.rank != 0:
@@ -105,10 +127,9 @@ def _cmd_prune(args) -> int:
 
 def _cmd_evaluate(args) -> int:
     from kprune.evaluation import evaluate
-    from kprune.tasks import get_task
 
-    spec = get_task(args.task)
     model, tokenizer = _load(args.model)
+    spec = task_spec(args, model)
     if args.embedding:
         from kprune.embedding import evaluate_sts
 
@@ -118,7 +139,7 @@ def _cmd_evaluate(args) -> int:
                                       max_length=args.max_length or 128, max_examples=args.max_examples)))
         return 0
     check_model_fits_task(model, spec)
-    metrics = evaluate(model, tokenizer, spec.name, args.data, split=args.split, batch_size=args.batch_size,
+    metrics = evaluate(model, tokenizer, spec, args.data, split=args.split, batch_size=args.batch_size,
                        max_length=args.max_length, doc_stride=args.doc_stride, max_examples=args.max_examples)
     print(json.dumps(metrics))
     return 0
@@ -129,20 +150,32 @@ def _cmd_info(args) -> int:
     from kprune.flops import model_flops
     from kprune.pruner import count_parameters
 
+    if args.seq_len <= 0:
+        raise ConfigError(f"--seq-len {args.seq_len} must be a positive number of tokens")
     model, _ = _load(args.model)
     adapter = EncoderAdapter(model)
     heads, neurons = adapter.units_kept()
     layers = adapter.num_layers
-    full = model_flops([adapter.original_heads] * layers, [adapter.original_neurons] * layers, args.seq_len,
-                       adapter.hidden_size, adapter.head_size)
-    now = model_flops(heads, neurons, args.seq_len, adapter.hidden_size, adapter.head_size)
-    print(json.dumps({
-        "architecture": adapter.arch.family, "class": type(model).__name__, "layers": layers,
-        "hidden_size": adapter.hidden_size, "heads_kept": heads, "heads_per_layer": adapter.original_heads,
-        "neurons_kept": neurons, "neurons_per_layer": adapter.original_neurons, "seq_len": args.seq_len,
-        "encoder_flops": now, "encoder_flops_unpruned": full, "flops_reduction": 1 - now / full,
-        "params": count_parameters(model),
-    }))
+
+    def reduction_at(seq_len: float) -> tuple[float, float, float]:
+        full = model_flops([adapter.original_heads] * layers, [adapter.original_neurons] * layers, seq_len,
+                           adapter.hidden_size, adapter.head_size)
+        now = model_flops(heads, neurons, seq_len, adapter.hidden_size, adapter.head_size)
+        return now, full, 1 - now / full
+
+    now, full, reduction = reduction_at(args.seq_len)
+    info = {
+        "model": str(args.model), "architecture": adapter.arch.family, "class": type(model).__name__,
+        "layers": layers, "hidden_size": adapter.hidden_size, "heads_kept": heads,
+        "heads_per_layer": adapter.original_heads, "neurons_kept": neurons,
+        "neurons_per_layer": adapter.original_neurons, "seq_len": args.seq_len, "encoder_flops": now,
+        "encoder_flops_unpruned": full, "flops_reduction": reduction, "params": count_parameters(model),
+    }
+    pruned_at = _pruned_seq_len(Path(args.model))
+    if pruned_at is not None:
+        info["pruned_seq_len"] = pruned_at
+        info["flops_reduction_pruned"] = reduction_at(pruned_at)[2]
+    print(json.dumps(info) if args.json else console.info_table(info))
     return 0
 
 
@@ -154,24 +187,62 @@ def _cmd_export(args) -> int:
     return 0
 
 
+def _pruned_seq_len(model_dir: Path) -> float | None:
+    """The mean sequence length of the sample the model was pruned with (report.json), if known."""
+    try:
+        value = json.loads((model_dir / "report.json").read_text()).get("avg_seq_len")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return float(value) if isinstance(value, (int, float)) and value > 0 else None
+
+
+TASK_HELP = ("sst2, mrpc, stsb, qqp, mnli, qnli, rte, cola, squad, squad_v2; classification / regression "
+             "for your own data and head; or (prune) embedding for a sentence-embedding encoder, whose --data "
+             "gives unlabelled sentences (labels ignored)")
+DATA_HELP = ("GLUE task folder, SQuAD folder or JSON, a CSV/JSONL/TSV file, or a datasets hub name (online). "
+             "CSV/JSONL columns: text (or sentence, sentence1, text_a, question, premise), a second text "
+             "text_pair (or sentence2, text_b, hypothesis), label; or the GLUE column names of a GLUE task")
+
+
+def _add_data_options(p: argparse.ArgumentParser) -> None:
+    """Options shared by prune and evaluate: the task and how its data is read."""
+    p.add_argument("--model", required=True, help="fine-tuned Hugging Face model folder (config.json, weights, "
+                                                  "tokenizer)")
+    p.add_argument("--task", required=True, help=TASK_HELP)
+    p.add_argument("--data", required=True, help=DATA_HELP)
+    p.add_argument("--num-labels", type=int, default=None,
+                   help="classes of --task classification (default: the model head's size)")
+    p.add_argument("--text-column", default=None, help="column of the (first) text (default: the task's names)")
+    p.add_argument("--text-pair-column", default=None,
+                   help="column of the second text of a pair (default: the task's names; generic tasks read "
+                        "one when present)")
+    p.add_argument("--label-column", default=None, help="column of the label (default: the task's names)")
+    p.add_argument("--max-length", type=int, default=None,
+                   help="tokens per sequence, longer ones truncated (default: the task's, 128; SQuAD 384-token windows)")
+    p.add_argument("--doc-stride", type=int, default=None, help="SQuAD: context tokens between window starts (default 128)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads (default: the cores other processes leave free; also KPRUNE_THREADS)")
+    p.add_argument("--quiet", action="store_true",
+                   help="no progress bars, status lines or warnings (transformers' included); errors only")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="kprune", description="Retraining-free pruning of Transformer encoders")
+    parser = argparse.ArgumentParser(prog="kprune", description="Retraining-free pruning of Transformer encoders",
+                                     formatter_class=console.HelpFormatter)
     parser.add_argument("-v", "--verbose", action="store_true", help="log each step")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("prune", help="prune a fine-tuned model to a FLOPs budget")
-    p.add_argument("--model", required=True, help="fine-tuned Hugging Face model folder")
-    p.add_argument("--task", required=True, help="sst2, mrpc, stsb, qqp, mnli, qnli, rte, cola, squad, squad_v2, or "
-                   "embedding (a sentence-embedding encoder; --data gives unlabelled sentences, labels ignored)")
-    p.add_argument("--data", required=True, help="GLUE task folder, SQuAD folder/JSON, CSV/JSONL file, or datasets name")
-    p.add_argument("--flops-reduction", type=float, default=0.5, help="fraction of encoder FLOPs to remove (0..1)")
+    def command(name: str, help_text: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help_text, description=help_text, formatter_class=console.HelpFormatter)
+
+    p = command("prune", "prune a fine-tuned model to a FLOPs budget")
+    _add_data_options(p)
+    p.add_argument("--flops-reduction", type=float, default=0.5,
+                   help="fraction of the encoder's FLOPs to remove, between 0 and 1")
     p.add_argument("--output", required=True, help="new folder for the pruned model and report.json")
-    p.add_argument("--num-tokens", type=int, default=100_000, help="token budget of the sample (default 100000)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--max-length", type=int, default=None,
-                   help="tokens per sample (default: the task's, 128; SQuAD 384-token windows)")
-    p.add_argument("--doc-stride", type=int, default=None, help="SQuAD: tokens between window starts (default 128)")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--num-tokens", type=int, default=100_000, help="tokens in the pruning sample")
+    p.add_argument("--seed", type=int, default=0, help="seed of the sample and of the gradient batches")
+    p.add_argument("--batch-size", type=int, default=32, help="samples per batch of the gradients")
     p.add_argument("--gradient-groups", choices=GRADIENT_GROUPS, default="batch",
                    help="batch: the paper's batch gradients; sample: per-sample Fisher")
     p.add_argument("--measure-dtype", choices=MEASURE_DTYPES, default="float32",
@@ -179,48 +250,63 @@ def build_parser() -> argparse.ArgumentParser:
                         "matrix units, and approximate")
     p.add_argument("--no-weight-tuning", action="store_true", help="skip the least-squares weight tuning")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--workers", type=int, default=1,
                    help="data-parallel processes on this machine, threads shared equally (or use torchrun)")
     p.set_defaults(func=_cmd_prune)
 
-    e = sub.add_parser("evaluate", help="print a JSON object of the task's metrics")
-    e.add_argument("--model", required=True)
-    e.add_argument("--task", required=True)
-    e.add_argument("--data", required=True)
-    e.add_argument("--split", default="dev")
-    e.add_argument("--batch-size", type=int, default=64)
-    e.add_argument("--max-length", type=int, default=None,
-                   help="tokens per example (default: the task's, 128; SQuAD 384-token windows)")
-    e.add_argument("--doc-stride", type=int, default=None, help="SQuAD: tokens between window starts (default 128)")
-    e.add_argument("--max-examples", type=int, default=None)
+    e = command("evaluate", "print a JSON object of the task's metrics")
+    _add_data_options(e)
+    e.add_argument("--split", default="dev", help="split to score: the file {split}.tsv/.csv/... in a folder")
+    e.add_argument("--batch-size", type=int, default=64, help="sequences per forward pass")
+    e.add_argument("--max-examples", type=int, default=None, help="score only the first N examples "
+                                                                 "(default: all)")
     e.add_argument("--embedding", action="store_true", help="score any encoder's mean-pooled sentence embeddings "
                    "by the Spearman correlation of cosine similarities (--task stsb), no fine-tuning")
     e.set_defaults(func=_cmd_evaluate)
 
-    i = sub.add_parser("info", help="architecture, units kept, FLOPs and parameters")
-    i.add_argument("--model", required=True)
+    i = command("info", "architecture, units kept, FLOPs and parameters of a model folder")
+    i.add_argument("--model", required=True, help="model folder (pruned or not)")
     i.add_argument("--seq-len", type=float, default=128.0, help="sequence length the FLOPs are counted at")
-    i.set_defaults(func=_cmd_info)
+    i.add_argument("--json", action="store_true", help="one JSON object instead of the table")
+    i.set_defaults(func=_cmd_info, quiet=False, threads=None)
 
-    x = sub.add_parser("export", help="export a (pruned) model to ONNX with dynamic batch and sequence axes")
+    x = command("export", "export a (pruned) model to ONNX with dynamic batch and sequence axes")
     x.add_argument("--model", required=True, help="model folder written by kprune prune, or a Hugging Face folder")
-    x.add_argument("--format", choices=FORMATS, default="onnx", help="output format (default onnx)")
+    x.add_argument("--format", choices=("onnx",), default="onnx", help="output format")
     x.add_argument("--output", required=True, help="file to write, e.g. model.onnx")
-    x.add_argument("--opset", type=int, default=None, help=f"ONNX operator set, {MIN_OPSET} to {MAX_OPSET} (default {DEFAULT_OPSET})")
+    x.add_argument("--opset", type=int, default=None, help="ONNX operator set, 18 to 23 (default 20)")
     x.add_argument("--overwrite", action="store_true", help="replace an existing output file")
-    x.set_defaults(func=_cmd_export)
+    x.set_defaults(func=_cmd_export, quiet=False, threads=None)
     return parser
 
 
+def _start_threads(args) -> None:
+    """Threads and OpenMP wait policy from the free cores, before torch loads (see kprune.threads)."""
+    from kprune import threads
+
+    plan = threads.plan_threads(args.threads)
+    threads.apply_environment(plan)
+    threads.apply_threads(plan.threads)
+    threads.ThreadGovernor(plan).install()
+    console.status(plan.describe())
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    names = console.flag_names(parser)
+    console.set_quiet(args.quiet, args.verbose)
+    console.log_in_cli_words(names)
     try:
+        if args.command in ("prune", "evaluate"):
+            _start_threads(args)
         return args.func(args)
     except KPruneError as error:
-        print(f"kprune: error: {error}", file=sys.stderr)
+        print(f"kprune: error: {console.cli_words(str(error), names)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("kprune: interrupted; nothing written", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -224,14 +224,14 @@ def evaluate(model: torch.nn.Module, tokenizer, task: str, path: str | os.PathLi
         DataError: unlabelled data, or a model head that does not fit the task.
     """
     spec = get_task(task)
-    examples = load_examples(spec.name, path, split)
+    examples = load_examples(spec, path, split)
     if max_examples is not None:
         if isinstance(max_examples, bool) or not isinstance(max_examples, int) or max_examples < 1:
             raise ConfigError(f"max_examples must be a positive integer or None, got {max_examples!r}")
         examples = examples[:max_examples]
     pad_token_id = getattr(tokenizer, "pad_token_id", None)
     pad_token_id = 0 if pad_token_id is None else int(pad_token_id)
-    features = encode(spec.name, examples, tokenizer, max_length=max_length, doc_stride=doc_stride)
+    features = encode(spec, examples, tokenizer, max_length=max_length, doc_stride=doc_stride)
     if spec.kind == "qa":
         if any(not e.answers and not e.is_impossible for e in examples):
             raise DataError(f"{os.fspath(path)!r} (split {split!r}) has questions without gold answers: "
@@ -267,7 +267,7 @@ def evaluate(model: torch.nn.Module, tokenizer, task: str, path: str | os.PathLi
             mapping = _model_label_order(model, spec)
             if mapping is not None:
                 predictions = mapping[predictions]
-        results = compute_metrics(spec.name, predictions, references)
+        results = compute_metrics(spec, predictions, references)
     results["num_examples"] = len(examples)
     logger.info("%s %s: %s", spec.name, split, results)
     return results

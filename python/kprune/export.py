@@ -41,7 +41,11 @@ def input_names(model: nn.Module) -> list[str]:
 
 
 def output_names(model: nn.Module) -> list[str]:
-    return ["start_logits", "end_logits"] if head_kind_of(model) == "qa" else ["logits"]
+    """Task logits; a bare encoder (e.g. a sentence-embedding model) gives its last hidden states."""
+    kind = head_kind_of(model)
+    if kind == "embedding":
+        return ["last_hidden_state"]
+    return ["start_logits", "end_logits"] if kind == "qa" else ["logits"]
 
 
 class _Outputs(nn.Module):
@@ -78,8 +82,7 @@ def check_output_file(path: str | os.PathLike, overwrite: bool = False) -> Path:
     if path.is_dir():
         raise OutputDirError(f"output path {str(path)!r} is a directory; expected a file name such as model.onnx")
     if path.exists() and not overwrite:
-        raise OutputDirError(f"output file {str(path)!r} exists; choose a new name or pass overwrite=True "
-                             "(--overwrite)")
+        raise OutputDirError(f"output file {str(path)!r} exists; choose a new name or pass overwrite=True")
     if path.parent.exists() and not path.parent.is_dir():
         raise OutputDirError(f"cannot write {str(path)!r}: {str(path.parent)!r} is not a directory")
     return path

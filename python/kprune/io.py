@@ -39,7 +39,7 @@ def check_output_dir(path: str | os.PathLike, overwrite: bool = False) -> Path:
         raise OutputDirError(f"output path {str(path)!r} exists and is not a directory")
     if path.is_dir() and any(path.iterdir()) and not overwrite:
         raise OutputDirError(f"output directory {str(path)!r} exists and is not empty; "
-                             "choose a new directory or pass overwrite=True (--overwrite)")
+                             "choose a new directory or pass overwrite=True")
     return path
 
 
@@ -130,7 +130,7 @@ def load_pruned(model_dir: str | os.PathLike, device: str | torch.device = "cpu"
     model_dir = Path(model_dir)
     config_path = model_dir / "config.json"
     if not config_path.is_file():
-        raise DataError(f"{str(model_dir)!r} has no config.json; expected a folder written by kprune.save_pruned")
+        raise DataError(f"{str(model_dir)!r} is not a model folder: it has no config.json")
     raw = json.loads(config_path.read_text())
     block = raw.pop(KPRUNE_KEY, None)
     if block is None:  # an unpruned checkpoint

@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 import kprune_ext
 from kprune.adapters import EncoderAdapter, check_head
@@ -29,6 +28,7 @@ from kprune.distributed import Collective, local_batches
 from kprune.errors import ConfigError, NumericalError
 from kprune.flops import head_flops, model_flops, neuron_flops
 from kprune.knowledge import UnitStatistics, distillation_loss, unit_scores
+from kprune.progress import RunProgress, step_costs
 from kprune.samples import Batch, GradientGroups, normalise_samples
 from kprune.search import search_kept
 from kprune.sublayers import run_sublayer, sublayer_backward
@@ -97,6 +97,7 @@ class KPruner:
         self.seconds: dict[str, float] = defaultdict(float)
         self.steps_done: list[StepResult] = []
         self.bytes_per_step: list[int] = []
+        self.progress = RunProgress([], enabled=False)
 
     # -- setup ------------------------------------------------------------------------------------
 
@@ -117,6 +118,7 @@ class KPruner:
         self.remaining = self.budget
         self.params_before = count_parameters(self._input_model)
         self.tuner = SublayerTuner(self.student, self.teacher, self.batches, self.collective)
+        self.tuner.on_batch = self.progress.tick
         self.teacher_logits: list[torch.Tensor] = []
         self.seconds["setup"] += time.perf_counter() - started
 
@@ -144,11 +146,13 @@ class KPruner:
         # recompute backward's per-batch hidden states) until the whole pass ends
         precision = torch.autocast(self.device.type, getattr(torch, cfg.measure_dtype), cache_enabled=False) \
             if low else nullcontext()
+        self.progress.phase("knowledge", len(self.batches))
         with precision, self.collective.guard(f"measuring knowledge at sublayer {k}"):
             for index, batch in enumerate(self.batches):
                 offsets = batch.token_offsets().to(self.device)
                 row_groups = self.groups.of_rows(batch).to(self.device) if grouped else None
                 pass_(k, index, batch, self.tuner.student_cache[index], with_grad, stats, (offsets, row_groups))
+                self.progress.tick()
         self.collective.all_reduce([tensor for st in stats.values() for tensor in st.sums()])
         return {j: st.finish() for j, st in stats.items()}
 
@@ -241,6 +245,7 @@ class KPruner:
             prune_neurons(self.student, k // 2, kept)
         timer = time.perf_counter()
         if self.config.weight_tuning and kept.numel() > 0:
+            self.progress.phase("tuning", len(self.batches))
             self.tuner.refit(k, damping=self.config.damping)
         self.seconds["tune"] += time.perf_counter() - timer
         timer = time.perf_counter()
@@ -279,17 +284,20 @@ class KPruner:
         with self.collective.guard("setting up"):
             self._setup()
         num_sub = 2 * self.teacher.num_layers
-        bar = tqdm(range(num_sub), desc="K-prune", unit="sublayer", disable=not self.config.progress)
+        cfg = self.config
+        self.progress = RunProgress(step_costs(num_sub, cfg.use_pred and cfg.lambda_pred > 0), cfg.progress)
+        self.tuner.on_batch = self.progress.tick
         try:
-            for k in bar:
+            for k in range(num_sub):
+                self.progress.start(k)
                 sent = self.collective.bytes
                 result = self._step(k)
                 self.bytes_per_step.append(self.collective.bytes - sent)
                 self.steps_done.append(result)
-                bar.set_postfix_str(f"layer {result.layer} {result.kind}: {len(result.kept)}/{result.total}")
+                self.progress.finish(f"layer {result.layer} {result.kind} kept {len(result.kept)}/{result.total}")
                 yield result
         finally:
-            bar.close()
+            self.progress.close()
             self._input_model.train(self._was_training)
             if hasattr(self, "tuner"):
                 self.tuner.release()

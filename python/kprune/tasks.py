@@ -11,11 +11,11 @@ Label order of the string-labelled tasks (MNLI, QNLI, RTE) follows the ``dataset
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from .errors import UnknownTaskError
+from .errors import ConfigError, UnknownTaskError
 
-__all__ = ["TaskSpec", "TASKS", "get_task"]
+__all__ = ["TaskSpec", "TASKS", "get_task", "custom_task", "with_columns"]
 
 KINDS = ("classification", "regression", "qa")
 
@@ -37,6 +37,8 @@ class TaskSpec:
         label_aliases: other accepted names of the label column.
         max_length: tokens per feature by default (QA: per window); the paper's 128 for GLUE, 384 for SQuAD.
         doc_stride: QA only, context tokens between the starts of consecutive windows (the paper's 128).
+        pair_optional: the second text is read only when the data has a column for it (the generic
+            tasks of :func:`custom_task`); the first text alone otherwise.
     """
 
     name: str
@@ -56,6 +58,7 @@ class TaskSpec:
         """The given lengths, or this task's defaults where None."""
         return (self.max_length if max_length is None else max_length,
                 self.doc_stride if doc_stride is None else doc_stride)
+    pair_optional: bool = False
 
     @property
     def is_pair(self) -> bool:
@@ -174,3 +177,69 @@ def get_task(name: str) -> TaskSpec:
         raise UnknownTaskError(
             f"unknown task {name!r}; supported tasks: {', '.join(TASKS)}"
         ) from None
+
+
+#: Column names a generic task reads its texts and label from (first match, case-insensitive).
+GENERIC_TEXT_COLUMNS = ("text", "sentence", "sentence1", "text_a", "question", "premise")
+GENERIC_PAIR_COLUMNS = ("text_pair", "sentence2", "text_b", "hypothesis")
+GENERIC_LABEL_COLUMNS = ("label", "labels", "score", "gold_label")
+
+
+def custom_task(kind: str, num_labels: int = 2, label_names=None) -> TaskSpec:
+    """A generic task for your own data and head: ``kind`` ``"classification"`` with ``num_labels``
+    classes (labels are ids ``0..num_labels-1``, or the ``label_names`` in id order) or ``"regression"``
+    (one score). Texts come from a column named one of :data:`GENERIC_TEXT_COLUMNS`, a second text from
+    one of :data:`GENERIC_PAIR_COLUMNS` when the data has it; change them with :func:`with_columns`.
+
+    Raises:
+        ConfigError: an unknown kind, ``num_labels`` < 2 for classification, or label names that do not
+            match ``num_labels``.
+    """
+    if kind == "regression":
+        return TaskSpec(name="regression", kind="regression", num_labels=1, text_fields=("text", "text_pair"),
+                        label_field="label", metrics=("pearson", "spearmanr"), main_metric="spearmanr",
+                        text_aliases=(GENERIC_TEXT_COLUMNS, GENERIC_PAIR_COLUMNS),
+                        label_aliases=GENERIC_LABEL_COLUMNS, pair_optional=True)
+    if kind != "classification":
+        raise ConfigError(f"kind={kind!r} is not a generic task; accepted: classification, regression")
+    if isinstance(num_labels, bool) or not isinstance(num_labels, int) or num_labels < 2:
+        raise ConfigError(f"num_labels={num_labels!r} must be an integer >= 2 for classification")
+    names = None
+    if label_names is not None:
+        names = tuple(str(n).strip().lower() for n in label_names)
+        if len(names) != num_labels or len(set(names)) != num_labels:
+            raise ConfigError(f"label_names={list(label_names)!r} must be {num_labels} distinct names")
+    metrics = ("accuracy", "f1") if num_labels == 2 else ("accuracy",)
+    return TaskSpec(name="classification", kind="classification", num_labels=num_labels,
+                    text_fields=("text", "text_pair"), label_field="label", metrics=metrics,
+                    main_metric="accuracy", label_names=names,
+                    text_aliases=(GENERIC_TEXT_COLUMNS, GENERIC_PAIR_COLUMNS),
+                    label_aliases=GENERIC_LABEL_COLUMNS, pair_optional=True)
+
+
+def with_columns(spec: TaskSpec, text_column: str | None = None, text_pair_column: str | None = None,
+                 label_column: str | None = None) -> TaskSpec:
+    """``spec`` reading its first text, second text and label from the named CSV/JSONL/TSV columns
+    (None: keep the task's own names). A second text column makes a generic task a pair task.
+
+    Raises:
+        ConfigError: columns for a QA task, or a second text for a single-text task.
+    """
+    if text_column is None and text_pair_column is None and label_column is None:
+        return spec
+    if spec.kind == "qa":
+        raise ConfigError(f"task {spec.name!r} reads SQuAD fields (question, context, answers); "
+                          "text_column, text_pair_column and label_column do not apply")
+    aliases = list(spec.text_aliases or tuple((f,) for f in spec.text_fields))
+    changes: dict = {}
+    if text_column is not None:
+        aliases[0] = (text_column,)
+    if text_pair_column is not None:
+        if not spec.is_pair:
+            raise ConfigError(f"task {spec.name!r} has one text; text_pair_column={text_pair_column!r} "
+                              "does not apply")
+        aliases[1] = (text_pair_column,)
+        changes["pair_optional"] = False
+    if label_column is not None:
+        changes.update(label_field=label_column, label_aliases=(label_column,))
+    return replace(spec, text_aliases=tuple(aliases), **changes)

@@ -81,6 +81,7 @@ class SublayerTuner:
             self.student_cache = list(self.teacher_cache) if same or _same_embeddings(self.student, self.teacher) \
                 else [self.student.embed(b.input_ids, b.token_type_ids) for b in batches]
         self._next_teacher: list[torch.Tensor] | None = None
+        self.on_batch = None   # called after each batch of a statistics pass (progress bars)
 
     @property
     def num_sublayers(self) -> int:
@@ -117,6 +118,8 @@ class SublayerTuner:
                     if width:
                         act = sublayer_act(self.student, sublayer, self.student_cache[index], real)[real]
                         ops.gram_accumulate(act, target, columns, gram, cross)
+                if self.on_batch is not None:
+                    self.on_batch()
         self.collective.all_reduce([gram, cross, totals])
         self._next_teacher = next_teacher     # the teacher's next hidden states come free with the targets
         return LeastSquaresStats(gram, cross, float(totals[0]), int(totals[1]))

@@ -21,17 +21,22 @@ def _check_lengths(max_length: int, doc_stride: int) -> None:
         raise ConfigError(f"doc_stride must be a positive integer, got {doc_stride!r}")
 
 
+def _text_counts(spec: TaskSpec) -> tuple[int, ...]:
+    return (1, 2) if spec.pair_optional else (len(spec.text_fields),)
+
+
 def _encode_classification(spec: TaskSpec, examples: Sequence[Example], tokenizer,
                            max_length: int) -> list[dict]:
     features: list[dict] = []
     for begin in range(0, len(examples), _ENCODE_CHUNK):
         chunk = examples[begin:begin + _ENCODE_CHUNK]
+        count = len(chunk[0].texts)
         for example in chunk:
-            if len(example.texts) != len(spec.text_fields):
+            if len(example.texts) != count or count not in _text_counts(spec):
                 raise DataError(f"an example of task {spec.name!r} has {len(example.texts)} texts, "
-                                f"expected {len(spec.text_fields)}")
+                                f"expected {' or '.join(map(str, _text_counts(spec)))} (the same in every example)")
         first = [e.texts[0] for e in chunk]
-        second = [e.texts[1] for e in chunk] if spec.is_pair else None
+        second = [e.texts[1] for e in chunk] if count == 2 else None
         encoded = tokenizer(first, second, truncation=True, max_length=max_length)
         has_types = "token_type_ids" in encoded
         for i, example in enumerate(chunk):

@@ -97,6 +97,8 @@ def _resolve_columns(spec: TaskSpec, names: Sequence[str], source: str) -> tuple
         # A column already taken by an earlier text cannot be the next one (qnli: question, sentence).
         available = [n for n in names if n not in text_columns]
         column = _match_column(available, aliases)
+        if column is None and position > 0 and spec.pair_optional:
+            break  # a generic task without a second text column: single texts
         if column is None:
             raise DataError(
                 f"{source} has columns {list(names)}; task {spec.name!r} needs text {position + 1} "

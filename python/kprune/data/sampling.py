@@ -6,6 +6,7 @@ import os
 import random
 
 import torch
+from tqdm.auto import tqdm
 
 from ..errors import DataError
 from ..tasks import get_task
@@ -16,7 +17,8 @@ logger = logging.getLogger(__name__)
 
 
 def sample_features(task: str, path: str | os.PathLike, tokenizer, num_tokens: int = 100_000, seed: int = 0,
-                    max_length: int | None = None, split: str = "train", doc_stride: int | None = None) -> list[dict]:
+                    max_length: int | None = None, split: str = "train", doc_stride: int | None = None,
+                    progress: bool = False) -> list[dict]:
     """The pruning sample: features of randomly drawn examples until ``num_tokens`` tokens are reached.
 
     Examples of ``split`` are visited in the order of ``random.Random(seed).shuffle`` and encoded
@@ -24,6 +26,8 @@ def sample_features(task: str, path: str | os.PathLike, tokenizer, num_tokens: i
     are unpadded) reaches ``num_tokens`` or the split is exhausted. The same seed gives the same sample.
     QA features keep ``example_index`` pointing into the loaded split. ``max_length`` / ``doc_stride``
     default to the task's (:class:`~kprune.tasks.TaskSpec`: 128 tokens; SQuAD 384-token windows, stride 128).
+    ``task`` is a task name or a :class:`~kprune.tasks.TaskSpec`; ``progress`` shows a bar while the data is
+    read and the sample drawn. A sample of less than half of ``num_tokens`` (a small split) gets a warning.
 
     Raises:
         DataError: ``num_tokens <= 0``, or no data.
@@ -33,9 +37,31 @@ def sample_features(task: str, path: str | os.PathLike, tokenizer, num_tokens: i
     spec = get_task(task)
     max_length, doc_stride = spec.lengths(max_length, doc_stride)
     _check_lengths(max_length, doc_stride)
-    examples = load_examples(spec.name, path, split)
-    if not examples:
-        raise DataError(f"no examples in {os.fspath(path)!r} (split {split!r})")
+    bar = tqdm(total=num_tokens, desc=f"reading {os.fspath(path)}", unit="tok", disable=not progress)
+    try:
+        examples = load_examples(spec, path, split)
+        if not examples:
+            raise DataError(f"no examples in {os.fspath(path)!r} (split {split!r})")
+        bar.set_description_str(f"drawing the sample from {len(examples)} examples")
+        taken = _draw(spec, examples, tokenizer, num_tokens, seed, max_length, doc_stride, bar)
+    finally:
+        bar.close()
+    total = sum(int(f["input_ids"].numel()) for f in taken)
+    if total < num_tokens / 2:
+        logger.warning("the sample holds %d tokens, less than half of num_tokens=%d: split %r of %s has no more "
+                       "(%d examples); knowledge measured on so few tokens is noisy", total, num_tokens, split,
+                       os.fspath(path), len(examples))
+    elif total < num_tokens:
+        logger.info("split %r of %s has only %d tokens (asked for %d): taking all of it",
+                    split, os.fspath(path), total, num_tokens)
+    logger.info("pruning sample: %d sequences, %d tokens, %.1f tokens on average",
+                len(taken), total, total / max(1, len(taken)))
+    return taken
+
+
+def _draw(spec, examples, tokenizer, num_tokens: int, seed: int, max_length: int, doc_stride: int,
+          bar) -> list[dict]:
+    """Features of examples in seeded random order until ``num_tokens`` tokens."""
     order = list(range(len(examples)))
     random.Random(seed).shuffle(order)
     # Encode in chunks sized to the budget, so a 100k-token sample of a large split stays cheap.
@@ -44,7 +70,8 @@ def sample_features(task: str, path: str | os.PathLike, tokenizer, num_tokens: i
     total = 0
     for begin in range(0, len(order), chunk_size):
         chunk = order[begin:begin + chunk_size]
-        features = encode(spec.name, [examples[i] for i in chunk], tokenizer, max_length, doc_stride)
+        features = encode(spec, [examples[i] for i in chunk], tokenizer, max_length, doc_stride)
+        before = total
         for feature in features:
             if "example_index" in feature:
                 feature["example_index"] = chunk[feature["example_index"]]
@@ -52,13 +79,9 @@ def sample_features(task: str, path: str | os.PathLike, tokenizer, num_tokens: i
             total += int(feature["input_ids"].numel())
             if total >= num_tokens:
                 break
+        bar.update(min(total, num_tokens) - min(before, num_tokens))
         if total >= num_tokens:
             break
-    if total < num_tokens:
-        logger.info("split %r of %s has only %d tokens (asked for %d): taking all of it",
-                    split, os.fspath(path), total, num_tokens)
-    logger.info("pruning sample: %d sequences, %d tokens, %.1f tokens on average",
-                len(taken), total, total / max(1, len(taken)))
     return taken
 
 
