@@ -1,0 +1,90 @@
+"""K-prune (ours), the paper's code, Kwon (ours) and Kwon et al.'s code, side by side: one table.
+
+    python benchmarks/side_by_side.py --run --paper-code DIR --kwon-code DIR --python VENV/bin/python \
+        [--tasks stsb sst2] [--reductions 0.5 0.8] [--num-tokens 20000]   # runs the missing cells, then renders
+    python benchmarks/side_by_side.py                                     # renders the table from the JSON
+
+Ours run through run_grid.py (into results/side_by_side.json), the originals through run_originals.py
+(into results/originals.json), on the same fine-tuned checkpoint, the same sample size and seed, one
+cell at a time, each timed and its peak RSS taken by the same harness. The table is written into
+benchmarks/RESULTS.md between the markers below (and printed).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+OURS, ORIGINALS = RESULTS / "side_by_side.json", RESULTS / "originals.json"
+BEGIN, END = "<!-- side-by-side:begin -->", "<!-- side-by-side:end -->"
+METHODS = [("kprune", "K-prune (kprune)"), ("kprune-paper", "K-prune (paper's code)"),
+           ("kwon", "Kwon (ours)"), ("kwon-paper", "Kwon (their code)")]
+TASK_NAMES = {"stsb": "STS-B", "sst2": "SST-2", "mrpc": "MRPC", "qqp": "QQP", "squad": "SQuAD"}
+
+
+def _cells(path: Path) -> dict:
+    return json.loads(path.read_text()).get("cells", {}) if path.is_file() else {}
+
+
+def table(ours: dict, originals: dict) -> str:
+    cells = {**ours, **originals}
+    keys = sorted({(c["task"], c["reduction_target"], c["seed"]) for c in cells.values()})
+    lines = ["| task | FLOPs reduction | method | metric | achieved | pruning s | peak MB |",
+             "|---|---|---|---|---|---|---|"]
+    for task, reduction, seed in keys:
+        for method, label in METHODS:
+            cell = cells.get(f"{task}/{method}/{reduction:.2f}/{seed}")
+            if cell is None:
+                continue
+            lines.append(f"| {TASK_NAMES.get(task, task)} | {reduction:.0%} | {label} | "
+                         f"{cell['metric_name']} {100 * cell['metric']:.2f} | {100 * cell['flops_reduction']:.1f}% | "
+                         f"{cell['prune_seconds']:.0f} | {cell['peak_rss_mb']:.0f} |")
+    return "\n".join(lines)
+
+
+def write_into_results(text: str, results_md: Path = HERE / "RESULTS.md") -> None:
+    body = results_md.read_text()
+    block = f"{BEGIN}\n{text}\n{END}"
+    if BEGIN in body and END in body:
+        body = body[:body.index(BEGIN)] + block + body[body.index(END) + len(END):]
+    else:
+        body = body.rstrip() + "\n\n## Side by side with the original implementations\n\n" + block + "\n"
+    results_md.write_text(body)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--run", action="store_true", help="run the missing cells first (ours, then the originals)")
+    parser.add_argument("--paper-code", type=Path)
+    parser.add_argument("--kwon-code", type=Path)
+    parser.add_argument("--python", type=Path, help="interpreter of the originals' virtual environment")
+    parser.add_argument("--tasks", nargs="+", default=["stsb", "sst2"])
+    parser.add_argument("--reductions", nargs="+", default=["0.5", "0.8"])
+    parser.add_argument("--num-tokens", default="20000")
+    parser.add_argument("--data-dir", default=str(HERE.parent.parent / "shared" / "data"))
+    parser.add_argument("--threads", default="1")
+    parser.add_argument("--no-write", action="store_true", help="print the table only")
+    args = parser.parse_args()
+    if args.run:
+        common = ["--tasks", *args.tasks, "--reductions", *args.reductions, "--seeds", "0",
+                  "--num-tokens", args.num_tokens, "--data-dir", args.data_dir, "--threads", args.threads]
+        subprocess.run([sys.executable, str(HERE / "run_grid.py"), *common, "--methods", "kprune", "kwon",
+                        "--no-finetune", "--no-report", "--output", str(OURS)], check=True)
+        if not (args.paper_code and args.kwon_code and args.python):
+            parser.error("--run needs --paper-code, --kwon-code and --python for the originals")
+        subprocess.run([sys.executable, str(HERE / "run_originals.py"), *common, "--paper-code", str(args.paper_code),
+                        "--kwon-code", str(args.kwon_code), "--python", str(args.python),
+                        "--output", str(ORIGINALS)], check=True)
+    text = table(_cells(OURS), _cells(ORIGINALS))
+    print(text)
+    if not args.no_write:
+        write_into_results(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
