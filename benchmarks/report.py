@@ -151,9 +151,10 @@ def render(grid: dict, plots_rel: str) -> str:
     w("- Methods:")
     for name, text in meta.get("methods", METHODS).items():
         w(f"  - `{name}`: {text}")
-    w("- The paper's own implementation could not be run here (no access to its code): comparisons with the "
-      "paper are by the figures it reports for BERT-base, not by re-running it. Kwon et al. is our "
-      "re-implementation from their paper (benchmarks/peers/kwon.py).")
+    w("- Kwon et al. is our re-implementation from their paper (benchmarks/peers/kwon.py). Both original "
+      "implementations (the paper's code and Kwon et al.'s code) were also run, unmodified, on the same checkpoints "
+      "and sample sizes: see \"Side by side with the original implementations\" below "
+      "(`python benchmarks/side_by_side.py`).")
     w("")
 
     w("## Unpruned models")
@@ -350,6 +351,17 @@ def render_larger_sample(grid: dict, larger: dict, source: str) -> str:
     return "\n".join(out)
 
 
+def side_by_side_section() -> str:
+    """Ours and the original implementations in one table (results/side_by_side.json, results/originals.json)."""
+    from side_by_side import BEGIN, END, ORIGINALS, OURS, cells_of, table
+    return ("## Side by side with the original implementations\n\n"
+            "From `python benchmarks/side_by_side.py` (`--run` runs the missing cells: ours through run_grid.py, "
+            "the originals through run_originals.py, one cell at a time, one thread each, same checkpoint, sample "
+            "size and seed; pruning seconds and peak RSS taken by the same harness). How the originals are run, "
+            "and every replacement their code needs here, is in the next section.\n\n"
+            f"{BEGIN}\n{table(cells_of(OURS), cells_of(ORIGINALS))}\n{END}\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--grid", type=Path, default=HERE / "results" / "grid.json")
@@ -374,6 +386,10 @@ def main(argv: list[str] | None = None) -> int:
             source = (args.larger_sample.relative_to(HERE.parent) if args.larger_sample.is_relative_to(HERE.parent)
                       else args.larger_sample)
             text += "\n" + render_larger_sample(grid, larger, str(source))
+    export = HERE / "results" / "export_latency.md"   # written by bench_export_latency.py
+    if export.is_file():
+        text += "\n" + export.read_text()
+    text += "\n" + side_by_side_section()
     originals = HERE / "originals" / "RUNNING.md"   # how the original implementations were run
     if originals.is_file():
         text += "\n" + originals.read_text()

@@ -6,8 +6,8 @@
 
 Ours run through run_grid.py (into results/side_by_side.json), the originals through run_originals.py
 (into results/originals.json), on the same fine-tuned checkpoint, the same sample size and seed, one
-cell at a time, each timed and its peak RSS taken by the same harness. The table is written into
-benchmarks/RESULTS.md between the markers below (and printed).
+cell at a time, each timed and its peak RSS taken by the same harness. The table is printed and
+benchmarks/RESULTS.md re-rendered (report.py includes it).
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ METHODS = [("kprune", "K-prune (kprune)"), ("kprune-paper", "K-prune (paper's co
 TASK_NAMES = {"stsb": "STS-B", "sst2": "SST-2", "mrpc": "MRPC", "qqp": "QQP", "squad": "SQuAD"}
 
 
-def _cells(path: Path) -> dict:
+def cells_of(path: Path) -> dict:
     return json.loads(path.read_text()).get("cells", {}) if path.is_file() else {}
 
 
@@ -46,16 +46,6 @@ def table(ours: dict, originals: dict) -> str:
     return "\n".join(lines)
 
 
-def write_into_results(text: str, results_md: Path = HERE / "RESULTS.md") -> None:
-    body = results_md.read_text()
-    block = f"{BEGIN}\n{text}\n{END}"
-    if BEGIN in body and END in body:
-        body = body[:body.index(BEGIN)] + block + body[body.index(END) + len(END):]
-    else:
-        body = body.rstrip() + "\n\n## Side by side with the original implementations\n\n" + block + "\n"
-    results_md.write_text(body)
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--run", action="store_true", help="run the missing cells first (ours, then the originals)")
@@ -67,7 +57,7 @@ def main() -> int:
     parser.add_argument("--num-tokens", default="20000")
     parser.add_argument("--data-dir", default=str(HERE.parent.parent / "shared" / "data"))
     parser.add_argument("--threads", default="1")
-    parser.add_argument("--no-write", action="store_true", help="print the table only")
+    parser.add_argument("--no-write", action="store_true", help="print the table only, leave RESULTS.md alone")
     args = parser.parse_args()
     if args.run:
         common = ["--tasks", *args.tasks, "--reductions", *args.reductions, "--seeds", "0",
@@ -79,10 +69,9 @@ def main() -> int:
         subprocess.run([sys.executable, str(HERE / "run_originals.py"), *common, "--paper-code", str(args.paper_code),
                         "--kwon-code", str(args.kwon_code), "--python", str(args.python),
                         "--output", str(ORIGINALS)], check=True)
-    text = table(_cells(OURS), _cells(ORIGINALS))
-    print(text)
-    if not args.no_write:
-        write_into_results(text)
+    print(table(cells_of(OURS), cells_of(ORIGINALS)))
+    if not args.no_write:   # RESULTS.md is rendered whole by report.py, which includes this table
+        subprocess.run([sys.executable, str(HERE / "report.py")], check=True)
     return 0
 
 
