@@ -358,7 +358,9 @@ def side_by_side_section() -> str:
             "From `python benchmarks/side_by_side.py` (`--run` runs the missing cells: ours through run_grid.py, "
             "the originals through run_originals.py, one cell at a time, one thread each, same checkpoint, sample "
             "size and seed; pruning seconds and peak RSS taken by the same harness). How the originals are run, "
-            "and every replacement their code needs here, is in the next section.\n\n"
+            "and every replacement their code needs here, is in the next section. In the committed cells the STS-B "
+            "cells ran while other jobs loaded the 2-core machine (their seconds are upper bounds); the SST-2 cells "
+            "ran one at a time on the otherwise idle machine.\n\n"
             f"{BEGIN}\n{table(cells_of(OURS), cells_of(ORIGINALS))}\n{END}\n")
 
 
