@@ -156,10 +156,13 @@ def test_glue_metric_against_independent_formulas():
 def test_peak_rss_window():
     if not shim.reset_peak_rss():
         pytest.skip("the kernel does not allow resetting VmHWM here")
+    import mmap
     before = shim.peak_rss_mb()
-    block = np.ones(64 * 1024 * 1024 // 8)   # 64 MB touched
+    block = mmap.mmap(-1, 64 << 20)   # fresh pages: a numpy array could reuse heap memory already resident
+    for offset in range(0, 64 << 20, 4096):
+        block[offset] = 1
     assert shim.peak_rss_mb() >= before + 60
-    del block
+    block.close()
 
 
 # ---------------------------------------------------------------- runner bookkeeping
