@@ -84,3 +84,14 @@ def test_output_gets_ordinary_file_modes(tmp_path):
     assert stat.S_IMODE(out.stat().st_mode) == 0o755
     for path in out.iterdir():
         assert stat.S_IMODE(path.stat().st_mode) == 0o644, path.name
+
+
+def test_saved_config_names_the_saved_class_not_the_source_configs(tmp_path):
+    model = tiny_model("bert", "classification")
+    model.config.architectures = ["BertModel"]    # e.g. an encoder checkpoint given a classification head
+    out = kprune.save_pruned(model, tmp_path / "out")
+    assert json.loads((out / "config.json").read_text())["architectures"] == ["BertForSequenceClassification"]
+    loaded = kprune.load_pruned(out)
+    assert type(loaded).__name__ == "BertForSequenceClassification"
+    ids, mask = padded_batch(random_samples(4), 0)
+    torch.testing.assert_close(model_outputs(loaded, ids, mask), model_outputs(model, ids, mask))

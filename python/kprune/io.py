@@ -99,8 +99,9 @@ def save_pruned(model: nn.Module, output_dir: str | os.PathLike, tokenizer=None,
         config[KPRUNE_KEY] = kprune_block(model)
         config["auto_map"] = auto_map(model)
         shutil.copyfile(remote_modeling.__file__, staging / MODELING_FILE)
-        if not config.get("architectures") or head_kind_of(model) == "embedding":   # the encoder, not e.g. *ForMaskedLM
-            config["architectures"] = [type(model).__name__.removeprefix(remote_modeling.CLASS_PREFIX)]
+        # the class actually saved: a source config may name another (e.g. BertModel for an encoder given a
+        # classification head, or *ForMaskedLM for a sentence-embedding encoder)
+        config["architectures"] = [type(model).__name__.removeprefix(remote_modeling.CLASS_PREFIX)]
         (staging / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
         if tokenizer is not None:
             tokenizer.save_pretrained(str(staging))
