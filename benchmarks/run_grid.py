@@ -37,6 +37,7 @@ sys.path.insert(0, str(REPO / "python"))
 sys.path.insert(0, str(REPO / "examples"))  # finetune.py, latency.py (tooling, not the library)
 sys.path.insert(0, str(HERE))
 
+from json_results import write_json_atomically  # noqa: E402
 from grid_spec import (EXTRA_SEEDS, LATENCY_SHAPES, MAIN_METHODS, METHODS, OTHER_METHODS, REDUCTIONS,  # noqa: E402
                        TASK_ORDER, canonical_command, cell_key, planned_cells)
 
@@ -200,13 +201,7 @@ def load_grid(path: Path) -> dict:
 
 
 def write_grid(path: Path, grid: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".grid.", suffix=".json", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(grid, f, indent=1, sort_keys=True)
-        f.write("\n")
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
+    write_json_atomically(path, grid)
 
 
 def machine_info(threads: int) -> dict:

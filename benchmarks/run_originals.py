@@ -28,7 +28,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -38,6 +37,7 @@ sys.path.insert(0, str(REPO / "python"))
 sys.path.insert(0, str(REPO / "examples"))
 sys.path.insert(0, str(HERE))
 
+from json_results import write_json_atomically  # noqa: E402
 from grid_spec import cell_key  # noqa: E402
 from originals.shim import GLUE_COLUMNS, SPLIT_FILES, glue_record, write_split  # noqa: E402
 
@@ -68,13 +68,7 @@ def load_results(path: Path) -> dict:
 
 
 def write_results(path: Path, results: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".originals.", suffix=".json", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(results, f, indent=1, sort_keys=True)
-        f.write("\n")
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
+    write_json_atomically(path, results)
 
 
 def their_arguments(method: str, task: str, checkpoint: Path, reduction: float, seed: int, out: Path) -> list[str]:

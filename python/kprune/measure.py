@@ -81,7 +81,10 @@ class _Probe:
             real = self.real
 
             def hook(grad_out: torch.Tensor) -> None:
-                grad_in = grad_out[real] @ weight.detach().index_select(1, columns)
+                kept = weight.detach()
+                if columns.numel() != kept.shape[1]:   # only the computed units' columns
+                    kept = kept.index_select(1, columns)
+                grad_in = grad_out[real] @ kept
                 self.add(sublayer, act[real], grad_in.to(act.dtype), columns)
             out.register_hook(hook)
         else:
