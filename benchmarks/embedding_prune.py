@@ -37,6 +37,18 @@ def model_dir(name: str, cache: Path) -> Path:
     return assemble(cache)
 
 
+def measure_latency(pruned, unpruned, repeats: int) -> dict:
+    """Median seconds per forward at batch 32x128 and 1x128, pruned and unpruned interleaved."""
+    sys.path.insert(0, str(HERE.parent / "examples"))
+    from latency import compare_latency
+    out = {}
+    for batch, seq in ((32, 128), (1, 128)):
+        t = compare_latency({"pruned": pruned, "unpruned": unpruned}, batch, seq, repeats if batch > 1 else 4 * repeats)
+        out[f"b{batch}_s{seq}"] = {"pruned_s": t["pruned"], "unpruned_s": t["unpruned"],
+                                   "speedup": t["unpruned"] / t["pruned"]}
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", choices=("minilm", "mpnet"), required=True)
@@ -45,6 +57,9 @@ def main() -> None:
     parser.add_argument("--data", default="/work/shared/data/glue/STS-B")
     parser.add_argument("--cache-dir", default=os.path.expanduser("~/.cache/kprune/mpnet"))
     parser.add_argument("--output", default=None)
+    parser.add_argument("--save", default=None, help="also save the pruned model to this folder")
+    parser.add_argument("--latency-repeats", type=int, default=5,
+                        help="interleaved repeats per shape of the pruned/unpruned latency (0: skip)")
     args = parser.parse_args()
     transformers.logging.set_verbosity_error()
     folder = model_dir(args.model, Path(args.cache_dir))
@@ -57,7 +72,13 @@ def main() -> None:
     started = time.perf_counter()
     result = kprune.prune(model, samples, "embedding", args.flops_reduction, kprune.KPruneConfig(progress=False))
     prune_seconds = time.perf_counter() - started
+    peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024   # before evaluation and latency
     after = evaluate_sts(result.model, tokenizer, args.data)
+    latency = {}
+    if args.latency_repeats > 0:   # kprune.prune left `model` unpruned
+        latency = measure_latency(result.model, model, args.latency_repeats)
+    if args.save:
+        kprune.save_pruned(result.model, args.save, tokenizer=tokenizer, overwrite=True)
     report = result.report
     record = {
         "model": args.model, "folder": str(folder), "data": args.data, "threads": torch.get_num_threads(),
@@ -67,9 +88,9 @@ def main() -> None:
         "spearman_drop_points": 100 * (before["spearman"] - after["spearman"]),
         "prune_seconds": round(prune_seconds, 1), "seconds_by_phase": report["seconds"],
         "eval_seconds_unpruned": round(eval_seconds, 1),
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "peak_rss_mb": round(peak_rss_mb, 1),
         "params_before": report["params_before"], "params_after": report["params_after"],
-        "heads_kept": report["heads_kept"], "neurons_kept": report["neurons_kept"],
+        "latency": latency, "heads_kept": report["heads_kept"], "neurons_kept": report["neurons_kept"],
         "command": " ".join(["python", "benchmarks/embedding_prune.py"] + sys.argv[1:]),
     }
     output = Path(args.output or HERE / "results" / f"embedding-{args.model}-{int(100 * args.flops_reduction)}.json")
