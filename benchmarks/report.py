@@ -364,6 +364,30 @@ def side_by_side_section() -> str:
             f"{BEGIN}\n{table(cells_of(OURS), cells_of(ORIGINALS))}\n{END}\n")
 
 
+def embedding_section(results: Path) -> str:
+    """Sentence-embedding models pruned with task='embedding' (results/embedding-*.json, benchmarks/embedding_prune.py)."""
+    records = [json.loads(p.read_text()) for p in sorted(results.glob("embedding-*.json"))]
+    if not records:
+        return ""
+    records.sort(key=lambda r: (r["model"], r["num_tokens"], r["flops_reduction_target"]))
+    rows = ["| model | reduction (target / achieved) | sample tokens | STS-B Spearman before → after | drop (points) "
+            "| prune s | peak RSS MB | latency speedup b32×128 / b1×128 | threads, machine | command |",
+            "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in records:
+        lat = r.get("latency") or {}
+        speed = " / ".join(f"{lat[k]['speedup']:.2f}×" if k in lat else "–" for k in ("b32_s128", "b1_s128"))
+        rows.append(f"| {r['model']} | {100 * r['flops_reduction_target']:.0f}% / {100 * r['flops_reduction']:.1f}% "
+                    f"| {r['num_tokens']:,} | {100 * r['spearman_before']:.2f} → {100 * r['spearman_after']:.2f} "
+                    f"| {r['spearman_drop_points']:.2f} | {r['prune_seconds']:.0f} | {r['peak_rss_mb']:.0f} | {speed} "
+                    f"| {r['threads']}, {r.get('machine') or 'not recorded'} | `{r['command']}` |")
+    return ("## Sentence-embedding models (task='embedding')\n\n"
+            "Bare sentence-transformers encoders pruned without labels from STS-B train sentences and scored on "
+            "STS-B dev by the Spearman correlation of cosine similarities (no fine-tuning); latency is the median "
+            "forward of the pruned against the unpruned model, interleaved, on random ids. minilm: the packaged "
+            "all-MiniLM-L6-v2 (6 layers of 384); mpnet: all-mpnet-base-v2 (12 layers of 768) assembled from PyPI "
+            "by benchmarks/assemble_mpnet.py.\n\n" + "\n".join(rows) + "\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--grid", type=Path, default=HERE / "results" / "grid.json")
@@ -391,6 +415,7 @@ def main(argv: list[str] | None = None) -> int:
     export = HERE / "results" / "export_latency.md"   # written by bench_export_latency.py
     if export.is_file():
         text += "\n" + export.read_text()
+    text += "\n" + embedding_section(HERE / "results")
     text += "\n" + side_by_side_section()
     originals = HERE / "originals" / "RUNNING.md"   # how the original implementations were run
     if originals.is_file():
