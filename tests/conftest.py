@@ -12,7 +12,7 @@ import transformers
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
 
 VOCAB = 60
-FAMILIES = ("bert", "roberta", "xlm-roberta", "distilbert", "electra", "mpnet")
+FAMILIES = ("bert", "roberta", "xlm-roberta", "distilbert", "electra", "mpnet", "deberta-v2")
 HEADS = ("classification", "regression", "qa")
 
 
@@ -34,6 +34,10 @@ def tiny_config(family: str, head: str, layers: int = 2):
         return transformers.ElectraConfig(embedding_size=16, **bert_like)
     if family == "mpnet":   # transformers' MPNet always uses 32 relative-position buckets
         return transformers.MPNetConfig(pad_token_id=1, relative_attention_num_buckets=32, **bert_like)
+    if family == "deberta-v2":   # DeBERTa-v3's layout: relative positions through the layers' own key/query
+        return transformers.DebertaV2Config(relative_attention=True, position_buckets=16, norm_rel_ebd="layer_norm",
+                                            share_att_key=True, pos_att_type="p2c|c2p", position_biased_input=False,
+                                            type_vocab_size=0, **bert_like)
     raise ValueError(family)
 
 

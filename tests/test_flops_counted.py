@@ -1,4 +1,5 @@
-"""The FLOPs model (DESIGN.md) against the multiply-adds torch counts in each encoder layer's forward."""
+"""The FLOPs model (DESIGN.md) against the multiply-adds torch counts in each encoder layer's forward
+(one sequence; for DeBERTa the heads' projections of the position table and their c2p/p2c scores too)."""
 import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -32,5 +33,5 @@ def test_flops_model_matches_counted_multiply_adds(family):
     for l, layer in enumerate(layers):
         key = f"{type(model).__name__}.{names[id(layer)]}"
         counted = sum(counts.get(key, {}).values())
-        expected = model_flops([heads[l]], [neurons[l]], seq, adapter.hidden_size, adapter.head_size)
+        expected = model_flops([heads[l]], [neurons[l]], seq, adapter.hidden_size, adapter.head_size, adapter.relative)
         assert counted == pytest.approx(expected, rel=1e-12), (l, counts.get(key))

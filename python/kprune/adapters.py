@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kprune import deberta
 from kprune.errors import ConfigError, UnsupportedModelError
 from kprune.remote_modeling import kept_bias_heads
 
@@ -40,6 +41,12 @@ class Architecture:
     # path from the encoder to the module that computes one position bias for all heads, shared by every
     # layer (MPNet's relative attention bias, compute_position_bias): each layer takes its kept heads' slices
     position_bias: str | None = None
+    # paths, in a layer, of further projections with one block of rows per head, where the layer has them
+    # (DeBERTa's pos_key_proj / pos_query_proj): sliced with the heads
+    head_rows: tuple[str, ...] = ()
+    # path from the encoder to the module holding a relative-position table shared by every layer whose
+    # attention mixes it into the scores (DeBERTa's disentangled attention, computed by kprune.deberta)
+    relative: str | None = None
 
 
 _BERT_LIKE = dict(
@@ -67,6 +74,10 @@ ARCHITECTURES: dict[str, Architecture] = {
         _BERT_LIKE, family="mpnet", base="mpnet", query="attention.attn.q", key="attention.attn.k",
         value="attention.attn.v", attn_out="attention.attn.o", attn_norm="attention.LayerNorm",
         headless_target="attention.attn", position_bias="encoder")),
+    "deberta-v2": Architecture(**dict(
+        _BERT_LIKE, family="deberta-v2", base="deberta", query="attention.self.query_proj",
+        key="attention.self.key_proj", value="attention.self.value_proj",
+        head_rows=("attention.self.pos_key_proj", "attention.self.pos_query_proj"), relative="encoder")),
 }
 
 # a bare encoder (*Model) is a sentence-embedding model: its "head" is mean pooling + L2 normalisation
@@ -126,6 +137,8 @@ class LayerView:
     ffn_act: nn.Module
     head_size: int
     position_bias: Callable[[int], torch.Tensor] | None = None   # seq -> [1, heads kept, seq, seq], if any
+    # the family's own attention, (x, key_mask) -> context, where it is not scaled dot-product (DeBERTa)
+    context: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
 
     @property
     def num_heads(self) -> int:
@@ -154,6 +167,10 @@ class EncoderAdapter:
                 f"activation {act!r} is not supported; supported: {', '.join(sorted(ACTIVATION_NAMES))}"
             )
         self.activation = ACTIVATION_NAMES[act]
+        self.relative = None     # DeBERTa's position rows per head, for the FLOPs model
+        if self.arch.relative is not None:
+            deberta.check_supported(config)
+            self.relative = deberta.relative_terms(config)
 
     @property
     def encoder(self) -> nn.Module:
@@ -178,6 +195,7 @@ class EncoderAdapter:
             ffn_in=_get(layer, a.ffn_in), ffn_out=_get(layer, a.ffn_out), ffn_norm=_get(layer, a.ffn_norm),
             ffn_act=_get(layer, a.ffn_act), head_size=self.head_size,
             position_bias=None if a.position_bias is None else partial(self.position_bias, index),
+            context=None if a.relative is None else partial(self.relative_context, index),
         )
 
     def position_bias(self, index: int, seq: int) -> torch.Tensor:
@@ -185,6 +203,11 @@ class EncoderAdapter:
         table = _get(self.encoder, self.arch.position_bias)
         bias = table.compute_position_bias(next(table.parameters()).new_zeros(1, seq, 1))   # reads x's shape only
         return bias.index_select(1, kept_bias_heads(_get(self.layers[index], self.arch.headless_target), bias.shape[1]))
+
+    def relative_context(self, index: int, x: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
+        """Layer ``index``'s disentangled attention (DeBERTa) for its kept heads: [batch, seq, heads * d_h]."""
+        table = _get(self.encoder, self.arch.relative).get_rel_embedding()
+        return deberta.disentangled_context(_get(self.layers[index], self.arch.headless_target), table, x, key_mask)
 
     def replace_in_layer(self, index: int, path: str, module: nn.Module) -> None:
         _set(self.layers[index], path, module)
@@ -214,6 +237,8 @@ class EncoderAdapter:
         family = self.arch.family
         if family == "bert":
             return model.classifier(model.dropout(self.encoder.pooler(hidden)))
+        if family == "deberta-v2":   # ContextPooler: dense + activation on token 0
+            return model.classifier(model.dropout(model.pooler(hidden)))
         if family == "distilbert":
             pooled = F.relu(model.pre_classifier(hidden[:, 0]))
             return model.classifier(model.dropout(pooled))

@@ -2,18 +2,33 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 
-def head_flops(seq_len: float, hidden: int, head_size: int) -> float:
-    """Q, K, V projections, attention scores and mixing, and the output projection of one head."""
+class RelativeTerms(NamedTuple):
+    """Per head, the relative-position rows of DeBERTa's disentangled attention: ``projected`` rows of the
+    shared table go through the head's d -> d_h projections (once per forward, counted once per sequence as
+    a forward of one sequence computes them); each token scores ``scored`` rows (c2p and p2c together)."""
+
+    projected: int
+    scored: int
+
+
+def head_flops(seq_len: float, hidden: int, head_size: int, relative: RelativeTerms | None = None) -> float:
+    """Q, K, V projections, attention scores and mixing, and the output projection of one head (plus, for
+    DeBERTa, the projections of the position table and the scores of every token against them)."""
     s = float(seq_len)
-    return 6 * s * hidden * head_size + 4 * s * s * head_size + 2 * s * head_size * hidden
+    flops = 6 * s * hidden * head_size + 4 * s * s * head_size + 2 * s * head_size * hidden
+    if relative is not None:
+        flops += 2 * relative.projected * hidden * head_size + 2 * s * relative.scored * head_size
+    return flops
 
 
 def neuron_flops(seq_len: float, hidden: int) -> float:
     return 4 * float(seq_len) * hidden
 
 
-def model_flops(heads: Sequence[int], neurons: Sequence[int], seq_len: float, hidden: int, head_size: int) -> float:
-    fh, fn = head_flops(seq_len, hidden, head_size), neuron_flops(seq_len, hidden)
+def model_flops(heads: Sequence[int], neurons: Sequence[int], seq_len: float, hidden: int, head_size: int,
+                relative: RelativeTerms | None = None) -> float:
+    fh, fn = head_flops(seq_len, hidden, head_size, relative), neuron_flops(seq_len, hidden)
     return sum(h * fh + n * fn for h, n in zip(heads, neurons))

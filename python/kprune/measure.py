@@ -239,7 +239,7 @@ def measure_knowledge(model: nn.Module, samples, task: str = "classification", *
     seq_len = num_tokens / num_samples
     return Knowledge([kn[0] for kn in knowledge[0::2]], [kn[0] for kn in knowledge[1::2]],
                      [kn[1] for kn in knowledge[0::2]], [kn[1] for kn in knowledge[1::2]],
-                     head_flops(seq_len, adapter.hidden_size, adapter.head_size),
+                     head_flops(seq_len, adapter.hidden_size, adapter.head_size, adapter.relative),
                      neuron_flops(seq_len, adapter.hidden_size), num_samples, num_tokens)
 
 

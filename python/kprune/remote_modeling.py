@@ -28,6 +28,7 @@ class Layout(NamedTuple):
     ffn_in: str
     ffn_out: str
     position_bias: bool = False   # one position bias for all heads, shared by the layers: slice it per layer
+    head_rows: tuple[str, ...] = ()   # further per-head projections, where a layer has them (DeBERTa's pos_*_proj)
 
 
 _BERT_LIKE = dict(layers="encoder.layer", attention="attention.self",
@@ -45,6 +46,9 @@ LAYOUTS = {  # by config.model_type
     "mpnet": Layout(stem="MPNet", layers="encoder.layer", attention="attention.attn",
                     qkv=("attention.attn.q", "attention.attn.k", "attention.attn.v"), attn_out="attention.attn.o",
                     ffn_in="intermediate.dense", ffn_out="output.dense", position_bias=True),
+    "deberta-v2": Layout(stem="DebertaV2", **dict(
+        _BERT_LIKE, qkv=("attention.self.query_proj", "attention.self.key_proj", "attention.self.value_proj"),
+        head_rows=("attention.self.pos_key_proj", "attention.self.pos_query_proj"))),
 }
 HEADS = ("Model", "ForSequenceClassification", "ForQuestionAnswering")
 BASE_CLASSES = frozenset(layout.stem + head for layout in LAYOUTS.values() for head in HEADS)  # of transformers
@@ -117,6 +121,18 @@ def position_heads(model: nn.Module) -> list[list[int]] | None:
             if layer.get_submodule(layout.attn_out).in_features else [] for layer in layers]
 
 
+def present(layer: nn.Module, paths) -> tuple[str, ...]:
+    """Those of ``paths`` that exist in ``layer`` (optional projections such as DeBERTa's pos_key_proj)."""
+    found = []
+    for path in paths:
+        try:
+            layer.get_submodule(path)
+        except AttributeError:
+            continue
+        found.append(path)
+    return tuple(found)
+
+
 def _set(module: nn.Module, path: str, value: nn.Module) -> None:
     parent, _, name = path.rpartition(".")
     setattr(module.get_submodule(parent), name, value)
@@ -153,7 +169,7 @@ def shrink(model: nn.Module, heads_kept: list[int], neurons_kept: list[int],
         attention = layer.get_submodule(layout.attention)
         width = heads * attention.attention_head_size
         if width != layer.get_submodule(layout.attn_out).in_features:
-            for path in layout.qkv:
+            for path in layout.qkv + present(layer, layout.head_rows):
                 _resize(layer, path, out_features=width)
             _resize(layer, layout.attn_out, in_features=width)
             if heads == 0:

@@ -30,6 +30,8 @@ def attention_context(view: LayerView, x: torch.Tensor, key_mask: torch.Tensor) 
     heads = view.num_heads
     if heads == 0:
         return x.new_zeros(batch, seq, 0)
+    if view.context is not None:   # the family's own attention maths (DeBERTa's disentangled attention)
+        return view.context(x, key_mask)
     shape = (batch, seq, heads, view.head_size)
     q = view.query(x).view(shape).transpose(1, 2)
     k = view.key(x).view(shape).transpose(1, 2)

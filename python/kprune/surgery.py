@@ -15,7 +15,7 @@ from torch import nn
 from torch.nn.utils import skip_init
 
 from kprune.adapters import EncoderAdapter
-from kprune.remote_modeling import HeadlessAttention, keep_bias_heads, kept_bias_heads, shrink
+from kprune.remote_modeling import HeadlessAttention, keep_bias_heads, kept_bias_heads, present, shrink
 
 __all__ = ["HeadlessAttention", "head_columns", "prune_heads", "prune_neurons", "resize_to"]
 
@@ -51,7 +51,7 @@ def prune_heads(adapter: EncoderAdapter, layer: int, kept_heads: Sequence[int] |
     arch, view = adapter.arch, adapter.layer(layer)
     kept = torch.as_tensor(kept_heads, dtype=torch.long).sort().values
     cols = head_columns(kept, view.head_size)
-    for path in (arch.query, arch.key, arch.value):
+    for path in (arch.query, arch.key, arch.value) + present(adapter.layers[layer], arch.head_rows):
         adapter.replace_in_layer(layer, path, _slice_linear(adapter.get_in_layer(layer, path), rows=cols))
     adapter.replace_in_layer(layer, arch.attn_out, _slice_linear(view.attn_out, cols=cols))
     attention = adapter.get_in_layer(layer, arch.headless_target)
