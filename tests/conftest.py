@@ -12,7 +12,7 @@ import transformers
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
 
 VOCAB = 60
-FAMILIES = ("bert", "roberta", "xlm-roberta", "distilbert", "electra", "mpnet")
+FAMILIES = ("bert", "roberta", "xlm-roberta", "distilbert", "electra", "mpnet", "modernbert")
 HEADS = ("classification", "regression", "qa")
 
 
@@ -34,6 +34,11 @@ def tiny_config(family: str, head: str, layers: int = 2):
         return transformers.ElectraConfig(embedding_size=16, **bert_like)
     if family == "mpnet":   # transformers' MPNet always uses 32 relative-position buckets
         return transformers.MPNetConfig(pad_token_id=1, relative_attention_num_buckets=32, **bert_like)
+    if family == "modernbert":   # local layers see 3 tokens either side: shorter than most test sequences
+        return transformers.ModernBertConfig(
+            hidden_size=32, num_hidden_layers=layers, num_attention_heads=4, intermediate_size=40,
+            max_position_embeddings=72, local_attention=6, global_attn_every_n_layers=2, pad_token_id=0,
+            bos_token_id=1, cls_token_id=1, eos_token_id=1, sep_token_id=1, **common)
     raise ValueError(family)
 
 
