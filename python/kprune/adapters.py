@@ -41,7 +41,7 @@ class Architecture:
     # path from the encoder to the module that computes one position bias for all heads, shared by every
     # layer (MPNet's relative attention bias, compute_position_bias): each layer takes its kept heads' slices
     position_bias: str | None = None
-    fused_qkv: bool = False       # query, key and value are one projection (the three paths name it), head rows in each third
+    fused_qkv: bool = False       # query, key and value are one projection (all three paths name it)
     gated_ffn: bool = False       # ffn_in gives [value, gate] halves: a neuron is a row of each and a column of ffn_out
     pre_norm: bool = False        # attn_norm / ffn_norm normalise the sublayer's input, not the residual sum
     final_norm: str | None = None  # path from the encoder to a norm after the last layer (pre-norm encoders)
@@ -89,6 +89,9 @@ ACTIVATION_NAMES = {
     "gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu_fast": "gelu_tanh",
     "relu": "relu", "silu": "silu", "swish": "silu",
 }
+
+
+_NO_NORM = nn.Identity()   # after the residual sum of a pre-norm sublayer
 
 
 def _get(module: nn.Module, path: str) -> nn.Module:
@@ -201,8 +204,8 @@ class EncoderAdapter:
         pre = a.pre_norm
         return LayerView(
             query=_get(layer, a.query), key=_get(layer, a.key), value=_get(layer, a.value),
-            attn_out=_get(layer, a.attn_out), attn_norm=nn.Identity() if pre else attn_norm,
-            ffn_in=_get(layer, a.ffn_in), ffn_out=_get(layer, a.ffn_out), ffn_norm=nn.Identity() if pre else ffn_norm,
+            attn_out=_get(layer, a.attn_out), attn_norm=_NO_NORM if pre else attn_norm,
+            ffn_in=_get(layer, a.ffn_in), ffn_out=_get(layer, a.ffn_out), ffn_norm=_NO_NORM if pre else ffn_norm,
             ffn_act=_get(layer, a.ffn_act), head_size=self.head_size,
             position_bias=None if a.position_bias is None else partial(self.position_bias, index),
             attn_input_norm=attn_norm if pre else None, ffn_input_norm=ffn_norm if pre else None, gated=a.gated_ffn,

@@ -20,7 +20,8 @@ def check_config(config) -> None:
     """Refuse ModernBERT variants the functional forward does not compute, naming the option."""
     unknown = sorted(set(config.layer_types) - set(LAYER_TYPES))
     if unknown:
-        raise UnsupportedModelError(f"ModernBERT layer_types {unknown} are not supported; supported: {', '.join(LAYER_TYPES)}")
+        raise UnsupportedModelError(f"ModernBERT layer_types {unknown} are not supported; "
+                                    f"supported: {', '.join(LAYER_TYPES)}")
     if config.classifier_pooling not in POOLINGS:
         raise UnsupportedModelError(f"ModernBERT classifier_pooling={config.classifier_pooling!r} is not supported; "
                                     f"supported: {', '.join(POOLINGS)}")
