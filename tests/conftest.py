@@ -12,7 +12,7 @@ import transformers
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
 
 VOCAB = 60
-FAMILIES = ("bert", "roberta", "xlm-roberta", "distilbert", "electra", "mpnet", "deberta-v2")
+FAMILIES = ("bert", "roberta", "xlm-roberta", "distilbert", "electra", "mpnet", "deberta-v2", "modernbert")
 HEADS = ("classification", "regression", "qa")
 
 
@@ -38,6 +38,11 @@ def tiny_config(family: str, head: str, layers: int = 2):
         return transformers.DebertaV2Config(relative_attention=True, position_buckets=16, norm_rel_ebd="layer_norm",
                                             share_att_key=True, pos_att_type="p2c|c2p", position_biased_input=False,
                                             type_vocab_size=0, **bert_like)
+    if family == "modernbert":   # local layers see 3 tokens either side: shorter than most test sequences
+        return transformers.ModernBertConfig(
+            hidden_size=32, num_hidden_layers=layers, num_attention_heads=4, intermediate_size=40,
+            max_position_embeddings=72, local_attention=6, global_attn_every_n_layers=2, pad_token_id=0,
+            bos_token_id=1, cls_token_id=1, eos_token_id=1, sep_token_id=1, **common)
     raise ValueError(family)
 
 

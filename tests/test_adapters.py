@@ -41,8 +41,6 @@ def test_every_family_is_in_the_table():
 @pytest.mark.parametrize("name,config", [
     ("deberta", lambda: transformers.DebertaConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1,
                                                    num_attention_heads=2, intermediate_size=20, num_labels=2)),
-    ("modernbert", lambda: transformers.ModernBertConfig(vocab_size=50, pad_token_id=0, hidden_size=16, num_hidden_layers=1,
-                                                         num_attention_heads=2, intermediate_size=20, num_labels=2)),
 ])
 def test_encoders_not_yet_supported_are_refused_by_name(name, config):
     model = transformers.AutoModelForSequenceClassification.from_config(config())

@@ -73,7 +73,7 @@ def test_onnx_matches_pytorch_at_dynamic_shapes(family, head, how, tmp_path, cap
     export_via(how, capsys, tmp_path / "pruned", output)
     assert [p.name for p in output.parent.iterdir()] == ["model.onnx"]   # no temp file left behind
 
-    names = ["input_ids", "attention_mask"] + ([] if family == "distilbert" else ["token_type_ids"])
+    names = ["input_ids", "attention_mask"] + ([] if family in ("distilbert", "modernbert") else ["token_type_ids"])
     outputs = ["start_logits", "end_logits"] if head == "qa" else ["logits"]
     session = ort.InferenceSession(str(output), providers=["CPUExecutionProvider"])
     assert [i.name for i in session.get_inputs()] == names

@@ -33,5 +33,6 @@ def test_flops_model_matches_counted_multiply_adds(family):
     for l, layer in enumerate(layers):
         key = f"{type(model).__name__}.{names[id(layer)]}"
         counted = sum(counts.get(key, {}).values())
-        expected = model_flops([heads[l]], [neurons[l]], seq, adapter.hidden_size, adapter.head_size, adapter.relative)
+        expected = model_flops([heads[l]], [neurons[l]], seq, adapter.hidden_size, adapter.head_size,
+                               adapter.relative, gated=adapter.arch.gated_ffn)
         assert counted == pytest.approx(expected, rel=1e-12), (l, counts.get(key))

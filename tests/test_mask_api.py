@@ -280,7 +280,8 @@ def compose_by_hand(model, samples, task, reduction, config):
 
 @pytest.mark.parametrize("family,head,groups", [("bert", "classification", "batch"),
                                                 ("distilbert", "qa", "sample"),
-                                                ("roberta", "regression", "batch")])
+                                                ("roberta", "regression", "batch"),
+                                                ("modernbert", "qa", "sample")])
 def test_the_api_composed_by_hand_equals_prune(family, head, groups):
     model = tiny_model(family, head, layers=3, seed=13)
     samples = random_samples(20, seed=14)

@@ -213,7 +213,7 @@ def test_padded_tokenizer_batch_is_accepted():
     assert by_list["num_tokens"] == by_batch["num_tokens"] == sum(s["input_ids"].numel() for s in samples)
 
 
-@pytest.mark.parametrize("family", ["bert", "distilbert"])
+@pytest.mark.parametrize("family", ["bert", "distilbert", "modernbert"])
 def test_recomputed_backward_equals_one_graph(family):
     model = tiny_model(family, "classification", layers=3)
     samples = random_samples(20, seed=6)

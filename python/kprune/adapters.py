@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kprune import deberta
+from kprune import deberta, modernbert
 from kprune.errors import ConfigError, UnsupportedModelError
 from kprune.remote_modeling import kept_bias_heads
 
@@ -47,6 +47,11 @@ class Architecture:
     # path from the encoder to the module holding a relative-position table shared by every layer whose
     # attention mixes it into the scores (DeBERTa's disentangled attention, computed by kprune.deberta)
     relative: str | None = None
+    fused_qkv: bool = False       # query, key and value are one projection (all three paths name it)
+    gated_ffn: bool = False       # ffn_in gives [value, gate] halves: a neuron is a row of each and a column of ffn_out
+    pre_norm: bool = False        # attn_norm / ffn_norm normalise the sublayer's input, not the residual sum
+    final_norm: str | None = None  # path from the encoder to a norm after the last layer (pre-norm encoders)
+    token_types: bool = True      # the embeddings take token_type_ids
 
 
 _BERT_LIKE = dict(
@@ -68,7 +73,7 @@ ARCHITECTURES: dict[str, Architecture] = {
         key="attention.k_lin", value="attention.v_lin", attn_out="attention.out_lin",
         attn_norm="sa_layer_norm", ffn_in="ffn.lin1", ffn_out="ffn.lin2", ffn_norm="output_layer_norm",
         ffn_act="ffn.activation", headless_target="attention", heads_field="n_heads",
-        neurons_field="hidden_dim", hidden_field="dim", act_field="activation",
+        neurons_field="hidden_dim", hidden_field="dim", act_field="activation", token_types=False,
     ),
     "mpnet": Architecture(**dict(
         _BERT_LIKE, family="mpnet", base="mpnet", query="attention.attn.q", key="attention.attn.k",
@@ -78,6 +83,12 @@ ARCHITECTURES: dict[str, Architecture] = {
         _BERT_LIKE, family="deberta-v2", base="deberta", query="attention.self.query_proj",
         key="attention.self.key_proj", value="attention.self.value_proj",
         head_rows=("attention.self.pos_key_proj", "attention.self.pos_query_proj"), relative="encoder")),
+    "modernbert": Architecture(
+        family="modernbert", base="model", layers="layers", query="attn.Wqkv", key="attn.Wqkv", value="attn.Wqkv",
+        attn_out="attn.Wo", attn_norm="attn_norm", ffn_in="mlp.Wi", ffn_out="mlp.Wo", ffn_norm="mlp_norm",
+        ffn_act="mlp.act", headless_target="attn", heads_field="num_attention_heads",
+        neurons_field="intermediate_size", hidden_field="hidden_size", act_field="hidden_activation",
+        fused_qkv=True, gated_ffn=True, pre_norm=True, final_norm="final_norm", token_types=False),
 }
 
 # a bare encoder (*Model) is a sentence-embedding model: its "head" is mean pooling + L2 normalisation
@@ -88,6 +99,9 @@ ACTIVATION_NAMES = {
     "gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu_fast": "gelu_tanh",
     "relu": "relu", "silu": "silu", "swish": "silu",
 }
+
+
+_NO_NORM = nn.Identity()   # after the residual sum of a pre-norm sublayer
 
 
 def _get(module: nn.Module, path: str) -> nn.Module:
@@ -139,6 +153,17 @@ class LayerView:
     position_bias: Callable[[int], torch.Tensor] | None = None   # seq -> [1, heads kept, seq, seq], if any
     # the family's own attention, (x, key_mask) -> context, where it is not scaled dot-product (DeBERTa)
     context: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+    # pre-norm layers: the norms of the sublayers' inputs (attn_norm / ffn_norm are then identities)
+    attn_input_norm: nn.Module | None = None
+    ffn_input_norm: nn.Module | None = None
+    gated: bool = False       # ffn_in gives [value, gate]: act = ffn_act(value) * gate
+    # (x, key_mask) -> (q, k, v [batch, heads, seq, head_size], attention mask): a family's own attention inputs
+    attention_inputs: Callable | None = None
+
+    @property
+    def plain_ffn(self) -> bool:
+        """A post-norm, ungated FFN (what the compiled masked-FFN op computes)."""
+        return not self.gated and self.ffn_input_norm is None
 
     @property
     def num_heads(self) -> int:
@@ -171,6 +196,8 @@ class EncoderAdapter:
         if self.arch.relative is not None:
             deberta.check_supported(config)
             self.relative = deberta.relative_terms(config)
+        if self.arch.family == "modernbert":
+            modernbert.check_config(config)
 
     @property
     def encoder(self) -> nn.Module:
@@ -189,13 +216,18 @@ class EncoderAdapter:
     def layer(self, index: int) -> LayerView:
         layer = self.layers[index]
         a = self.arch
+        attn_norm, ffn_norm = _get(layer, a.attn_norm), _get(layer, a.ffn_norm)
+        pre = a.pre_norm
         return LayerView(
             query=_get(layer, a.query), key=_get(layer, a.key), value=_get(layer, a.value),
-            attn_out=_get(layer, a.attn_out), attn_norm=_get(layer, a.attn_norm),
-            ffn_in=_get(layer, a.ffn_in), ffn_out=_get(layer, a.ffn_out), ffn_norm=_get(layer, a.ffn_norm),
+            attn_out=_get(layer, a.attn_out), attn_norm=_NO_NORM if pre else attn_norm,
+            ffn_in=_get(layer, a.ffn_in), ffn_out=_get(layer, a.ffn_out), ffn_norm=_NO_NORM if pre else ffn_norm,
             ffn_act=_get(layer, a.ffn_act), head_size=self.head_size,
             position_bias=None if a.position_bias is None else partial(self.position_bias, index),
             context=None if a.relative is None else partial(self.relative_context, index),
+            attn_input_norm=attn_norm if pre else None, ffn_input_norm=ffn_norm if pre else None, gated=a.gated_ffn,
+            attention_inputs=partial(modernbert.attention_inputs, self.encoder, layer) if a.family == "modernbert"
+            else None,
         )
 
     def position_bias(self, index: int, seq: int) -> torch.Tensor:
@@ -220,8 +252,8 @@ class EncoderAdapter:
     def embed(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None) -> torch.Tensor:
         """Hidden states entering layer 0: [batch, seq, d]."""
         enc = self.encoder
-        if self.arch.family == "distilbert":
-            return enc.embeddings(input_ids)
+        if not self.arch.token_types:
+            return enc.embeddings(input_ids=input_ids)
         hidden = enc.embeddings(input_ids=input_ids, token_type_ids=token_type_ids)
         project = getattr(enc, "embeddings_project", None)
         return project(hidden) if project is not None else hidden
@@ -230,8 +262,12 @@ class EncoderAdapter:
         """Task logits from the last hidden states: [batch, labels] or, for QA, [batch, seq, 2]; for an
         embedding model the mean-pooled (over key_mask's real tokens), L2-normalised embedding [batch, d]."""
         model = self.model
+        if self.arch.final_norm is not None:
+            hidden = _get(self.encoder, self.arch.final_norm)(hidden)
         if self.head_kind == "embedding":
             return mean_pool_normalise(hidden, key_mask)
+        if self.arch.family == "modernbert":
+            return modernbert.task_head(model, self.head_kind, hidden, key_mask)
         if self.head_kind == "qa":
             return model.qa_outputs(hidden)
         family = self.arch.family

@@ -159,8 +159,9 @@ def _cmd_info(args) -> int:
 
     def reduction_at(seq_len: float) -> tuple[float, float, float]:
         full = model_flops([adapter.original_heads] * layers, [adapter.original_neurons] * layers, seq_len,
-                           adapter.hidden_size, adapter.head_size, adapter.relative)
-        now = model_flops(heads, neurons, seq_len, adapter.hidden_size, adapter.head_size, adapter.relative)
+                           adapter.hidden_size, adapter.head_size, adapter.relative, adapter.arch.gated_ffn)
+        now = model_flops(heads, neurons, seq_len, adapter.hidden_size, adapter.head_size, adapter.relative,
+                          adapter.arch.gated_ffn)
         return now, full, 1 - now / full
 
     now, full, reduction = reduction_at(args.seq_len)

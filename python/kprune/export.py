@@ -8,7 +8,7 @@ onnxruntime runs faster on CPU than the exported ``scaled_dot_product_attention`
 (fewer heads, a :class:`~kprune.surgery.HeadlessAttention`, no FFN neurons) are ordinary modules to it.
 
 The ONNX file takes ``input_ids`` and ``attention_mask`` (and ``token_type_ids`` for every family
-but DistilBERT), all int64 ``[batch, sequence]``, and gives ``logits`` (``[batch, labels]``) or,
+but DistilBERT and ModernBERT), all int64 ``[batch, sequence]``, and gives ``logits`` (``[batch, labels]``) or,
 for question answering, ``start_logits`` and ``end_logits`` (``[batch, sequence]``). The weights
 are stored inside the file, which is written to a temporary file beside the target and moved into
 place at the end.
@@ -35,9 +35,9 @@ _PROTOBUF_LIMIT = 2 ** 31 - 2 ** 24   # an ONNX file with embedded weights must 
 
 
 def input_names(model: nn.Module) -> list[str]:
-    """Inputs of the exported graph: DistilBERT has no token types."""
+    """Inputs of the exported graph: DistilBERT and ModernBERT have no token types."""
     names = ["input_ids", "attention_mask"]
-    return names if architecture_of(model).family == "distilbert" else names + ["token_type_ids"]
+    return names + ["token_type_ids"] if architecture_of(model).token_types else names
 
 
 def output_names(model: nn.Module) -> list[str]:

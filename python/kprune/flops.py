@@ -24,11 +24,12 @@ def head_flops(seq_len: float, hidden: int, head_size: int, relative: RelativeTe
     return flops
 
 
-def neuron_flops(seq_len: float, hidden: int) -> float:
-    return 4 * float(seq_len) * hidden
+def neuron_flops(seq_len: float, hidden: int, gated: bool = False) -> float:
+    """Input and output projection of one FFN neuron; a gated (GLU) neuron has two input rows (value, gate)."""
+    return (6 if gated else 4) * float(seq_len) * hidden
 
 
 def model_flops(heads: Sequence[int], neurons: Sequence[int], seq_len: float, hidden: int, head_size: int,
-                relative: RelativeTerms | None = None) -> float:
-    fh, fn = head_flops(seq_len, hidden, head_size, relative), neuron_flops(seq_len, hidden)
+                relative: RelativeTerms | None = None, gated: bool = False) -> float:
+    fh, fn = head_flops(seq_len, hidden, head_size, relative), neuron_flops(seq_len, hidden, gated)
     return sum(h * fh + n * fn for h, n in zip(heads, neurons))

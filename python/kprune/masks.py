@@ -131,7 +131,13 @@ def masked(model: nn.Module, masks: UnitMasks | None = None, probe=None) -> Iter
                 swapped.append((l, arch.attn_out, view.attn_out))
                 adapter.replace_in_layer(l, arch.attn_out, _MaskedSublayer(
                     "attention", 2 * l, view.attn_out, masks.heads[l], view.head_size, probe=probe))
-            if view.num_neurons:
+            if view.num_neurons and view.gated:
+                # value and gate rows stay in the input projection (every neuron runs there); the mask
+                # sits on the output projection's input, as for heads of width 1
+                swapped.append((l, arch.ffn_out, view.ffn_out))
+                adapter.replace_in_layer(l, arch.ffn_out, _MaskedSublayer(
+                    "attention", 2 * l + 1, view.ffn_out, masks.neurons[l], 1, probe=probe))
+            elif view.num_neurons:
                 for path, module in ((arch.ffn_in, view.ffn_in), (arch.ffn_act, view.ffn_act),
                                      (arch.ffn_out, view.ffn_out)):
                     swapped.append((l, path, module))

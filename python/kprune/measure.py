@@ -240,7 +240,7 @@ def measure_knowledge(model: nn.Module, samples, task: str = "classification", *
     return Knowledge([kn[0] for kn in knowledge[0::2]], [kn[0] for kn in knowledge[1::2]],
                      [kn[1] for kn in knowledge[0::2]], [kn[1] for kn in knowledge[1::2]],
                      head_flops(seq_len, adapter.hidden_size, adapter.head_size, adapter.relative),
-                     neuron_flops(seq_len, adapter.hidden_size), num_samples, num_tokens)
+                     neuron_flops(seq_len, adapter.hidden_size, adapter.arch.gated_ffn), num_samples, num_tokens)
 
 
 def mask_gradients(model: nn.Module, batches: Iterable[Mapping[str, torch.Tensor]],

@@ -111,9 +111,10 @@ class KPruner:
             self.teacher = EncoderAdapter(copy.deepcopy(self._input_model).to(self.device).eval())
         self.student = EncoderAdapter(student_model)
         t, d = self.teacher, self.teacher.hidden_size
-        self.unit_flops = (head_flops(self.seq_len, d, t.head_size, t.relative), neuron_flops(self.seq_len, d))
+        self.unit_flops = (head_flops(self.seq_len, d, t.head_size, t.relative),
+                           neuron_flops(self.seq_len, d, t.arch.gated_ffn))
         heads, neurons = t.units_kept()
-        self.flops_before = model_flops(heads, neurons, self.seq_len, d, t.head_size, t.relative)
+        self.flops_before = model_flops(heads, neurons, self.seq_len, d, t.head_size, t.relative, t.arch.gated_ffn)
         self.budget = (1.0 - self.flops_reduction) * self.flops_before
         self.remaining = self.budget
         self.params_before = count_parameters(self._input_model)
@@ -315,7 +316,8 @@ class KPruner:
     def report(self) -> dict:
         heads, neurons = self.student.units_kept()
         d, hs = self.student.hidden_size, self.student.head_size
-        flops_after = model_flops(heads, neurons, self.seq_len, d, hs, self.student.relative)
+        flops_after = model_flops(heads, neurons, self.seq_len, d, hs, self.student.relative,
+                                  self.student.arch.gated_ffn)
         return {
             "task": self.task,
             "architecture": self.student.arch.family,

@@ -29,6 +29,8 @@ class Layout(NamedTuple):
     ffn_out: str
     position_bias: bool = False   # one position bias for all heads, shared by the layers: slice it per layer
     head_rows: tuple[str, ...] = ()   # further per-head projections, where a layer has them (DeBERTa's pos_*_proj)
+    fused_qkv: bool = False       # qkv names one projection holding query, key and value rows
+    gated_ffn: bool = False       # ffn_in gives a value and a gate row per neuron
 
 
 _BERT_LIKE = dict(layers="encoder.layer", attention="attention.self",
@@ -49,6 +51,8 @@ LAYOUTS = {  # by config.model_type
     "deberta-v2": Layout(stem="DebertaV2", **dict(
         _BERT_LIKE, qkv=("attention.self.query_proj", "attention.self.key_proj", "attention.self.value_proj"),
         head_rows=("attention.self.pos_key_proj", "attention.self.pos_query_proj"))),
+    "modernbert": Layout(stem="ModernBert", layers="layers", attention="attn", qkv=("attn.Wqkv",),
+                         attn_out="attn.Wo", ffn_in="mlp.Wi", ffn_out="mlp.Wo", fused_qkv=True, gated_ffn=True),
 }
 HEADS = ("Model", "ForSequenceClassification", "ForQuestionAnswering")
 BASE_CLASSES = frozenset(layout.stem + head for layout in LAYOUTS.values() for head in HEADS)  # of transformers
@@ -167,10 +171,11 @@ def shrink(model: nn.Module, heads_kept: list[int], neurons_kept: list[int],
         raise ValueError(f"position_heads {bias_heads!r} does not give the indices of the {heads_kept} kept heads")
     for index, (layer, heads, neurons) in enumerate(zip(layers, heads_kept, neurons_kept)):
         attention = layer.get_submodule(layout.attention)
-        width = heads * attention.attention_head_size
+        head_size = getattr(attention, "attention_head_size", None) or attention.head_dim
+        width = heads * head_size
         if width != layer.get_submodule(layout.attn_out).in_features:
             for path in layout.qkv + present(layer, layout.head_rows):
-                _resize(layer, path, out_features=width)
+                _resize(layer, path, out_features=3 * width if layout.fused_qkv else width)
             _resize(layer, layout.attn_out, in_features=width)
             if heads == 0:
                 owns_out = layout.attn_out.startswith(layout.attention + ".")
@@ -185,7 +190,7 @@ def shrink(model: nn.Module, heads_kept: list[int], neurons_kept: list[int],
         if layout.position_bias and heads:
             keep_bias_heads(layer.get_submodule(layout.attention), bias_heads[index])
         if neurons != layer.get_submodule(layout.ffn_out).in_features:
-            _resize(layer, layout.ffn_in, out_features=neurons)
+            _resize(layer, layout.ffn_in, out_features=2 * neurons if layout.gated_ffn else neurons)
             _resize(layer, layout.ffn_out, in_features=neurons)
 
 

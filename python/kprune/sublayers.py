@@ -32,11 +32,14 @@ def attention_context(view: LayerView, x: torch.Tensor, key_mask: torch.Tensor) 
         return x.new_zeros(batch, seq, 0)
     if view.context is not None:   # the family's own attention maths (DeBERTa's disentangled attention)
         return view.context(x, key_mask)
-    shape = (batch, seq, heads, view.head_size)
-    q = view.query(x).view(shape).transpose(1, 2)
-    k = view.key(x).view(shape).transpose(1, 2)
-    v = view.value(x).view(shape).transpose(1, 2)
-    mask = key_mask[:, None, None, :]
+    if view.attention_inputs is not None:   # the family's own (ModernBERT: fused QKV, rotary, local window)
+        q, k, v, mask = view.attention_inputs(x, key_mask)
+    else:
+        shape = (batch, seq, heads, view.head_size)
+        q = view.query(x).view(shape).transpose(1, 2)
+        k = view.key(x).view(shape).transpose(1, 2)
+        v = view.value(x).view(shape).transpose(1, 2)
+        mask = key_mask[:, None, None, :]
     if view.position_bias is not None:   # an additive bias per head (the layer's slices of a shared table)
         bias = view.position_bias(seq).to(q.dtype)
         mask = bias.masked_fill(~mask, float("-inf"))
@@ -55,7 +58,7 @@ def run_sublayer(adapter: EncoderAdapter, k: int, x: torch.Tensor, key_mask: tor
     view = adapter.layer(k // 2)
     attention = k % 2 == 0
     if not attention and kprune_ext.EXTENSION_LOADED and not torch.is_grad_enabled() and view.num_neurons > 0 \
-            and not torch.is_autocast_enabled(x.device.type):
+            and view.plain_ffn and not torch.is_autocast_enabled(x.device.type):
         out, act = fused_ffn(view, x, adapter.activation)
     else:
         act = sublayer_act(adapter, k, x, key_mask)
@@ -65,15 +68,24 @@ def run_sublayer(adapter: EncoderAdapter, k: int, x: torch.Tensor, key_mask: tor
 
 
 def sublayer_act(adapter: EncoderAdapter, k: int, x: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
-    """Only the input of sublayer k's output projection (no output GEMM, no norm)."""
+    """Only the input of sublayer k's output projection (no output GEMM, no norm after it; a pre-norm
+    sublayer reads its normed input)."""
     view = adapter.layer(k // 2)
+    input_norm = view.attn_input_norm if k % 2 == 0 else view.ffn_input_norm
+    if input_norm is not None:
+        x = input_norm(x)
     if k % 2 == 0:
         return attention_context(view, x, key_mask)
+    if view.gated:
+        value, gate = view.ffn_in(x).chunk(2, dim=-1)
+        return view.ffn_act(value) * gate
     return view.ffn_act(view.ffn_in(x))
 
 
 def norm_backward(norm: torch.nn.Module, pre_norm: torch.Tensor, grad_output: torch.Tensor) -> torch.Tensor:
     """Gradient at the input of a LayerNorm from the gradient at its output."""
+    if isinstance(norm, torch.nn.Identity):   # pre-norm layers: nothing after the residual sum
+        return grad_output
     with torch.enable_grad():
         z = pre_norm.detach().requires_grad_()
         (grad,) = torch.autograd.grad(norm(z), z, grad_output)
@@ -98,10 +110,10 @@ def sublayer_backward(adapter: EncoderAdapter, k: int, x: torch.Tensor, pre_norm
         return grad_act, grad_act, grad_pre if need_input_grad else None
     if not need_input_grad:
         return (act if act is not None else sublayer_act(adapter, k, x, key_mask)), grad_act, None
-    if attention:
+    if attention or not view.plain_ffn:
         with torch.enable_grad():
             xg = x.detach().requires_grad_()
-            ctx = attention_context(view, xg, key_mask)
+            ctx = sublayer_act(adapter, k, xg, key_mask)
             (grad_x,) = torch.autograd.grad(ctx, xg, grad_act)
         return ctx.detach(), grad_act, grad_pre + grad_x
     # the first GEMM again (no bias), then the activation and its backward in one pass

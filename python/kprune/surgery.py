@@ -15,6 +15,7 @@ from torch import nn
 from torch.nn.utils import skip_init
 
 from kprune.adapters import EncoderAdapter
+from kprune.modernbert import fused_rows
 from kprune.remote_modeling import HeadlessAttention, keep_bias_heads, kept_bias_heads, present, shrink
 
 __all__ = ["HeadlessAttention", "head_columns", "prune_heads", "prune_neurons", "resize_to"]
@@ -51,7 +52,11 @@ def prune_heads(adapter: EncoderAdapter, layer: int, kept_heads: Sequence[int] |
     arch, view = adapter.arch, adapter.layer(layer)
     kept = torch.as_tensor(kept_heads, dtype=torch.long).sort().values
     cols = head_columns(kept, view.head_size)
-    for path in (arch.query, arch.key, arch.value) + present(adapter.layers[layer], arch.head_rows):
+    if arch.fused_qkv:   # one projection: the heads' rows in each of its three thirds
+        rows = fused_rows(cols, view.attn_out.in_features, 3)
+        adapter.replace_in_layer(layer, arch.query, _slice_linear(view.query, rows=rows))
+    separate = () if arch.fused_qkv else (arch.query, arch.key, arch.value)
+    for path in separate + present(adapter.layers[layer], arch.head_rows):
         adapter.replace_in_layer(layer, path, _slice_linear(adapter.get_in_layer(layer, path), rows=cols))
     adapter.replace_in_layer(layer, arch.attn_out, _slice_linear(view.attn_out, cols=cols))
     attention = adapter.get_in_layer(layer, arch.headless_target)
@@ -74,7 +79,8 @@ def prune_neurons(adapter: EncoderAdapter, layer: int, kept_neurons: Sequence[in
     """Keep only ``kept_neurons`` (indices into the layer's current neurons) of one layer."""
     arch, view = adapter.arch, adapter.layer(layer)
     kept = torch.as_tensor(kept_neurons, dtype=torch.long).sort().values
-    adapter.replace_in_layer(layer, arch.ffn_in, _slice_linear(view.ffn_in, rows=kept))
+    rows = fused_rows(kept, view.num_neurons, 2) if arch.gated_ffn else kept   # gated: value and gate rows
+    adapter.replace_in_layer(layer, arch.ffn_in, _slice_linear(view.ffn_in, rows=rows))
     adapter.replace_in_layer(layer, arch.ffn_out, _slice_linear(view.ffn_out, cols=kept))
 
 
