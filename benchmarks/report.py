@@ -391,6 +391,9 @@ def main(argv: list[str] | None = None) -> int:
     export = HERE / "results" / "export_latency.md"   # written by bench_export_latency.py
     if export.is_file():
         text += "\n" + export.read_text()
+    scale = HERE / "results" / "scale.md"   # the scale study, written by bench_scale.py
+    if scale.is_file():
+        text += "\n" + scale.read_text()
     text += "\n" + side_by_side_section()
     originals = HERE / "originals" / "RUNNING.md"   # how the original implementations were run
     if originals.is_file():
