@@ -68,6 +68,16 @@ def fit_memory(runs: list[dict]) -> dict | None:
     return {"m0": float(m0), "mT": float(mt), "mL": float(ml)}
 
 
+def held_out_depth(runs: list[dict]) -> list[tuple[str, float, float]]:
+    """(key, predicted, measured CPU s) of the deepest runs, from a fit on the shallower runs only."""
+    deepest = max(r["layers"] for r in runs)
+    fit = fit_time([r for r in runs if r["layers"] < deepest])
+    if fit is None:
+        return []
+    return [(r["key"], predict_cpu(fit, r["layers"], r["num_tokens"]), sum(r["step_cpu_seconds"]))
+            for r in runs if r["layers"] == deepest]
+
+
 def by_width(data: dict) -> dict[str, list[dict]]:
     out: dict[str, list[dict]] = {}
     for r in sorted(data["runs"].values(), key=lambda r: (r["hidden"], r["layers"], r["num_tokens"])):
@@ -164,6 +174,9 @@ def render(data: dict) -> str:
                          f"{t['c'] * 1e6:.1f} us (forward only, per sublayer), b = {t['b_att'] * 1e6:.1f} / "
                          f"{t['b_ffn'] * 1e6:.1f} us (tune + advance of an attention / FFN step); worst run error "
                          f"{f['worst_error']:+.0%}")
+        for key, predicted, measured in held_out_depth(by_width(data)[width]):
+            lines.append(f"- {width}: held out, {key} from the shallower runs' fit: {predicted:.0f} CPU s "
+                         f"predicted, {measured:.0f} measured ({predicted / measured - 1:+.0%})")
         if m:
             lines.append(f"- {width}: peak RSS = {m['m0']:.0f} MB + {m['mT'] * 1e3:.2f} MB per 1k tokens + "
                          f"{m['mL']:.0f} MB per layer")

@@ -114,3 +114,10 @@ def test_update_results_replaces_only_the_marked_part(tmp_path):
     bare.write_text("no markers\n")
     with pytest.raises(SystemExit, match="markers"):
         bench_scale.update_results("x", [bare])
+
+
+def test_held_out_depth_predicts_the_deepest_run_from_the_shallower():
+    runs = [synthetic_run(2, 1000), synthetic_run(2, 3000), synthetic_run(6, 1000)]
+    ((key, predicted, measured),) = sa.held_out_depth(runs)
+    assert key == "base-L6-T1000" and predicted == pytest.approx(measured, rel=1e-9)
+    assert sa.held_out_depth([synthetic_run(2, 1000)]) == []   # nothing shallower to fit on
