@@ -157,7 +157,9 @@ def extrapolations(data: dict) -> list[dict]:
         if tf is None:
             continue
         cpu = predict_cpu(tf, layers, tokens)
+        knowledge = tokens * layers * (2 * tf["c"] + (2 * layers - 1) * tf["a"])
         out.append({"key": f"{width}-L{layers}-T{tokens}", "cpu_seconds": cpu, "step_mean": cpu / (2 * layers),
+                    "knowledge_share": knowledge / cpu,
                     "peak_rss_mb": mf["m0"] + mf["mT"] * tokens + mf["mL"] * layers if mf else None,
                     "measured": f"{width}-L{layers}-T{tokens}" in data["runs"]})
     return out
@@ -185,14 +187,15 @@ def render(data: dict) -> str:
         lines += ["", "Extrapolated from the fits (not measured):", ""]
         for e in ext:
             rss = f", peak RSS {e['peak_rss_mb']:,.0f} MB" if e["peak_rss_mb"] else ""
-            lines.append(f"- {e['key']}: {_hours(e['cpu_seconds'])} CPU ({e['step_mean']:.0f} s per step){rss}"
+            lines.append(f"- {e['key']}: {_hours(e['cpu_seconds'])} CPU ({e['step_mean']:.0f} s per step, "
+                         f"{e['knowledge_share']:.0%} of it in the knowledge passes){rss}"
                          + (" (also measured)" if e["measured"] else ""))
     prof = data.get("profile")
     if prof and "categories" in prof:
         total = sum(prof["categories"].values())
         lines += ["", f"Profile of {prof['key']} (torch.profiler, {prof['wall_seconds']:.0f} s wall):", "",
                   "| where | share |", "|---|---|"]
-        lines += [f"| {k} | {v / total:.0%} |" for k, v in prof["categories"].items()]
+        lines += [f"| {k} | {v / total:.0%} |" for k, v in sorted(prof["categories"].items(), key=lambda kv: -kv[1])]
     return "\n".join(lines)
 
 
