@@ -64,7 +64,7 @@ def parse_key(key: str) -> tuple[str, int, int]:
 
 
 def _setup(key: str):
-    """The model, the sample and a KPruner of configuration ``key`` (with RSS and load before it)."""
+    """The model, the sample and a KPruner (50% reduction, kprune defaults) of configuration ``key``."""
     import kprune
 
     width, layers, tokens = parse_key(key)
@@ -76,8 +76,8 @@ def _setup(key: str):
 
 
 def _time_setup_cpu(pruner) -> list[float]:
-    """Wrap ``pruner._setup`` (run inside the first step) to record its CPU seconds; the list holds them,
-    then a 0 for every later step."""
+    """Wrap ``pruner._setup`` (run inside the first step) to record its CPU seconds: the list is popped once
+    per step, giving the setup's seconds at the first step and 0 after."""
     seconds = [0.0] * (2 * pruner.teacher.num_layers)
     setup = pruner._setup
 
