@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import time
@@ -19,25 +18,15 @@ RESULTS = Path(__file__).resolve().parent / "results" / "memory_scaling.json"
 
 
 def one_run(layers: int, num_tokens: int, hidden: int, recompute: bool = True) -> dict:
-    import torch
-    import transformers
-
     import kprune
+    from random_bert import random_bert, random_samples, rss_mb, weights_mb
 
-    torch.manual_seed(0)
-    config = transformers.BertConfig(vocab_size=1000, hidden_size=hidden, num_hidden_layers=layers,
-                                     num_attention_heads=hidden // 32, intermediate_size=4 * hidden, num_labels=2)
-    model = transformers.BertForSequenceClassification(config).eval()
-    g = torch.Generator().manual_seed(0)
-    samples, total = [], 0
-    while total < num_tokens:
-        n = int(torch.randint(16, 64, (1,), generator=g))
-        samples.append({"input_ids": torch.randint(5, 1000, (n,), generator=g)})
-        total += n
-    baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    model = random_bert(hidden, layers, hidden // 32, 4 * hidden, vocab=1000)
+    samples = random_samples(num_tokens, 16, 64, vocab=1000)
+    baseline = rss_mb()
     started = time.perf_counter()
     report = kprune.prune(model, samples, "classification", 0.5, kprune.KPruneConfig(progress=False, recompute=recompute)).report
-    model_mb = sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20
+    model_mb = weights_mb(model)
     # the student is a copy of the model: what remains is the working memory of the algorithm
     working = report["peak_rss_mb"] - baseline - model_mb
     return {"layers": layers, "hidden": hidden, "num_tokens": report["num_tokens"],

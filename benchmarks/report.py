@@ -416,6 +416,9 @@ def main(argv: list[str] | None = None) -> int:
     if export.is_file():
         text += "\n" + export.read_text()
     text += "\n" + embedding_section(HERE / "results")
+    scale = HERE / "results" / "scale.md"   # the scale study, written by bench_scale.py
+    if scale.is_file():
+        text += "\n" + scale.read_text()
     text += "\n" + side_by_side_section()
     originals = HERE / "originals" / "RUNNING.md"   # how the original implementations were run
     if originals.is_file():
