@@ -226,7 +226,7 @@ def test_cli_help_names_every_option(capsys):
     assert exit_info.value.code == 0
     for option, words in (("--model", "model folder"), ("--format", "onnx"),
                           ("--output", "file to write"), ("--opset", "18 to 23 (default 20)"),
-                          ("--overwrite", "replace an existing")):
+                          ("--overwrite", "replace an existing"), ("--no-optimize", "exporter's graph")):
         assert option in text and words in text
 
 
