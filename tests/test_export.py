@@ -1,14 +1,20 @@
 """ONNX export: pruned models of every family and head give PyTorch's outputs under onnxruntime."""
+from collections import Counter
+
 import numpy as np
 import pytest
 import torch
 
+import onnx
 import transformers
+from onnx import TensorProto, helper, numpy_helper
+from torch import nn
 
 from conftest import FAMILIES, HEADS, VOCAB, tiny_config, tiny_model
 from kprune import ConfigError, DataError, OutputDirError, UnsupportedModelError, export_model, save_pruned
 from kprune.adapters import EncoderAdapter
 from kprune.cli import main
+from kprune.onnx_layout import rewrite_for_cpu
 from kprune.surgery import prune_heads, prune_neurons
 
 ort = pytest.importorskip("onnxruntime")
@@ -46,6 +52,18 @@ def torch_outputs(model, inputs, names, outputs):
     return [getattr(result, name).numpy() for name in outputs]
 
 
+def ort_graph_ops(path, work):
+    """Op types of the graph onnxruntime runs after its own (ORT_ENABLE_ALL) optimisation of ``path``."""
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(work / "ort-optimised.onnx")
+    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return Counter(node.op_type for node in onnx.load(options.optimized_model_filepath).graph.node)
+
+
+def module_count(model, kind, nonempty=False):
+    return sum(isinstance(m, kind) and (not nonempty or m.weight.numel() > 0) for m in model.modules())
+
+
 def run_cli(capsys, *argv):
     code = main(["export", *argv])
     captured = capsys.readouterr()
@@ -79,6 +97,12 @@ def test_onnx_matches_pytorch_at_dynamic_shapes(family, head, how, tmp_path, cap
     assert [i.name for i in session.get_inputs()] == names
     assert [o.name for o in session.get_outputs()] == outputs
     assert all(isinstance(dim, str) for i in session.get_inputs() for dim in i.shape)   # dynamic axes
+    # the default graph keeps onnxruntime's slow fused SkipLayerNormalization out and puts every dense layer
+    # with weights (not the emptied ones) into a GEMM with its bias
+    ops = ort_graph_ops(output, tmp_path)
+    assert ops["SkipLayerNormalization"] == 0
+    assert ops["LayerNormalization"] == module_count(model, nn.LayerNorm)
+    assert ops["Gemm"] + ops["FusedGemm"] == module_count(model, nn.Linear, nonempty=True)
     unpruned = tiny_model(family, head)
     for size, seed in (((3, 11), 1), ((1, 5), 2)):
         inputs = batch(*size, seed)
@@ -202,5 +226,71 @@ def test_cli_help_names_every_option(capsys):
     assert exit_info.value.code == 0
     for option, words in (("--model", "model folder"), ("--format", "onnx"),
                           ("--output", "file to write"), ("--opset", "18 to 23 (default 20)"),
-                          ("--overwrite", "replace an existing")):
+                          ("--overwrite", "replace an existing"), ("--no-optimize", "exporter's graph")):
         assert option in text and words in text
+
+
+@pytest.mark.parametrize("how", ["api", "cli"])
+def test_unoptimized_graph_is_the_exporters(how, tmp_path, capsys):
+    model = pruned_model("bert", "classification")
+    output = tmp_path / "plain.onnx"
+    if how == "api":
+        export_model(model, output, optimize=False)
+    else:
+        save_pruned(model, tmp_path / "pruned")
+        code, _, err = run_cli(capsys, "--model", str(tmp_path / "pruned"), "--output", str(output), "--no-optimize")
+        assert code == 0, err
+    graph = onnx.load(output).graph
+    assert not any(name.startswith("kprune_") for node in graph.node for name in (node.name, *node.output))
+    assert ort_graph_ops(output, tmp_path)["SkipLayerNormalization"] > 0   # what the default graph avoids
+    names = ["input_ids", "attention_mask", "token_type_ids"]
+    inputs = batch(2, 7, 4)
+    session = ort.InferenceSession(str(output), providers=["CPUExecutionProvider"])
+    got = session.run(["logits"], {name: inputs[name].numpy() for name in names})[0]
+    np.testing.assert_allclose(got, torch_outputs(model, inputs, names, ["logits"])[0], atol=1e-4, rtol=0)
+
+
+def _layer_norm(x, gamma, beta, axis, eps=1e-5):
+    axes = tuple(range(axis % x.ndim, x.ndim))
+    mean = x.mean(axis=axes, keepdims=True)
+    var = ((x - mean) ** 2).mean(axis=axes, keepdims=True)
+    return (x - mean) / np.sqrt(var + eps) * gamma + beta
+
+
+def test_cpu_rewrite_keeps_the_numbers_and_leaves_other_patterns():
+    """Hand-made graph: the rewritten patterns and the ones left alone give numpy's numbers."""
+    rng = np.random.default_rng(0)
+    consts = {"w1": rng.normal(size=(6, 5)), "b1": rng.normal(size=5), "w2": rng.normal(size=(6, 4)),
+              "b2": rng.normal(size=4), "w0": np.zeros((6, 0)), "b0": np.zeros(0), "w3": rng.normal(size=(6, 5)),
+              "b3": rng.normal(size=(3, 5)), "g": rng.normal(size=5), "beta": rng.normal(size=5),
+              "g2": rng.normal(size=(3, 6)), "beta2": rng.normal(size=(3, 6))}
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["p"]), helper.make_node("Add", ["b1", "p"], ["a"]),   # rewritten
+             helper.make_node("MatMul", ["flat", "w1"], ["p2"]), helper.make_node("Add", ["p2", "b1"], ["a2"]),  # rank 2
+             helper.make_node("MatMul", ["x", "w2"], ["q"]), helper.make_node("Add", ["q", "b2"], ["c"]),  # q is output
+             helper.make_node("MatMul", ["x", "w0"], ["z"]), helper.make_node("Add", ["z", "b0"], ["e"]),  # zero-sized
+             helper.make_node("MatMul", ["x", "w3"], ["r"]), helper.make_node("Add", ["r", "b3"], ["f"]),  # 2-D bias
+             helper.make_node("LayerNormalization", ["a", "g", "beta"], ["n1"], epsilon=1e-5),          # rewritten
+             helper.make_node("LayerNormalization", ["x", "g2", "beta2"], ["n2"], axis=1, epsilon=1e-5)]
+    outputs = {"a2": ["b", 5], "q": ["b", 3, 4], "c": ["b", 3, 4], "e": ["b", 3, 0], "f": ["b", 3, 5],
+               "n1": ["b", 3, 5], "n2": ["b", 3, 6]}
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", 3, 6]),
+                     helper.make_tensor_value_info("flat", TensorProto.FLOAT, ["b", 6])],
+        [helper.make_tensor_value_info(name, TensorProto.FLOAT, shape) for name, shape in outputs.items()],
+        initializer=[numpy_helper.from_array(v.astype(np.float32), k) for k, v in consts.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)])
+    assert rewrite_for_cpu(model) == {"dense": 2, "layer_norm": 1}
+    onnx.checker.check_model(model, full_check=True)
+    assert Counter(n.op_type for n in model.graph.node)["MatMul"] == 3
+    x, flat = rng.normal(size=(4, 3, 6)).astype(np.float32), rng.normal(size=(2, 6)).astype(np.float32)
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    got = dict(zip(outputs, session.run(list(outputs), {"x": x, "flat": flat})))
+    k = {name: v.astype(np.float32).astype(np.float64) for name, v in consts.items()}
+    x64 = x.astype(np.float64)
+    a = x64 @ k["w1"] + k["b1"]
+    want = {"a2": flat.astype(np.float64) @ k["w1"] + k["b1"], "q": x64 @ k["w2"], "c": x64 @ k["w2"] + k["b2"],
+            "e": np.zeros((4, 3, 0)), "f": x64 @ k["w3"] + k["b3"], "n1": _layer_norm(a, k["g"], k["beta"], -1),
+            "n2": _layer_norm(x64, k["g2"], k["beta2"], 1)}
+    for name in outputs:
+        assert got[name].shape == want[name].shape, name
+        np.testing.assert_allclose(got[name], want[name], atol=1e-4, rtol=1e-5, err_msg=name)

@@ -183,7 +183,7 @@ def _cmd_info(args) -> int:
 def _cmd_export(args) -> int:
     from kprune.export import export_model
 
-    path = export_model(args.model, args.output, args.format, args.opset, args.overwrite)
+    path = export_model(args.model, args.output, args.format, args.opset, args.overwrite, args.optimize)
     print(json.dumps({"output": str(path), "format": args.format, "bytes": path.stat().st_size}))
     return 0
 
@@ -277,6 +277,9 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--output", required=True, help="file to write, e.g. model.onnx")
     x.add_argument("--opset", type=int, default=None, help="ONNX operator set, 18 to 23 (default 20)")
     x.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    x.add_argument("--optimize", action=argparse.BooleanOptionalAction, default=True,
+                   help="rewrite the graph (same outputs) so that onnxruntime runs it faster on CPU; "
+                        "--no-optimize keeps the exporter's graph (default: optimize)")
     x.set_defaults(func=_cmd_export, quiet=False, threads=None)
     return parser
 

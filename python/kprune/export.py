@@ -6,6 +6,9 @@ into the graph of transformers 5 models, so its output ignores padding; the ``to
 path does not. Attention is exported in its plain form (MatMul, Add, Softmax, MatMul), which
 onnxruntime runs faster on CPU than the exported ``scaled_dot_product_attention``. Pruned layers
 (fewer heads, a :class:`~kprune.surgery.HeadlessAttention`, no FFN neurons) are ordinary modules to it.
+By default the graph is then rewritten (exactly) so that onnxruntime's CPU optimiser does not put its
+slow fused SkipLayerNormalization kernel in and adds the biases inside the GEMMs: see
+:mod:`kprune.onnx_layout`.
 
 The ONNX file takes ``input_ids`` and ``attention_mask`` (and ``token_type_ids`` for every family
 but DistilBERT and ModernBERT), all int64 ``[batch, sequence]``, and gives ``logits`` (``[batch, labels]``) or,
@@ -133,7 +136,7 @@ def _umask() -> int:
     return mask
 
 
-def _write_onnx(model: nn.Module, target: Path, opset: int) -> None:
+def _write_onnx(model: nn.Module, target: Path, opset: int, optimize: bool) -> None:
     import onnx
 
     names, outputs = input_names(model), output_names(model)
@@ -149,6 +152,12 @@ def _write_onnx(model: nn.Module, target: Path, opset: int) -> None:
     try:
         os.chmod(temp, 0o666 & ~_umask())   # mkstemp makes it private; give it a new file's usual mode
         program.save(temp, external_data=False)
+        if optimize:
+            from kprune.onnx_layout import rewrite_for_cpu
+
+            graph = onnx.load(temp)
+            rewrite_for_cpu(graph)
+            onnx.save(graph, temp)
         onnx.checker.check_model(temp)
         os.replace(temp, target)
     except BaseException:
@@ -158,11 +167,13 @@ def _write_onnx(model: nn.Module, target: Path, opset: int) -> None:
 
 
 def export_model(model: nn.Module | str | os.PathLike, output: str | os.PathLike, fmt: str = "onnx",
-                 opset: int | None = None, overwrite: bool = False) -> Path:
+                 opset: int | None = None, overwrite: bool = False, optimize: bool = True) -> Path:
     """Export ``model`` (a model object, or a folder read with :func:`kprune.load_pruned`) to ``output``.
 
     ``fmt`` is ``"onnx"``; ``opset`` the ONNX operator set (18..23, default 20). An existing
-    ``output`` is refused unless ``overwrite``. Returns the path written.
+    ``output`` is refused unless ``overwrite``. ``optimize`` (default) rewrites the graph for
+    onnxruntime on CPU (:func:`kprune.onnx_layout.rewrite_for_cpu`, same outputs); ``False`` keeps the
+    exporter's graph. Returns the path written.
     """
     check_format(fmt)
     opset = check_opset(opset)
@@ -183,7 +194,7 @@ def export_model(model: nn.Module | str | os.PathLike, output: str | os.PathLike
     model.eval()
     try:
         with torch.no_grad():
-            _write_onnx(model, target, opset)
+            _write_onnx(model, target, opset, bool(optimize))
     finally:
         model.train(training)
     return target
