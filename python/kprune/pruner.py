@@ -34,6 +34,7 @@ from kprune.saving import SaveBudget, run_sublayer_saving, saved_bytes
 from kprune.search import search_kept
 from kprune.sublayers import run_sublayer, sublayer_backward
 from kprune.tuning import SublayerTuner, out_projection
+from kprune.views import FixedViews
 from kprune.surgery import prune_heads, prune_neurons
 
 logger = logging.getLogger(__name__)
@@ -148,12 +149,16 @@ class KPruner:
         precision = torch.autocast(self.device.type, getattr(torch, cfg.measure_dtype), cache_enabled=False) \
             if low else nullcontext()
         self.progress.phase("knowledge", len(self.batches))
-        with precision, self.collective.guard(f"measuring knowledge at sublayer {k}"):
-            for index, batch in enumerate(self.batches):
-                offsets = batch.token_offsets().to(self.device)
-                row_groups = self.groups.of_rows(batch).to(self.device) if grouped else None
-                pass_(k, index, batch, self.tuner.student_cache[index], with_grad, stats, (offsets, row_groups))
-                self.progress.tick()
+        student, self.student = self.student, FixedViews(self.student)   # no surgery during the pass
+        try:
+            with precision, self.collective.guard(f"measuring knowledge at sublayer {k}"):
+                for index, batch in enumerate(self.batches):
+                    offsets = batch.token_offsets().to(self.device)
+                    row_groups = self.groups.of_rows(batch).to(self.device) if grouped else None
+                    pass_(k, index, batch, self.tuner.student_cache[index], with_grad, stats, (offsets, row_groups))
+                    self.progress.tick()
+        finally:
+            self.student = student
         self.collective.all_reduce([tensor for st in stats.values() for tensor in st.sums()])
         return {j: st.finish() for j, st in stats.items()}
 
