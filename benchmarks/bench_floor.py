@@ -27,30 +27,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from json_results import write_json_atomically  # noqa: E402
+from run_grid import _reset_peak_rss as reset_peak_rss, _rss_mb as rss_mb  # noqa: E402  (peak RSS of a phase)
 
 RESULTS = Path(__file__).resolve().parent / "results" / "floor.json"
 CACHE = Path.home() / ".cache" / "kprune-bench"
-
-
-def rss_mb(field: str) -> float | None:
-    """VmRSS / VmHWM of this process in MB (None off Linux)."""
-    try:
-        with open("/proc/self/status", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return None
-
-
-def reset_peak_rss() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w", encoding="utf-8") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
 
 
 def load(model_dir: str, data_dir: str, task: str, num_tokens: int, seed: int):
