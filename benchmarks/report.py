@@ -415,6 +415,9 @@ def main(argv: list[str] | None = None) -> int:
     export = HERE / "results" / "export_latency.md"   # written by bench_export_latency.py
     if export.is_file():
         text += "\n" + export.read_text()
+    floor = HERE / "results" / "floor.md"   # benchmarks/bench_floor.py's numbers, written up
+    if floor.is_file():
+        text += "\n" + floor.read_text()
     text += "\n" + embedding_section(HERE / "results")
     scale = HERE / "results" / "scale.md"   # the scale study, written by bench_scale.py
     if scale.is_file():

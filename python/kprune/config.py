@@ -24,6 +24,7 @@ class KPruneConfig:
     compute_batch_size: int | None = None   # samples per compute batch (length-sorted); None: batch_size
     weight_tuning: bool = True        # KPWT; False for the ablation
     recompute: bool = True            # backward one sublayer at a time (memory nearly flat in depth); False: one graph
+    saved_mb: float = 256.0           # with recompute: MB of one batch's inner activations kept so their backward recomputes nothing
     measure_dtype: str = "float32"    # "bfloat16": knowledge measured under autocast (faster, approximate)
     use_pred: bool = True             # ablations: predictive / representational knowledge only
     use_rep: bool = True
@@ -35,6 +36,9 @@ class KPruneConfig:
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
                 raise ConfigError(f"{name}={value!r} must be a finite number >= 0")
+        if isinstance(self.saved_mb, bool) or not isinstance(self.saved_mb, (int, float)) \
+                or not math.isfinite(self.saved_mb) or self.saved_mb < 0:
+            raise ConfigError(f"saved_mb={self.saved_mb!r} must be a finite number of megabytes >= 0")
         if self.temperature <= 0:
             raise ConfigError(f"temperature={self.temperature!r} must be > 0")
         if not isinstance(self.batch_size, int) or self.batch_size < 1:

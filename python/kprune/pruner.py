@@ -30,9 +30,11 @@ from kprune.flops import head_flops, model_flops, neuron_flops
 from kprune.knowledge import UnitStatistics, distillation_loss, unit_scores
 from kprune.progress import RunProgress, step_costs
 from kprune.samples import Batch, GradientGroups, normalise_samples
+from kprune.saving import SaveBudget, run_sublayer_saving, saved_bytes
 from kprune.search import search_kept
 from kprune.sublayers import run_sublayer, sublayer_backward
 from kprune.tuning import SublayerTuner, out_projection
+from kprune.views import FixedViews
 from kprune.surgery import prune_heads, prune_neurons
 
 logger = logging.getLogger(__name__)
@@ -148,12 +150,16 @@ class KPruner:
         precision = torch.autocast(self.device.type, getattr(torch, cfg.measure_dtype), cache_enabled=False) \
             if low else nullcontext()
         self.progress.phase("knowledge", len(self.batches))
-        with precision, self.collective.guard(f"measuring knowledge at sublayer {k}"):
-            for index, batch in enumerate(self.batches):
-                offsets = batch.token_offsets().to(self.device)
-                row_groups = self.groups.of_rows(batch).to(self.device) if grouped else None
-                pass_(k, index, batch, self.tuner.student_cache[index], with_grad, stats, (offsets, row_groups))
-                self.progress.tick()
+        student, self.student = self.student, FixedViews(self.student)   # no surgery during the pass
+        try:
+            with precision, self.collective.guard(f"measuring knowledge at sublayer {k}"):
+                for index, batch in enumerate(self.batches):
+                    offsets = batch.token_offsets().to(self.device)
+                    row_groups = self.groups.of_rows(batch).to(self.device) if grouped else None
+                    pass_(k, index, batch, self.tuner.student_cache[index], with_grad, stats, (offsets, row_groups))
+                    self.progress.tick()
+        finally:
+            self.student = student
         self.collective.all_reduce([tensor for st in stats.values() for tensor in st.sums()])
         return {j: st.finish() for j, st in stats.items()}
 
@@ -200,15 +206,20 @@ class KPruner:
         """Forward without a graph keeping each sublayer's input and pre-LayerNorm sum, then backward
         one sublayer at a time (:func:`sublayer_backward`: the part below the output projection runs
         again, the projection itself does not). A batch's memory grows by two [tokens, d] tensors per
-        sublayer above k, not by the sublayers' inner activations."""
+        sublayer above k, plus the inner activations of the sublayers that fit in ``saved_mb``
+        (:mod:`kprune.saving`; those do not run again), not by every sublayer's inner activations."""
         num_sub = 2 * self.student.num_layers
         real = batch.key_mask
         saved = []
+        budget = SaveBudget(self.config.saved_mb)   # sublayers that fit keep what their backward needs
         with torch.no_grad():
             hidden = x
             for j in range(k, num_sub):
-                out = run_sublayer(self.student, j, hidden, real)
-                saved.append((hidden, out.pre_norm, out.act if j == k else None))
+                if j > k and budget.take(saved_bytes(self.student, j, hidden)):
+                    out, inner = run_sublayer_saving(self.student, j, hidden, real)
+                else:
+                    out, inner = run_sublayer(self.student, j, hidden, real), None
+                saved.append((hidden, out.pre_norm, out.act if j == k else None, inner))
                 hidden = out.output
         with torch.enable_grad():
             top = hidden.detach().requires_grad_()
@@ -216,9 +227,9 @@ class KPruner:
             self._check_logits(logits, k, index)
             (grad_hidden,) = torch.autograd.grad(self._loss(logits, index, batch), [top])
         for j in reversed(range(k, num_sub)):
-            xj, pre_norm, act = saved.pop()
+            xj, pre_norm, act, inner = saved.pop()
             act, grad_act, grad_hidden = sublayer_backward(self.student, j, xj, pre_norm, real, grad_hidden, act,
-                                                           need_input_grad=j > k)
+                                                           need_input_grad=j > k, saved=inner)
             stats[j].add(act[real], grad_act[real], *grouping)
 
     def _scores(self, k: int, stats: dict[int, UnitStatistics]) -> dict[int, torch.Tensor]:

@@ -93,13 +93,15 @@ def norm_backward(norm: torch.nn.Module, pre_norm: torch.Tensor, grad_output: to
 
 
 def sublayer_backward(adapter: EncoderAdapter, k: int, x: torch.Tensor, pre_norm: torch.Tensor, key_mask: torch.Tensor,
-                      grad_output: torch.Tensor, act: torch.Tensor | None = None, need_input_grad: bool = True):
+                      grad_output: torch.Tensor, act: torch.Tensor | None = None, need_input_grad: bool = True,
+                      saved=None):
     """Backward through sublayer k from the gradient at its output, given its input x and the
     pre-LayerNorm sum saved by the forward: returns (act, grad at act, grad at x or None).
 
     The output projection is never recomputed (its input gradient is one GEMM with the weight), so
     only the part of the sublayer below the act runs again, and nothing at all when ``act`` (from
-    the forward) is given and no input gradient is needed.
+    the forward) is given and no input gradient is needed, or when ``saved`` holds what
+    :func:`kprune.saving.run_sublayer_saving` kept.
     """
     view = adapter.layer(k // 2)
     attention = k % 2 == 0
@@ -112,12 +114,12 @@ def sublayer_backward(adapter: EncoderAdapter, k: int, x: torch.Tensor, pre_norm
         return (act if act is not None else sublayer_act(adapter, k, x, key_mask)), grad_act, None
     if attention or not view.plain_ffn:
         with torch.enable_grad():
-            xg = x.detach().requires_grad_()
-            ctx = sublayer_act(adapter, k, xg, key_mask)
+            xg, ctx = saved if saved is not None else (x.detach().requires_grad_(), None)
+            ctx = sublayer_act(adapter, k, xg, key_mask) if ctx is None else ctx
             (grad_x,) = torch.autograd.grad(ctx, xg, grad_act)
         return ctx.detach(), grad_act, grad_pre + grad_x
-    # the first GEMM again (no bias), then the activation and its backward in one pass
-    preact = torch.mm(x.reshape(-1, x.shape[-1]), view.ffn_in.weight.t())
+    # the first GEMM again (no bias) unless saved, then the activation and its backward in one pass
+    preact = saved if saved is not None else torch.mm(x.reshape(-1, x.shape[-1]), view.ffn_in.weight.t())
     act, grad_h = ops.activation_backward(preact, view.ffn_in.bias, grad_act.reshape(preact.shape).to(preact.dtype),
                                           adapter.activation)
     grad_x = torch.addmm(grad_pre.flatten(0, -2), grad_h, view.ffn_in.weight)

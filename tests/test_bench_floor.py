@@ -1,0 +1,65 @@
+"""benchmarks/bench_floor.py on a tiny fine-tuned-looking BERT and a tiny SST-2 folder: one command times a
+pass and a run, and the results file says what the table says."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("transformers")
+from transformers import BertForSequenceClassification  # noqa: E402
+
+from fixtures_data import make_bert_tokenizer, sst2_rows, tiny_bert_config, write_tsv  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import bench_floor  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def dirs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("floor")
+    model_dir = root / "sst2"
+    tokenizer = make_bert_tokenizer(model_dir)
+    torch.manual_seed(0)
+    BertForSequenceClassification(tiny_bert_config(tokenizer.vocab_size, num_hidden_layers=3)).save_pretrained(model_dir)
+    tokenizer.save_pretrained(str(model_dir))
+    data_dir = root / "SST-2"
+    write_tsv(data_dir / "train.tsv", sst2_rows(60))
+    return model_dir, data_dir
+
+
+def test_one_command_times_pass_and_run_and_records_them(dirs, tmp_path, capsys):
+    model_dir, data_dir = dirs
+    output = tmp_path / "floor.json"
+    entry = bench_floor.main(["--model", str(model_dir), "--data", str(data_dir), "--num-tokens", "300",
+                              "--flops-reduction", "0.6", "--output", str(output)])
+    stored = json.loads(output.read_text())["runs"]
+    assert stored == [entry]
+    assert entry["num_layers"] == 3 and entry["floor_passes"] == 3.5
+    assert entry["num_tokens"] >= 300 and entry["flops_reduction"] >= 0.6 - 1e-9
+    assert entry["pass_seconds"] > 0 and entry["run_seconds"] > 0
+    rounding = 0.0005 / entry["pass_seconds"] + 0.0005 / entry["run_seconds"]   # seconds are kept to 3 decimals
+    assert entry["ratio_to_floor"] == pytest.approx(entry["run_seconds"] / (3.5 * entry["pass_seconds"]),
+                                                    rel=2 * rounding + 1e-3)
+    assert {"measure", "tune", "advance", "search", "total"} <= set(entry["phase_seconds"])
+    printed = capsys.readouterr().out
+    assert f"{entry['ratio_to_floor']:.3f}x" in printed and "run phases" in printed
+    # a second run of the same case replaces the first rather than piling up
+    bench_floor.main(["--model", str(model_dir), "--data", str(data_dir), "--num-tokens", "300",
+                      "--flops-reduction", "0.6", "--output", str(output)])
+    assert len(json.loads(output.read_text())["runs"]) == 1
+
+
+def test_the_timed_pass_leaves_the_model_unchanged(dirs):
+    import kprune
+
+    model_dir, data_dir = dirs
+    model, samples = bench_floor.load(str(model_dir), str(data_dir), "sst2", 200, 0)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    wall, cpu = bench_floor.time_pass(model, samples, "classification", kprune.KPruneConfig(progress=False))
+    assert wall > 0 and cpu > 0
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, before[name]), name
