@@ -11,7 +11,30 @@ METHODS = {
     "kprune-pred-only": "K-prune with predictive knowledge only (λ_rep = 0)",
     "kprune-rep-only": "K-prune with representational knowledge only (λ_pred = 0)",
     "magnitude": "magnitude baseline: largest-weight heads and neurons, same fraction of each, no data",
+    # candidate improvements (issue 11): the paper's recipe plus one switch each
+    "kprune-damping-search": "K-prune, KPWT damping per sublayer chosen by 2-fold held-out error (damping_search)",
+    "kprune-head-refit": "K-prune, then the head's output layer re-fitted to the teacher's outputs (head_refit)",
+    "kprune-sample-fisher": "K-prune with per-sample Fisher gradients (gradient_groups='sample')",
+    "kprune-bf16-2x": "K-prune measuring in bfloat16 on a sample of twice the tokens (measure_dtype='bfloat16')",
+    "kprune-default": "K-prune with this version's defaults, KPruneConfig() (the paper's recipe is `kprune`)",
 }
+# KPruneConfig settings of every K-prune method, on top of the paper's recipe (KPruneConfig.paper);
+# None: the library's defaults (KPruneConfig()).
+KPRUNE_CONFIGS = {
+    "kprune": {},
+    "kprune-no-tuning": {"weight_tuning": False},
+    "kprune-pred-only": {"use_rep": False},
+    "kprune-rep-only": {"use_pred": False},
+    "kprune-damping-search": {"damping_search": True},
+    "kprune-head-refit": {"head_refit": True},
+    "kprune-sample-fisher": {"gradient_groups": "sample"},
+    "kprune-bf16-2x": {"measure_dtype": "bfloat16"},
+    "kprune-default": None,
+}
+TOKEN_FACTOR = {"kprune-bf16-2x": 2}   # methods drawing a larger sample than --num-tokens
+CANDIDATE_METHODS = ["kprune-damping-search", "kprune-head-refit", "kprune-sample-fisher", "kprune-bf16-2x"]
+CANDIDATE_REDUCTIONS = [0.6, 0.7, 0.8]
+CANDIDATE_SEEDS = [0, 1, 2]
 MAIN_METHODS = ["kprune", "kwon"]
 OTHER_METHODS = ["kprune-no-tuning", "kprune-pred-only", "kprune-rep-only", "magnitude"]
 REDUCTIONS = [0.4, 0.5, 0.6, 0.7, 0.8]
@@ -25,8 +48,10 @@ def cell_key(task: str, method: str, reduction: float, seed: int) -> str:
     return f"{task}/{method}/{reduction:.2f}/{seed}"
 
 
-def planned_cells(tasks: list[str], methods: list[str], reductions: list[float], seeds: list[int]) -> list[tuple]:
-    """All requested cells, in the order that gives the headline comparison first."""
+def planned_cells(tasks: list[str], methods: list[str], reductions: list[float], seeds: list[int],
+                  every_seed: bool = False) -> list[tuple]:
+    """All requested cells, in the order that gives the headline comparison first. The seeds after the
+    first run at 50% and 80% only, or at every reduction with ``every_seed``."""
     tasks = [t for t in TASK_ORDER if t in tasks] + [t for t in tasks if t not in TASK_ORDER]
     main = [m for m in methods if m in MAIN_METHODS]
     other = [m for m in methods if m not in MAIN_METHODS]
@@ -48,7 +73,7 @@ def planned_cells(tasks: list[str], methods: list[str], reductions: list[float],
     add(other, first, base)
     add(main + other, rest, base)
     extra = [s for s in seeds if s != seeds[0]]
-    seeded = [r for r in reductions if any(abs(r - f) < 1e-9 for f in SEEDED_REDUCTIONS)]
+    seeded = reductions if every_seed else [r for r in reductions if any(abs(r - f) < 1e-9 for f in SEEDED_REDUCTIONS)]
     add(main, seeded, extra)
     add(other, seeded, extra)
     return order

@@ -274,7 +274,7 @@ def render(grid: dict, plots_rel: str) -> str:
                       f"{c['latency']['b1_s128']['speedup']:.2f}× | {sum(c['heads_kept'])} | {sum(c['neurons_kept'])} |")
     w("")
 
-    planned = planned_cells(TASK_ORDER, list(METHODS), REDUCTIONS, [0] + EXTRA_SEEDS)
+    planned = planned_cells(TASK_ORDER, MAIN_METHODS + OTHER_METHODS, REDUCTIONS, [0] + EXTRA_SEEDS)
     missing = [cell_key(*c) for c in planned if cell_key(*c) not in grid["cells"]]
     w("## Missing cells")
     w("")
@@ -404,14 +404,18 @@ def main(argv: list[str] | None = None) -> int:
     grid = json.loads(args.grid.read_text())
     for task in tasks_in(grid):
         plot_task(grid, task, args.plots / f"{task}.png")
-    text = render(grid, str(args.plots.relative_to(args.output.parent)) if args.plots.is_relative_to(args.output.parent)
-                  else str(args.plots))
+    plots_rel = str(args.plots.relative_to(args.output.parent)) if args.plots.is_relative_to(args.output.parent) \
+        else str(args.plots)
+    text = render(grid, plots_rel)
     if args.larger_sample.is_file() and not args.no_larger_sample:
         larger = json.loads(args.larger_sample.read_text())
         if larger.get("cells"):
             source = (args.larger_sample.relative_to(HERE.parent) if args.larger_sample.is_relative_to(HERE.parent)
                       else args.larger_sample)
             text += "\n" + render_larger_sample(grid, larger, str(source))
+    import candidates_report   # candidate improvements against plain K-prune, when the grid holds them
+    section = candidates_report.render(grid, args.plots / "candidates.png", f"{plots_rel}/candidates.png")
+    text += "\n" + section if section else ""
     export = HERE / "results" / "export_latency.md"   # written by bench_export_latency.py
     if export.is_file():
         text += "\n" + export.read_text()

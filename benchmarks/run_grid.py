@@ -38,8 +38,9 @@ sys.path.insert(0, str(REPO / "examples"))  # finetune.py, latency.py (tooling, 
 sys.path.insert(0, str(HERE))
 
 from json_results import write_json_atomically  # noqa: E402
-from grid_spec import (EXTRA_SEEDS, LATENCY_SHAPES, MAIN_METHODS, METHODS, OTHER_METHODS, REDUCTIONS,  # noqa: E402
-                       TASK_ORDER, canonical_command, cell_key, planned_cells)
+from grid_spec import (CANDIDATE_METHODS, CANDIDATE_REDUCTIONS, CANDIDATE_SEEDS, EXTRA_SEEDS,  # noqa: E402
+                       KPRUNE_CONFIGS, LATENCY_SHAPES, MAIN_METHODS, METHODS, OTHER_METHODS, REDUCTIONS,
+                       TASK_ORDER, TOKEN_FACTOR, canonical_command, cell_key, planned_cells)
 
 logger = logging.getLogger("run_grid")
 
@@ -73,14 +74,10 @@ def prune_with(method: str, model, samples, kind: str, reduction: float, seed: i
     import kprune
     from peers import prune_kwon, prune_magnitude
 
-    configs = {
-        "kprune": {},
-        "kprune-no-tuning": {"weight_tuning": False},
-        "kprune-pred-only": {"use_rep": False},
-        "kprune-rep-only": {"use_pred": False},
-    }
-    if method in configs:
-        return kprune.prune(model, samples, kind, reduction, config=kprune.KPruneConfig(**configs[method]))
+    if method in KPRUNE_CONFIGS:
+        switches = KPRUNE_CONFIGS[method]
+        config = kprune.KPruneConfig() if switches is None else kprune.KPruneConfig.paper(**switches)
+        return kprune.prune(model, samples, kind, reduction, config=config)
     if method == "kwon":
         return prune_kwon(model, samples, kind, reduction, seed=seed)
     if method == "magnitude":
@@ -147,7 +144,7 @@ def run_cell(task: str, method: str, reduction: float, seed: int, data_dir: Path
     # pruning sample and evaluation at the task's lengths (the paper's: 128 tokens; SQuAD 384-token
     # windows with stride 128), whatever length the checkpoint was fine-tuned at
     max_length, doc_stride = spec.lengths()
-    samples = sample_features(task, data, tokenizer, num_tokens=num_tokens, seed=seed,
+    samples = sample_features(task, data, tokenizer, num_tokens=num_tokens * TOKEN_FACTOR.get(method, 1), seed=seed,
                               max_length=max_length, doc_stride=doc_stride)
     rss_before = _rss_mb("VmRSS")
     exact_peak = _reset_peak_rss()
@@ -225,10 +222,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-dir", type=Path, default=REPO.parent / "shared" / "data")
     parser.add_argument("--cache-dir", type=Path, default=Path("~/.cache/kprune-bench"))
     parser.add_argument("--tasks", nargs="+", default=TASK_ORDER)
-    parser.add_argument("--methods", nargs="+", default=MAIN_METHODS + OTHER_METHODS, choices=list(METHODS))
-    parser.add_argument("--reductions", nargs="+", type=float, default=REDUCTIONS)
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0] + EXTRA_SEEDS,
-                        help="the first is the fixed seed of every cell; the others run at 50%% and 80%% only")
+    parser.add_argument("--methods", nargs="+", default=None, choices=list(METHODS),
+                        help="default: the main methods and ablations; with --study candidates: kprune and the candidates")
+    parser.add_argument("--reductions", nargs="+", type=float, default=None)
+    parser.add_argument("--seeds", nargs="+", type=int, default=None,
+                        help="the first is the fixed seed of every cell; the others run at 50%% and 80%% only "
+                             "(at every reduction with --study candidates)")
+    parser.add_argument("--study", choices=("grid", "candidates"), default="grid",
+                        help="candidates: plain K-prune (the paper's recipe) and each candidate improvement at "
+                             "60/70/80%%, three seeds each, into the same grid.json")
     parser.add_argument("--num-tokens", type=int, default=100_000)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
@@ -254,7 +256,11 @@ def main(argv: list[str] | None = None) -> int:
 
     from finetune import read_record
 
-    cells = planned_cells(args.tasks, args.methods, args.reductions, args.seeds)
+    candidates = args.study == "candidates"
+    args.methods = args.methods or (["kprune"] + CANDIDATE_METHODS if candidates else MAIN_METHODS + OTHER_METHODS)
+    args.reductions = args.reductions or (CANDIDATE_REDUCTIONS if candidates else REDUCTIONS)
+    args.seeds = args.seeds or (CANDIDATE_SEEDS if candidates else [0] + EXTRA_SEEDS)
+    cells = planned_cells(args.tasks, args.methods, args.reductions, args.seeds, every_seed=candidates)
     grid = load_grid(args.output)
     if args.list:
         for cell in cells:

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from kprune import console
-from kprune.config import GRADIENT_GROUPS, MEASURE_DTYPES
+from kprune.config import GRADIENT_GROUPS, MEASURE_DTYPES, RECIPES
 from kprune.errors import ConfigError, DataError, KPruneError
 
 logger = logging.getLogger("kprune")
@@ -102,9 +102,13 @@ def _cmd_prune(args) -> int:
                                       max_length=args.max_length, doc_stride=args.doc_stride,
                                       progress=not args.quiet and ranks.rank == 0)
         sampling = time.perf_counter() - started
-    config = KPruneConfig(batch_size=args.batch_size, gradient_groups=args.gradient_groups, seed=args.seed,
-                          measure_dtype=args.measure_dtype,
-                          weight_tuning=not args.no_weight_tuning, progress=not args.quiet and ranks.rank == 0)
+    chosen = {name: value for name, value in (("gradient_groups", args.gradient_groups),
+                                              ("measure_dtype", args.measure_dtype)) if value is not None}
+    if args.no_weight_tuning:
+        chosen["weight_tuning"] = False
+    # --recipe paper pins the paper's settings whatever the defaults; flags given explicitly still apply
+    config = KPruneConfig.recipe(args.recipe, batch_size=args.batch_size, seed=args.seed,
+                                 progress=not args.quiet and ranks.rank == 0, **chosen)
     result = prune(model, samples, "embedding" if embedding else spec.kind, args.flops_reduction, config,
                    process_group=group)
     report = dict(result.report, task_name=args.task if embedding else spec.name, data=str(args.data),
@@ -244,9 +248,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-tokens", type=int, default=100_000, help="tokens in the pruning sample")
     p.add_argument("--seed", type=int, default=0, help="seed of the sample and of the gradient batches")
     p.add_argument("--batch-size", type=int, default=32, help="samples per batch of the gradients")
-    p.add_argument("--gradient-groups", choices=GRADIENT_GROUPS, default="batch",
-                   help="batch: the paper's batch gradients; sample: per-sample Fisher")
-    p.add_argument("--measure-dtype", choices=MEASURE_DTYPES, default="float32",
+    p.add_argument("--recipe", choices=RECIPES, default="default",
+                   help="paper: the paper's recipe exactly (Park et al. 2024), whatever this version's defaults")
+    p.add_argument("--gradient-groups", choices=GRADIENT_GROUPS, default=None,
+                   help="batch: the paper's batch gradients; sample: per-sample Fisher (default: the recipe's)")
+    p.add_argument("--measure-dtype", choices=MEASURE_DTYPES, default=None,
                    help="precision of the knowledge measurement; bfloat16 is faster on CPUs and GPUs with bf16 "
                         "matrix units, and approximate")
     p.add_argument("--no-weight-tuning", action="store_true", help="skip the least-squares weight tuning")

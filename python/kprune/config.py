@@ -28,6 +28,8 @@ class KPruneConfig:
     measure_dtype: str = "float32"    # "bfloat16": knowledge measured under autocast (faster, approximate)
     use_pred: bool = True             # ablations: predictive / representational knowledge only
     use_rep: bool = True
+    damping_search: bool = False      # KPWT damping per sublayer by 2-fold held-out error (kprune.heldout)
+    head_refit: bool = False          # last re-fit of the task head's output layer to the teacher (kprune.head_refit)
     device: str = "cpu"
     progress: bool = True             # tqdm bars
 
@@ -56,12 +58,35 @@ class KPruneConfig:
             raise ConfigError("use_pred and use_rep are both False: at least one kind of knowledge is needed")
         return self
 
+    @classmethod
+    def paper(cls, **overrides) -> "KPruneConfig":
+        """The paper's recipe (:data:`PAPER_RECIPE`), whatever the defaults become; ``overrides`` set the rest
+        (device, seed, batching, progress) or deliberately change the recipe."""
+        return cls(**{**PAPER_RECIPE, **overrides})
+
+    @classmethod
+    def recipe(cls, name: str, **overrides) -> "KPruneConfig":
+        """``"default"``: this version's defaults; ``"paper"``: :meth:`paper`."""
+        if name not in RECIPES:
+            raise ConfigError(f"recipe={name!r}; accepted: {', '.join(RECIPES)}")
+        return cls.paper(**overrides) if name == "paper" else cls(**overrides)
+
     @property
     def compute_batch(self) -> int:
         return self.compute_batch_size or self.batch_size
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+# Every setting that changes which units are kept or the weights written, at the paper's values
+# (Park et al., ICLR 2024); tests/test_candidates.py checks that a new KPruneConfig field is either here
+# or one of RECIPE_FREE.
+PAPER_RECIPE = dict(lambda_pred=1.0, lambda_rep=2.5e-4, mu=64.0, temperature=2.0, damping=1e-4, batch_size=32,
+                    gradient_groups="batch", weight_tuning=True, measure_dtype="float32", use_pred=True,
+                    use_rep=True, damping_search=False, head_refit=False)
+RECIPE_FREE = ("seed", "compute_batch_size", "recompute", "device", "progress")
+RECIPES = ("default", "paper")
 
 
 def check_reduction(flops_reduction: float) -> float:

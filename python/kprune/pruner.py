@@ -27,6 +27,8 @@ from kprune.config import KPruneConfig, check_reduction, check_task_kind
 from kprune.distributed import Collective, local_batches
 from kprune.errors import ConfigError, NumericalError
 from kprune.flops import head_flops, model_flops, neuron_flops
+from kprune.head_refit import refit_head
+from kprune.heldout import refit_selecting_damping, sample_folds
 from kprune.knowledge import UnitStatistics, distillation_loss, unit_scores
 from kprune.progress import RunProgress, step_costs
 from kprune.samples import Batch, GradientGroups, normalise_samples
@@ -100,6 +102,7 @@ class KPruner:
         self.steps_done: list[StepResult] = []
         self.bytes_per_step: list[int] = []
         self.progress = RunProgress([], enabled=False)
+        self.extras: dict = {}   # what the candidate switches chose (damping_search, head_refit), for the report
 
     # -- setup ------------------------------------------------------------------------------------
 
@@ -258,7 +261,11 @@ class KPruner:
         timer = time.perf_counter()
         if self.config.weight_tuning and kept.numel() > 0:
             self.progress.phase("tuning", len(self.batches))
-            self.tuner.refit(k, damping=self.config.damping)
+            if self.config.damping_search:
+                self.extras.setdefault("damping_search", []).append(refit_selecting_damping(
+                    self.tuner, k, sample_folds(self.num_samples, self.config.seed), self.config.damping))
+            else:
+                self.tuner.refit(k, damping=self.config.damping)
         self.seconds["tune"] += time.perf_counter() - timer
         timer = time.perf_counter()
         with self.collective.guard(f"advancing past sublayer {k}"):
@@ -308,6 +315,12 @@ class KPruner:
                 self.steps_done.append(result)
                 self.progress.finish(f"layer {result.layer} {result.kind} kept {len(result.kept)}/{result.total}")
                 yield result
+            if cfg.head_refit:
+                timer = time.perf_counter()
+                self.extras["head_refit"] = refit_head(self.student, self.tuner.student_cache, self.batches,
+                                                       self.teacher_logits, sample_folds(self.num_samples, cfg.seed),
+                                                       self.collective)
+                self.seconds["head_refit"] += time.perf_counter() - timer
         finally:
             self.progress.close()
             self._input_model.train(self._was_training)
@@ -350,6 +363,7 @@ class KPruner:
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
             "extension": kprune_ext.EXTENSION_LOADED,
             "config": self.config.to_dict(),
+            **self.extras,
             **self.collective.summary(self.bytes_per_step),
         }
 

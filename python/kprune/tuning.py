@@ -82,6 +82,7 @@ class SublayerTuner:
                 else [self.student.embed(b.input_ids, b.token_type_ids) for b in batches]
         self._next_teacher: list[torch.Tensor] | None = None
         self.on_batch = None   # called after each batch of a statistics pass (progress bars)
+        self.observer = None   # observer(batch, act, target, columns) per batch of a statistics pass (kprune.heldout)
 
     @property
     def num_sublayers(self) -> int:
@@ -118,6 +119,8 @@ class SublayerTuner:
                     if width:
                         act = sublayer_act(self.student, sublayer, self.student_cache[index], real)[real]
                         ops.gram_accumulate(act, target, columns, gram, cross)
+                        if self.observer is not None:
+                            self.observer(batch, act, target, columns)
                 if self.on_batch is not None:
                     self.on_batch()
         self.collective.all_reduce([gram, cross, totals])
@@ -129,8 +132,11 @@ class SublayerTuner:
         """Re-fit sublayer k's output projection on its (kept) units, in place; returns the new Wᵀ [k, d].
 
         With ``kept`` given, the other units' columns are set to zero: the model then computes what it
-        would with those units masked out (or removed)."""
+        would with those units masked out (or removed). ``damping`` may be a function of the
+        :class:`LeastSquaresStats` that returns it (chosen once the statistics are in)."""
         stats = self.statistics(sublayer, kept)
+        if callable(damping):
+            damping = damping(stats)
         out_proj = out_projection(self.student, sublayer)
         columns = kept_columns(self.student, sublayer, kept, out_proj.weight.device)
         if stats.gram.shape[0] == 0:

@@ -1,0 +1,153 @@
+"""The "Beyond the paper" section of RESULTS.md: each candidate improvement against plain K-prune (the
+paper's recipe, method `kprune`) on the same samples (same task, reduction and seed), from grid.json.
+
+    python benchmarks/candidates_report.py [--grid benchmarks/results/grid.json] [--plot PATH]
+
+report.py appends this section when the grid holds candidate cells (run them with
+``python benchmarks/run_grid.py --study candidates``). The rule for a new default (issue 11): a gain on the
+mean over tasks at 70% and at 80%, on no task (at 60/70/80%) a loss larger than plain K-prune's seed
+standard deviation there, and at most 1.5x plain K-prune's pruning seconds.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from grid_spec import CANDIDATE_METHODS, CANDIDATE_REDUCTIONS, METHODS, TASK_ORDER, cell_key  # noqa: E402
+
+BASE = "kprune"
+MAX_COST = 1.5
+RULE_REDUCTIONS = (0.7, 0.8)
+
+
+def _scale(task: str, value: float) -> float:
+    return value if task == "squad" else 100 * value
+
+
+def paired(grid: dict, task: str, method: str, reduction: float) -> list[tuple[dict, dict]]:
+    """(candidate cell, plain K-prune cell) for every seed where both ran."""
+    cells = grid["cells"]
+    out = []
+    for c in cells.values():
+        if c["task"] == task and c["method"] == method and abs(c["reduction_target"] - reduction) < 1e-9:
+            base = cells.get(cell_key(task, BASE, reduction, c["seed"]))
+            if base is not None:
+                out.append((c, base))
+    return sorted(out, key=lambda p: p[0]["seed"])
+
+
+def _std(values: list[float]) -> float:
+    return statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def summarise(grid: dict, method: str) -> dict:
+    """Per (task, reduction): paired means, the difference and plain K-prune's seed std; per reduction the
+    mean difference over tasks; the time ratio; and the verdict of the rule."""
+    tasks = [t for t in TASK_ORDER if any(c["task"] == t for c in grid["cells"].values())]
+    rows, by_reduction, seconds = {}, {}, [[], []]
+    for r in CANDIDATE_REDUCTIONS:
+        diffs = []
+        for t in tasks:
+            pairs = paired(grid, t, method, r)
+            if not pairs:
+                continue
+            cand = [_scale(t, c["metric"]) for c, _ in pairs]
+            base = [_scale(t, b["metric"]) for _, b in pairs]
+            diff = statistics.fmean(cand) - statistics.fmean(base)
+            rows[(t, r)] = {"candidate": statistics.fmean(cand), "base": statistics.fmean(base), "diff": diff,
+                            "base_std": _std(base), "seeds": len(pairs),
+                            "extra_s": statistics.fmean(c["prune_seconds"] - b["prune_seconds"] for c, b in pairs)}
+            diffs.append(diff)
+            seconds[0] += [c["prune_seconds"] for c, _ in pairs]
+            seconds[1] += [b["prune_seconds"] for _, b in pairs]
+        if diffs:
+            by_reduction[r] = (statistics.fmean(diffs), len(diffs))
+    ratio = sum(seconds[0]) / sum(seconds[1]) if seconds[1] else None
+    gains = all(r in by_reduction and by_reduction[r][0] > 0 for r in RULE_REDUCTIONS)
+    losses = [f"{t} {int(round(100 * r))}%" for (t, r), row in rows.items() if row["diff"] < -row["base_std"]]
+    cheap = ratio is not None and ratio <= MAX_COST
+    return {"rows": rows, "by_reduction": by_reduction, "time_ratio": ratio, "tasks": tasks,
+            "passes": gains and not losses and cheap, "losses": losses, "gains": gains, "cheap": cheap}
+
+
+def plot(grid: dict, methods: list[str], path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(methods), figsize=(4.2 * len(methods), 3.6), dpi=110, squeeze=False, sharey=True)
+    for ax, method in zip(axes[0], methods):
+        s = summarise(grid, method)
+        for t in s["tasks"]:
+            xs = [100 * r for r in CANDIDATE_REDUCTIONS if (t, r) in s["rows"]]
+            ys = [s["rows"][(t, r)]["diff"] for r in CANDIDATE_REDUCTIONS if (t, r) in s["rows"]]
+            errs = [s["rows"][(t, r)]["base_std"] for r in CANDIDATE_REDUCTIONS if (t, r) in s["rows"]]
+            ax.errorbar(xs, ys, yerr=errs, marker="o", capsize=3, label=t, linewidth=1)
+        done = [r for r in CANDIDATE_REDUCTIONS if r in s["by_reduction"]]
+        ax.plot([100 * r for r in done], [s["by_reduction"][r][0] for r in done], color="black", linewidth=2.5,
+                label="mean over tasks")
+        ax.axhline(0, color="grey", linewidth=0.8)
+        ax.set_title(method.replace("kprune-", ""), fontsize=10)
+        ax.set_xlabel("FLOPs reduction (%)")
+    axes[0][0].set_ylabel("candidate − K-prune (metric ×100)")
+    axes[0][-1].legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def render(grid: dict, plot_path: Path | None = None, plot_rel: str | None = None) -> str:
+    """The markdown section ("" when the grid holds no candidate cell)."""
+    methods = [m for m in CANDIDATE_METHODS if any(c["method"] == m for c in grid["cells"].values())]
+    if not methods:
+        return ""
+    out = ["## Beyond the paper: candidate improvements against plain K-prune", "",
+           "Each candidate is the paper's recipe plus one switch (`KPruneConfig`, off by default), on the same "
+           "samples as `kprune` (same task, reduction and seed). Filled by `python benchmarks/run_grid.py --study "
+           "candidates` (resumable). Cell: candidate − K-prune, mean over the seeds both ran (metric ×100); in "
+           "brackets K-prune's seed std. Extra s: mean extra pruning seconds per cell (cores shared: noisy). Rule "
+           "for a new default: gain on the mean over tasks at 70% and 80%, no loss beyond K-prune's seed std on "
+           f"any task, at most {MAX_COST}x the time.", ""]
+    if plot_path is not None:
+        plot(grid, methods, plot_path)
+        out += [f"![candidates]({plot_rel or plot_path})", ""]
+    header = "| candidate | task | " + " | ".join(f"{int(round(100 * r))}%" for r in CANDIDATE_REDUCTIONS) + " | extra s (80%) |"
+    out += [header, "|---|---|" + "---|" * len(CANDIDATE_REDUCTIONS) + "---|"]
+    verdicts = []
+    for method in methods:
+        s = summarise(grid, method)
+        for t in s["tasks"]:
+            cells = [f"{s['rows'][(t, r)]['diff']:+.2f} (±{s['rows'][(t, r)]['base_std']:.2f}, {s['rows'][(t, r)]['seeds']} seeds)"
+                     if (t, r) in s["rows"] else "—" for r in CANDIDATE_REDUCTIONS]
+            extra = s["rows"].get((t, 0.8), {}).get("extra_s")
+            out.append(f"| {method} | {t} | " + " | ".join(cells) + f" | {'—' if extra is None else f'{extra:+.0f}'} |")
+        means = [f"**{s['by_reduction'][r][0]:+.2f}** ({s['by_reduction'][r][1]} tasks)" if r in s["by_reduction"]
+                 else "—" for r in CANDIDATE_REDUCTIONS]
+        ratio = "—" if s["time_ratio"] is None else f"{s['time_ratio']:.2f}x time"
+        out.append(f"| {method} | **mean over tasks** | " + " | ".join(means) + f" | {ratio} |")
+        verdicts.append(f"- `{method}` ({METHODS[method]}): " + (
+            "meets the rule" if s["passes"] else "does not meet the rule: " + "; ".join(
+                ([] if s["gains"] else ["no gain on the mean at both 70% and 80%"])
+                + ([f"loses beyond seed noise on {', '.join(s['losses'])}"] if s["losses"] else [])
+                + ([] if s["cheap"] else [f"time ratio {ratio}"]))) + ".")
+    return "\n".join(out + [""] + verdicts + [""])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--grid", type=Path, default=HERE / "results" / "grid.json")
+    parser.add_argument("--plot", type=Path, default=None, help="also draw the plot here (PNG)")
+    args = parser.parse_args(argv)
+    print(render(json.loads(args.grid.read_text()), args.plot))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
