@@ -85,7 +85,7 @@ class KPruneConfig:
 PAPER_RECIPE = dict(lambda_pred=1.0, lambda_rep=2.5e-4, mu=64.0, temperature=2.0, damping=1e-4, batch_size=32,
                     gradient_groups="batch", weight_tuning=True, measure_dtype="float32", use_pred=True,
                     use_rep=True, damping_search=False, head_refit=False)
-RECIPE_FREE = ("seed", "compute_batch_size", "recompute", "device", "progress")
+RECIPE_FREE = ("seed", "compute_batch_size", "recompute", "saved_mb", "device", "progress")
 RECIPES = ("default", "paper")
 
 
