@@ -34,7 +34,8 @@ from kprune.progress import RunProgress, step_costs
 from kprune.samples import Batch, GradientGroups, normalise_samples
 from kprune.saving import SaveBudget, run_sublayer_saving, saved_bytes
 from kprune.search import search_kept
-from kprune.sublayers import run_sublayer, sublayer_backward
+from kprune.sharing import own_parameters, shared_copy
+from kprune.sublayers import run_sublayer, sublayer_backward, sublayer_output
 from kprune.tuning import SublayerTuner, out_projection
 from kprune.views import FixedViews
 from kprune.surgery import prune_heads, prune_neurons
@@ -110,7 +111,8 @@ class KPruner:
         started = time.perf_counter()
         self._was_training = self._input_model.training
         self._input_model.eval()
-        student_model = copy.deepcopy(self._input_model).to(self.device).eval()
+        # shares the input model's weights until surgery replaces them (own_parameters at the end)
+        student_model = shared_copy(self._input_model).to(self.device).eval()
         student_model.requires_grad_(False)
         if self.device != next(self._input_model.parameters()).device:
             self.teacher = EncoderAdapter(copy.deepcopy(self._input_model).to(self.device).eval())
@@ -206,14 +208,15 @@ class KPruner:
                 stats[j].add(act.detach()[real], None if grad is None else grad[real], *grouping)
 
     def _recompute_pass(self, k, index, batch, x, with_grad, stats, grouping) -> None:
-        """Forward without a graph keeping each sublayer's input and pre-LayerNorm sum, then backward
-        one sublayer at a time (:func:`sublayer_backward`: the part below the output projection runs
-        again, the projection itself does not). A batch's memory grows by two [tokens, d] tensors per
-        sublayer above k, plus the inner activations of the sublayers that fit in ``saved_mb``
-        (:mod:`kprune.saving`; those do not run again), not by every sublayer's inner activations."""
+        """Forward without a graph keeping each sublayer's pre-LayerNorm sum, then backward one
+        sublayer at a time (:func:`sublayer_backward`: the part below the output projection runs
+        again, the projection itself does not; a sublayer's input is its predecessor's LayerNorm,
+        recomputed). A batch's memory grows by one [tokens, d] tensor per sublayer above k, plus the
+        inner activations of the sublayers that fit in ``saved_mb`` (:mod:`kprune.saving`; those do
+        not run again), not by every sublayer's inner activations."""
         num_sub = 2 * self.student.num_layers
         real = batch.key_mask
-        saved = []
+        saved, slots = [], None   # slots: every sublayer's pre-LayerNorm sum in one block (no heap holes between)
         budget = SaveBudget(self.config.saved_mb)   # sublayers that fit keep what their backward needs
         with torch.no_grad():
             hidden = x
@@ -222,18 +225,24 @@ class KPruner:
                     out, inner = run_sublayer_saving(self.student, j, hidden, real)
                 else:
                     out, inner = run_sublayer(self.student, j, hidden, real), None
-                saved.append((hidden, out.pre_norm, out.act if j == k else None, inner))
+                if slots is None:
+                    slots = out.pre_norm.new_empty((num_sub - k, *out.pre_norm.shape))
+                saved.append((slots[j - k].copy_(out.pre_norm), out.act if j == k else None, inner))
                 hidden = out.output
+                del out   # an FFN's act would live on through the next sublayer
         with torch.enable_grad():
             top = hidden.detach().requires_grad_()
             logits = self.student.head(top, real)
             self._check_logits(logits, k, index)
             (grad_hidden,) = torch.autograd.grad(self._loss(logits, index, batch), [top])
         for j in reversed(range(k, num_sub)):
-            xj, pre_norm, act, inner = saved.pop()
+            pre_norm, act, inner = saved.pop()
+            # the input, where the backward needs it: x, or the LayerNorm of the sum below (recomputed)
+            xj = x if j == k else None if inner is not None else sublayer_output(self.student, j - 1, saved[-1][0])
             act, grad_act, grad_hidden = sublayer_backward(self.student, j, xj, pre_norm, real, grad_hidden, act,
                                                            need_input_grad=j > k, saved=inner)
             stats[j].add(act[real], grad_act[real], *grouping)
+            del act, grad_act, inner   # not alive through the next sublayer's backward
 
     def _scores(self, k: int, stats: dict[int, UnitStatistics]) -> dict[int, torch.Tensor]:
         cfg = self.config
@@ -326,6 +335,7 @@ class KPruner:
             self._input_model.train(self._was_training)
             if hasattr(self, "tuner"):
                 self.tuner.release()
+                own_parameters(self.student.model, self._input_model)
         self.seconds["total"] = time.perf_counter() - started
 
     @property
