@@ -28,6 +28,7 @@ from kprune.distributed import Collective, local_batches
 from kprune.errors import ConfigError, NumericalError
 from kprune.flops import head_flops, model_flops, neuron_flops
 from kprune.head_refit import refit_head
+from kprune.heap import HeapTrimmer
 from kprune.heldout import refit_selecting_damping, sample_folds
 from kprune.knowledge import UnitStatistics, distillation_loss, unit_scores
 from kprune.progress import RunProgress, step_costs
@@ -103,6 +104,7 @@ class KPruner:
         self.steps_done: list[StepResult] = []
         self.bytes_per_step: list[int] = []
         self.progress = RunProgress([], enabled=False)
+        self.heap = HeapTrimmer()   # freed memory goes back to the system as the run goes
         self.extras: dict = {}   # what the candidate switches chose (damping_search, head_refit), for the report
 
     # -- setup ------------------------------------------------------------------------------------
@@ -126,7 +128,7 @@ class KPruner:
         self.remaining = self.budget
         self.params_before = count_parameters(self._input_model)
         self.tuner = SublayerTuner(self.student, self.teacher, self.batches, self.collective)
-        self.tuner.on_batch = self.progress.tick
+        self.tuner.on_batch = self._batch_done
         self.teacher_logits: list[torch.Tensor] = []
         self.seconds["setup"] += time.perf_counter() - started
 
@@ -162,11 +164,15 @@ class KPruner:
                     offsets = batch.token_offsets().to(self.device)
                     row_groups = self.groups.of_rows(batch).to(self.device) if grouped else None
                     pass_(k, index, batch, self.tuner.student_cache[index], with_grad, stats, (offsets, row_groups))
-                    self.progress.tick()
+                    self._batch_done()
         finally:
             self.student = student
         self.collective.all_reduce([tensor for st in stats.values() for tensor in st.sums()])
         return {j: st.finish() for j, st in stats.items()}
+
+    def _batch_done(self) -> None:
+        self.progress.tick()
+        self.heap.poll()
 
     def _loss(self, logits: torch.Tensor, index: int, batch: Batch) -> torch.Tensor:
         """The batch's distillation loss, scaled so that its gradients are the paper's batch means
@@ -314,7 +320,7 @@ class KPruner:
         num_sub = 2 * self.teacher.num_layers
         cfg = self.config
         self.progress = RunProgress(step_costs(num_sub, cfg.use_pred and cfg.lambda_pred > 0), cfg.progress)
-        self.tuner.on_batch = self.progress.tick
+        self.tuner.on_batch = self._batch_done
         try:
             for k in range(num_sub):
                 self.progress.start(k)
@@ -335,6 +341,7 @@ class KPruner:
             self._input_model.train(self._was_training)
             if hasattr(self, "tuner"):
                 self.tuner.release()
+                self.heap.trim()
                 own_parameters(self.student.model, self._input_model)
         self.seconds["total"] = time.perf_counter() - started
 
