@@ -28,13 +28,15 @@ from kprune.distributed import Collective, local_batches
 from kprune.errors import ConfigError, NumericalError
 from kprune.flops import head_flops, model_flops, neuron_flops
 from kprune.head_refit import refit_head
+from kprune.heap import HeapTrimmer
 from kprune.heldout import refit_selecting_damping, sample_folds
 from kprune.knowledge import UnitStatistics, distillation_loss, unit_scores
 from kprune.progress import RunProgress, step_costs
 from kprune.samples import Batch, GradientGroups, normalise_samples
 from kprune.saving import SaveBudget, run_sublayer_saving, saved_bytes
 from kprune.search import search_kept
-from kprune.sublayers import run_sublayer, sublayer_backward
+from kprune.sharing import own_parameters, shared_copy
+from kprune.sublayers import run_sublayer, sublayer_backward, sublayer_output
 from kprune.tuning import SublayerTuner, out_projection
 from kprune.views import FixedViews
 from kprune.surgery import prune_heads, prune_neurons
@@ -102,6 +104,7 @@ class KPruner:
         self.steps_done: list[StepResult] = []
         self.bytes_per_step: list[int] = []
         self.progress = RunProgress([], enabled=False)
+        self.heap = HeapTrimmer()   # freed memory goes back to the system as the run goes
         self.extras: dict = {}   # what the candidate switches chose (damping_search, head_refit), for the report
 
     # -- setup ------------------------------------------------------------------------------------
@@ -110,7 +113,8 @@ class KPruner:
         started = time.perf_counter()
         self._was_training = self._input_model.training
         self._input_model.eval()
-        student_model = copy.deepcopy(self._input_model).to(self.device).eval()
+        # shares the input model's weights until surgery replaces them (own_parameters at the end)
+        student_model = shared_copy(self._input_model).to(self.device).eval()
         student_model.requires_grad_(False)
         if self.device != next(self._input_model.parameters()).device:
             self.teacher = EncoderAdapter(copy.deepcopy(self._input_model).to(self.device).eval())
@@ -124,7 +128,7 @@ class KPruner:
         self.remaining = self.budget
         self.params_before = count_parameters(self._input_model)
         self.tuner = SublayerTuner(self.student, self.teacher, self.batches, self.collective)
-        self.tuner.on_batch = self.progress.tick
+        self.tuner.on_batch = self._batch_done
         self.teacher_logits: list[torch.Tensor] = []
         self.seconds["setup"] += time.perf_counter() - started
 
@@ -160,11 +164,15 @@ class KPruner:
                     offsets = batch.token_offsets().to(self.device)
                     row_groups = self.groups.of_rows(batch).to(self.device) if grouped else None
                     pass_(k, index, batch, self.tuner.student_cache[index], with_grad, stats, (offsets, row_groups))
-                    self.progress.tick()
+                    self._batch_done()
         finally:
             self.student = student
         self.collective.all_reduce([tensor for st in stats.values() for tensor in st.sums()])
         return {j: st.finish() for j, st in stats.items()}
+
+    def _batch_done(self) -> None:
+        self.progress.tick()
+        self.heap.poll()
 
     def _loss(self, logits: torch.Tensor, index: int, batch: Batch) -> torch.Tensor:
         """The batch's distillation loss, scaled so that its gradients are the paper's batch means
@@ -206,14 +214,15 @@ class KPruner:
                 stats[j].add(act.detach()[real], None if grad is None else grad[real], *grouping)
 
     def _recompute_pass(self, k, index, batch, x, with_grad, stats, grouping) -> None:
-        """Forward without a graph keeping each sublayer's input and pre-LayerNorm sum, then backward
-        one sublayer at a time (:func:`sublayer_backward`: the part below the output projection runs
-        again, the projection itself does not). A batch's memory grows by two [tokens, d] tensors per
-        sublayer above k, plus the inner activations of the sublayers that fit in ``saved_mb``
-        (:mod:`kprune.saving`; those do not run again), not by every sublayer's inner activations."""
+        """Forward without a graph keeping each sublayer's pre-LayerNorm sum, then backward one
+        sublayer at a time (:func:`sublayer_backward`: the part below the output projection runs
+        again, the projection itself does not; a sublayer's input is its predecessor's LayerNorm,
+        recomputed). A batch's memory grows by one [tokens, d] tensor per sublayer above k, plus the
+        inner activations of the sublayers that fit in ``saved_mb`` (:mod:`kprune.saving`; those do
+        not run again), not by every sublayer's inner activations."""
         num_sub = 2 * self.student.num_layers
         real = batch.key_mask
-        saved = []
+        saved, slots = [], None   # slots: every sublayer's pre-LayerNorm sum in one block (no heap holes between)
         budget = SaveBudget(self.config.saved_mb)   # sublayers that fit keep what their backward needs
         with torch.no_grad():
             hidden = x
@@ -222,18 +231,24 @@ class KPruner:
                     out, inner = run_sublayer_saving(self.student, j, hidden, real)
                 else:
                     out, inner = run_sublayer(self.student, j, hidden, real), None
-                saved.append((hidden, out.pre_norm, out.act if j == k else None, inner))
+                if slots is None:
+                    slots = out.pre_norm.new_empty((num_sub - k, *out.pre_norm.shape))
+                saved.append((slots[j - k].copy_(out.pre_norm), out.act if j == k else None, inner))
                 hidden = out.output
+                del out   # an FFN's act would live on through the next sublayer
         with torch.enable_grad():
             top = hidden.detach().requires_grad_()
             logits = self.student.head(top, real)
             self._check_logits(logits, k, index)
             (grad_hidden,) = torch.autograd.grad(self._loss(logits, index, batch), [top])
         for j in reversed(range(k, num_sub)):
-            xj, pre_norm, act, inner = saved.pop()
+            pre_norm, act, inner = saved.pop()
+            # the input, where the backward needs it: x, or the LayerNorm of the sum below (recomputed)
+            xj = x if j == k else None if inner is not None else sublayer_output(self.student, j - 1, saved[-1][0])
             act, grad_act, grad_hidden = sublayer_backward(self.student, j, xj, pre_norm, real, grad_hidden, act,
                                                            need_input_grad=j > k, saved=inner)
             stats[j].add(act[real], grad_act[real], *grouping)
+            del act, grad_act, inner   # not alive through the next sublayer's backward
 
     def _scores(self, k: int, stats: dict[int, UnitStatistics]) -> dict[int, torch.Tensor]:
         cfg = self.config
@@ -305,7 +320,7 @@ class KPruner:
         num_sub = 2 * self.teacher.num_layers
         cfg = self.config
         self.progress = RunProgress(step_costs(num_sub, cfg.use_pred and cfg.lambda_pred > 0), cfg.progress)
-        self.tuner.on_batch = self.progress.tick
+        self.tuner.on_batch = self._batch_done
         try:
             for k in range(num_sub):
                 self.progress.start(k)
@@ -326,6 +341,8 @@ class KPruner:
             self._input_model.train(self._was_training)
             if hasattr(self, "tuner"):
                 self.tuner.release()
+                self.heap.trim()
+                own_parameters(self.student.model, self._input_model)
         self.seconds["total"] = time.perf_counter() - started
 
     @property

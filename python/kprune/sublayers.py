@@ -82,6 +82,13 @@ def sublayer_act(adapter: EncoderAdapter, k: int, x: torch.Tensor, key_mask: tor
     return view.ffn_act(view.ffn_in(x))
 
 
+def sublayer_output(adapter: EncoderAdapter, k: int, pre_norm: torch.Tensor) -> torch.Tensor:
+    """Sublayer k's output (the input of sublayer k + 1) from its pre-LayerNorm sum, as the forward made it."""
+    view = adapter.layer(k // 2)
+    with torch.no_grad():
+        return (view.attn_norm if k % 2 == 0 else view.ffn_norm)(pre_norm)
+
+
 def norm_backward(norm: torch.nn.Module, pre_norm: torch.Tensor, grad_output: torch.Tensor) -> torch.Tensor:
     """Gradient at the input of a LayerNorm from the gradient at its output."""
     if isinstance(norm, torch.nn.Identity):   # pre-norm layers: nothing after the residual sum
