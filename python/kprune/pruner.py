@@ -332,6 +332,7 @@ class KPruner:
                 yield result
             if cfg.head_refit:
                 timer = time.perf_counter()
+                own_parameters(self.student.model, self._input_model)   # the re-fit writes into the head in place
                 self.extras["head_refit"] = refit_head(self.student, self.tuner.student_cache, self.batches,
                                                        self.teacher_logits, sample_folds(self.num_samples, cfg.seed),
                                                        self.collective)
