@@ -27,7 +27,7 @@ from kprune.config import KPruneConfig, check_reduction, check_task_kind
 from kprune.distributed import Collective, local_batches
 from kprune.errors import ConfigError, NumericalError
 from kprune.flops import head_flops, model_flops, neuron_flops
-from kprune.head_refit import refit_head
+from kprune.head_refit import head_output_layer, refit_head
 from kprune.heap import HeapTrimmer
 from kprune.heldout import refit_selecting_damping, sample_folds
 from kprune.knowledge import UnitStatistics, distillation_loss, unit_scores
@@ -332,6 +332,9 @@ class KPruner:
                 yield result
             if cfg.head_refit:
                 timer = time.perf_counter()
+                head = head_output_layer(self.student)
+                if head is not None:   # written in place: no longer the input model's weights
+                    own_parameters(head, self._input_model)
                 self.extras["head_refit"] = refit_head(self.student, self.tuner.student_cache, self.batches,
                                                        self.teacher_logits, sample_folds(self.num_samples, cfg.seed),
                                                        self.collective)
