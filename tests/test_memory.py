@@ -35,12 +35,14 @@ def test_shared_copy_shares_storage_until_owned():
     assert own_parameters(student, model) == 0
 
 
-@pytest.mark.parametrize("family,head_refit", [("bert", False), ("mpnet", False), ("bert", True)])
-def test_pruned_model_owns_its_weights_and_the_input_model_is_untouched(family, head_refit):
+@pytest.mark.parametrize("family,extra", [("bert", {}), ("mpnet", {}), ("bert", {"head_refit": True}),
+                                          ("bert", {"damping_search": True})])
+def test_pruned_model_owns_its_weights_and_the_input_model_is_untouched(family, extra):
+    # every switch that writes weights in place must write only into the student's own
     model = tiny_model(family, "classification", layers=3)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     result = kprune.prune(model, random_samples(30, seed=3), "classification", 0.6,
-                          config=kprune.KPruneConfig(progress=False, head_refit=head_refit))
+                          config=kprune.KPruneConfig(progress=False, **extra))
     assert not _storages(result.model) & _storages(model)
     for name, value in model.state_dict().items():
         assert torch.equal(value, before[name]), name

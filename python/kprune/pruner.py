@@ -27,7 +27,7 @@ from kprune.config import KPruneConfig, check_reduction, check_task_kind
 from kprune.distributed import Collective, local_batches
 from kprune.errors import ConfigError, NumericalError
 from kprune.flops import head_flops, model_flops, neuron_flops
-from kprune.head_refit import refit_head
+from kprune.head_refit import head_output_layer, refit_head
 from kprune.heap import HeapTrimmer
 from kprune.heldout import refit_selecting_damping, sample_folds
 from kprune.knowledge import UnitStatistics, distillation_loss, unit_scores
@@ -214,12 +214,11 @@ class KPruner:
                 stats[j].add(act.detach()[real], None if grad is None else grad[real], *grouping)
 
     def _recompute_pass(self, k, index, batch, x, with_grad, stats, grouping) -> None:
-        """Forward without a graph keeping each sublayer's pre-LayerNorm sum, then backward one
-        sublayer at a time (:func:`sublayer_backward`: the part below the output projection runs
-        again, the projection itself does not; a sublayer's input is its predecessor's LayerNorm,
-        recomputed). A batch's memory grows by one [tokens, d] tensor per sublayer above k, plus the
-        inner activations of the sublayers that fit in ``saved_mb`` (:mod:`kprune.saving`; those do
-        not run again), not by every sublayer's inner activations."""
+        """Forward without a graph keeping each sublayer's pre-LayerNorm sum, then backward one sublayer at
+        a time (:func:`sublayer_backward`: the part below the output projection runs again, not the projection;
+        a sublayer's input is its predecessor's LayerNorm, recomputed). A batch's memory grows by one [tokens, d]
+        tensor per sublayer above k, plus the inner activations of the sublayers that fit in ``saved_mb``
+        (:mod:`kprune.saving`; those do not run again), not by every sublayer's inner activations."""
         num_sub = 2 * self.student.num_layers
         real = batch.key_mask
         saved, slots = [], None   # slots: every sublayer's pre-LayerNorm sum in one block (no heap holes between)
@@ -332,7 +331,7 @@ class KPruner:
                 yield result
             if cfg.head_refit:
                 timer = time.perf_counter()
-                own_parameters(self.student.model, self._input_model)   # the re-fit writes into the head in place
+                own_parameters(head_output_layer(self.student), self._input_model)   # refit in place below
                 self.extras["head_refit"] = refit_head(self.student, self.tuner.student_cache, self.batches,
                                                        self.teacher_logits, sample_folds(self.num_samples, cfg.seed),
                                                        self.collective)

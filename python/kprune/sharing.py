@@ -25,9 +25,11 @@ def _storages(model: nn.Module) -> set[int]:
     return {t.untyped_storage().data_ptr() for t in (*model.parameters(), *model.buffers()) if t.numel()}
 
 
-def own_parameters(model: nn.Module, source: nn.Module) -> int:
-    """Give each parameter of ``model`` that shares storage with a tensor of ``source`` a private copy;
-    returns how many were copied."""
+def own_parameters(model: nn.Module | None, source: nn.Module) -> int:
+    """Give each parameter of ``model`` (None: nothing) that shares storage with a tensor of ``source`` a
+    private copy; returns how many were copied."""
+    if model is None:
+        return 0
     shared = _storages(source)
     copied = 0
     for param in model.parameters():
