@@ -138,3 +138,21 @@ def tiny_bert_config(vocab_size: int, num_labels: int = 2, **overrides):
                     intermediate_size=32, max_position_embeddings=128, num_labels=num_labels)
     settings.update(overrides)
     return BertConfig(**settings)
+
+
+def cli_prune_evaluate_info(tmp_path: Path, capsys, model_dir: Path, info_args: tuple[str, ...] = ()) -> dict:
+    """`kprune prune` (SST-2, 50%), `evaluate` and `info --json` on a saved model with its tokenizer beside it,
+    checking the budget and the evaluated count; returns the info JSON of the pruned folder."""
+    from kprune.cli import main
+
+    data = tmp_path / "SST-2"
+    write_tsv(data / "train.tsv", sst2_rows(40))
+    write_tsv(data / "dev.tsv", sst2_rows(12))
+    out = tmp_path / "pruned"
+    assert main(["prune", "--model", str(model_dir), "--task", "sst2", "--data", str(data),
+                 "--flops-reduction", "0.5", "--output", str(out), "--num-tokens", "300", "--quiet"]) == 0
+    assert json.loads(capsys.readouterr().out)["flops_reduction"] >= 0.5 - 1e-9
+    assert main(["evaluate", "--model", str(out), "--task", "sst2", "--data", str(data)]) == 0
+    assert json.loads(capsys.readouterr().out)["num_examples"] == 12
+    assert main(["info", "--model", str(out), "--json", *info_args]) == 0
+    return json.loads(capsys.readouterr().out)

@@ -4,7 +4,6 @@ term only, unbucketed clamped positions, absolute positions, token types, an emb
 relative attention; every head (classification, regression, QA, bare encoder). The reference is always
 transformers' own module run unpruned, with the pruned units masked by hooks."""
 import copy
-import json
 
 import pytest
 import torch
@@ -13,9 +12,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import kprune
 from conftest import padded_batch, random_samples
-from fixtures_data import make_bert_tokenizer, sst2_rows, write_tsv
+from fixtures_data import cli_prune_evaluate_info, make_bert_tokenizer
 from kprune.adapters import EncoderAdapter, mean_pool_normalise
-from kprune.cli import main
 from kprune.errors import UnsupportedModelError
 from kprune.sublayers import forward_logits
 from kprune.surgery import HeadlessAttention, prune_heads, prune_neurons
@@ -222,16 +220,7 @@ def test_cli_prunes_evaluates_and_describes_deberta(tmp_path, capsys):
     torch.manual_seed(0)
     transformers.DebertaV2ForSequenceClassification(config).save_pretrained(tmp_path / "model")
     tokenizer.save_pretrained(tmp_path / "model")
-    write_tsv(tmp_path / "SST-2" / "train.tsv", sst2_rows(40))
-    write_tsv(tmp_path / "SST-2" / "dev.tsv", sst2_rows(12))
-    out = tmp_path / "pruned"
-    assert main(["prune", "--model", str(tmp_path / "model"), "--task", "sst2", "--data", str(tmp_path / "SST-2"),
-                 "--flops-reduction", "0.5", "--output", str(out), "--num-tokens", "300", "--quiet"]) == 0
-    assert json.loads(capsys.readouterr().out)["flops_reduction"] >= 0.5 - 1e-9
-    assert main(["evaluate", "--model", str(out), "--task", "sst2", "--data", str(tmp_path / "SST-2")]) == 0
-    assert json.loads(capsys.readouterr().out)["num_examples"] == 12
-    assert main(["info", "--model", str(out), "--json", "--seq-len", "10"]) == 0
-    info = json.loads(capsys.readouterr().out)
+    info = cli_prune_evaluate_info(tmp_path, capsys, tmp_path / "model", ("--seq-len", "10"))
     assert info["architecture"] == "deberta-v2" and info["flops_reduction"] > 0.3
     relative = kprune.flops.RelativeTerms(2 * 32, 2 * 32)    # shared keys: query and key project 32 rows each
     assert info["encoder_flops"] == pytest.approx(kprune.model_flops(info["heads_kept"], info["neurons_kept"], 10,

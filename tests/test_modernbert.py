@@ -12,7 +12,7 @@ import transformers
 
 import kprune
 from conftest import model_outputs, padded_batch, random_samples, tiny_config
-from fixtures_data import make_bert_tokenizer, sst2_rows, write_tsv
+from fixtures_data import cli_prune_evaluate_info, make_bert_tokenizer, write_tsv
 from kprune.adapters import EncoderAdapter
 from kprune.cli import main
 from kprune.errors import UnsupportedModelError
@@ -153,16 +153,7 @@ def test_cli_prunes_evaluates_and_describes_modernbert(tmp_path, capsys):
     torch.manual_seed(0)
     transformers.ModernBertForSequenceClassification(config).save_pretrained(tmp_path / "model")
     tokenizer.save_pretrained(tmp_path / "model")
-    write_tsv(tmp_path / "SST-2" / "train.tsv", sst2_rows(40))
-    write_tsv(tmp_path / "SST-2" / "dev.tsv", sst2_rows(12))
-    out = tmp_path / "pruned"
-    assert main(["prune", "--model", str(tmp_path / "model"), "--task", "sst2", "--data", str(tmp_path / "SST-2"),
-                 "--flops-reduction", "0.5", "--output", str(out), "--num-tokens", "300", "--quiet"]) == 0
-    assert json.loads(capsys.readouterr().out)["flops_reduction"] >= 0.5 - 1e-9
-    assert main(["evaluate", "--model", str(out), "--task", "sst2", "--data", str(tmp_path / "SST-2")]) == 0
-    assert json.loads(capsys.readouterr().out)["num_examples"] == 12
-    assert main(["info", "--model", str(out), "--json", "--seq-len", "32"]) == 0
-    info = json.loads(capsys.readouterr().out)
+    info = cli_prune_evaluate_info(tmp_path, capsys, tmp_path / "model", ("--seq-len", "32"))
     assert info["architecture"] == "modernbert" and info["flops_reduction"] > 0.3
     # a gated neuron costs 6·s·d (value row, gate row, output column)
     d, s = 32, 32

@@ -11,9 +11,8 @@ import transformers
 
 import kprune
 from conftest import model_outputs, padded_batch, random_samples, tiny_config, tiny_model
-from fixtures_data import make_bert_tokenizer, sst2_rows, write_tsv
+from fixtures_data import cli_prune_evaluate_info, make_bert_tokenizer
 from kprune.adapters import EncoderAdapter
-from kprune.cli import main
 from kprune.sublayers import forward_logits
 from kprune.surgery import prune_heads
 
@@ -65,14 +64,5 @@ def test_cli_prunes_evaluates_and_describes_mpnet(tmp_path, capsys):
     transformers.MPNetForSequenceClassification(config).save_pretrained(tmp_path / "model")
     tokenizer.save_pretrained(tmp_path / "model")
     assert "token_type_ids" in tokenizer("a b")
-    write_tsv(tmp_path / "SST-2" / "train.tsv", sst2_rows(40))
-    write_tsv(tmp_path / "SST-2" / "dev.tsv", sst2_rows(12))
-    out = tmp_path / "pruned"
-    assert main(["prune", "--model", str(tmp_path / "model"), "--task", "sst2", "--data", str(tmp_path / "SST-2"),
-                 "--flops-reduction", "0.5", "--output", str(out), "--num-tokens", "300", "--quiet"]) == 0
-    assert json.loads(capsys.readouterr().out)["flops_reduction"] >= 0.5 - 1e-9
-    assert main(["evaluate", "--model", str(out), "--task", "sst2", "--data", str(tmp_path / "SST-2")]) == 0
-    assert json.loads(capsys.readouterr().out)["num_examples"] == 12
-    assert main(["info", "--model", str(out), "--json"]) == 0
-    info = json.loads(capsys.readouterr().out)
+    info = cli_prune_evaluate_info(tmp_path, capsys, tmp_path / "model")
     assert info["architecture"] == "mpnet" and info["flops_reduction"] > 0.3
