@@ -59,6 +59,8 @@ def main() -> None:
     parser.add_argument("--output", default=None)
     parser.add_argument("--machine", default="",
                         help="how loaded the machine was (recorded with the timings), e.g. 'quiet' or 'shared'")
+    parser.add_argument("--recipe", choices=("default", "paper"), default="default",
+                        help="paper: plain K-prune KPWT (no held-out damping search)")
     parser.add_argument("--save", default=None, help="also save the pruned model to this folder")
     parser.add_argument("--latency-repeats", type=int, default=5,
                         help="interleaved repeats per shape of the pruned/unpruned latency (0: skip)")
@@ -72,7 +74,8 @@ def main() -> None:
     eval_seconds = time.perf_counter() - started
     samples = sample_sentences(args.data, tokenizer, num_tokens=args.num_tokens, seed=0)
     started = time.perf_counter()
-    result = kprune.prune(model, samples, "embedding", args.flops_reduction, kprune.KPruneConfig(progress=False))
+    config = kprune.KPruneConfig.recipe(args.recipe, progress=False)
+    result = kprune.prune(model, samples, "embedding", args.flops_reduction, config)
     prune_seconds = time.perf_counter() - started
     peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024   # before evaluation and latency
     after = evaluate_sts(result.model, tokenizer, args.data)
@@ -94,9 +97,12 @@ def main() -> None:
         "peak_rss_mb": round(peak_rss_mb, 1),
         "params_before": report["params_before"], "params_after": report["params_after"],
         "latency": latency, "heads_kept": report["heads_kept"], "neurons_kept": report["neurons_kept"],
+        "config": report["config"],
+        "dampings_chosen": [c["damping"] for c in report.get("damping_search", [])],
         "command": " ".join(["python", "benchmarks/embedding_prune.py"] + sys.argv[1:]),
     }
-    output = Path(args.output or HERE / "results" / f"embedding-{args.model}-{round(100 * args.flops_reduction)}-{args.num_tokens // 1000}k.json")
+    output = Path(args.output or HERE / "results" / f"embedding-{args.model}-{round(100 * args.flops_reduction)}-{args.num_tokens // 1000}k"
+                                              f"{'-paper' if args.recipe == 'paper' else ''}.json")
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = output.with_suffix(".tmp")
     tmp.write_text(json.dumps(record, indent=2) + "\n")

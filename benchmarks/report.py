@@ -364,19 +364,30 @@ def side_by_side_section() -> str:
             f"{BEGIN}\n{table(cells_of(OURS), cells_of(ORIGINALS))}\n{END}\n")
 
 
+def embedding_recipe(record: dict) -> str:
+    """How a record's KPWT and predictive distance were set: its own note, else from its config."""
+    if "recipe" in record:
+        return record["recipe"]
+    cfg = record.get("config") or {}
+    refit = (f"held-out damping, ridge to {cfg.get('ridge_prior')}" if cfg.get("damping_search")
+             else f"damping {cfg.get('damping')}")
+    return f"embedding_scale {cfg.get('embedding_scale')}, {refit}"
+
+
 def embedding_section(results: Path) -> str:
     """Sentence-embedding models pruned with task='embedding' (results/embedding-*.json, benchmarks/embedding_prune.py)."""
     records = [json.loads(p.read_text()) for p in sorted(results.glob("embedding-*.json"))]
     if not records:
         return ""
-    records.sort(key=lambda r: (r["model"], r["num_tokens"], r["flops_reduction_target"]))
-    rows = ["| model | reduction (target / achieved) | sample tokens | STS-B Spearman before → after | drop (points) "
-            "| prune s | peak RSS MB | latency speedup b32×128 / b1×128 | threads, machine | command |",
-            "|---|---|---|---|---|---|---|---|---|---|"]
+    records.sort(key=lambda r: (r["model"], "recipe" not in r, r["num_tokens"], r["flops_reduction_target"]))
+    rows = ["| model | recipe | reduction (target / achieved) | sample tokens | STS-B Spearman before → after "
+            "| drop (points) | prune s | peak RSS MB | latency speedup b32×128 / b1×128 | threads, machine | command |",
+            "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in records:
         lat = r.get("latency") or {}
         speed = " / ".join(f"{lat[k]['speedup']:.2f}×" if k in lat else "–" for k in ("b32_s128", "b1_s128"))
-        rows.append(f"| {r['model']} | {100 * r['flops_reduction_target']:.0f}% / {100 * r['flops_reduction']:.1f}% "
+        rows.append(f"| {r['model']} | {embedding_recipe(r)} "
+                    f"| {100 * r['flops_reduction_target']:.0f}% / {100 * r['flops_reduction']:.1f}% "
                     f"| {r['num_tokens']:,} | {100 * r['spearman_before']:.2f} → {100 * r['spearman_after']:.2f} "
                     f"| {r['spearman_drop_points']:.2f} | {r['prune_seconds']:.0f} | {r['peak_rss_mb']:.0f} | {speed} "
                     f"| {r['threads']}, {r.get('machine') or 'not recorded'} | `{r['command']}` |")

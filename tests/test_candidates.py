@@ -8,6 +8,7 @@ import json
 
 import pytest
 import torch
+import transformers
 
 import kprune
 import kprune.pruner
@@ -39,7 +40,7 @@ def test_paper_recipe_is_the_paper_and_pins_every_algorithm_setting():
     assert {k: paper[k] for k in PAPER_RECIPE} == dict(
         lambda_pred=1.0, lambda_rep=2.5e-4, mu=64.0, temperature=2.0, damping=1e-4, batch_size=32,
         gradient_groups="batch", weight_tuning=True, measure_dtype="float32", use_pred=True, use_rep=True,
-        damping_search=False, head_refit=False)
+        damping_search=False, ridge_prior="zero", head_refit=False, embedding_scale=20.0)
     # a new setting must be pinned by the recipe or declared free of it
     fields = {f.name for f in dataclasses.fields(KPruneConfig)}
     assert fields == set(PAPER_RECIPE) | set(RECIPE_FREE)
@@ -111,9 +112,63 @@ def test_damping_search_refits_with_the_damping_of_least_held_out_error(monkeypa
     forced = iter([c["damping"] for c in choices])
     plain_refit = kprune.tuning.SublayerTuner.refit
     monkeypatch.setattr(kprune.tuning.SublayerTuner, "refit",
-                        lambda self, k, kept=None, damping=1e-4: plain_refit(self, k, kept, next(forced)))
+                        lambda self, k, kept=None, damping=1e-4, **kw: plain_refit(self, k, kept, next(forced), **kw))
     replay = _prune(model, "regression", samples)
     assert _same_state(searched.model, replay.model)
+
+
+def test_ridge_to_original_weights_searches_no_refit_too_and_replays(monkeypatch):
+    """ridge_prior="original": the candidates add strong dampings and "keep the weights" (None); the choice
+    is each sublayer's argmin, a None choice leaves the kept units' weights as the teacher's, and the run
+    equals one with the chosen dampings forced."""
+    model = tiny_model("bert", "regression", layers=2)
+    samples = random_samples(10, seed=4)
+    searched = _prune(model, "regression", samples, damping_search=True, ridge_prior="original")
+    choices = searched.report["damping_search"]
+    for choice in choices:
+        errors = {None if d == "None" else float(d): e for d, e in choice["errors"].items()}
+        assert set(errors) == {1e-4, *heldout.SUBLAYER_DAMPINGS, 1.0, 3.0, None}
+        assert choice["damping"] == min(errors, key=errors.get)
+    forced = iter([c["damping"] for c in choices])
+    plain_refit = kprune.tuning.SublayerTuner.refit
+    monkeypatch.setattr(kprune.tuning.SublayerTuner, "refit",
+                        lambda self, k, kept=None, damping=1e-4, **kw: plain_refit(self, k, kept, next(forced), **kw))
+    replay = _prune(model, "regression", samples, ridge_prior="original")
+    assert _same_state(searched.model, replay.model)
+
+
+def test_embedding_models_default_to_the_held_out_refit_towards_their_own_weights():
+    default = KPruneConfig()
+    assert default.for_task("embedding").damping_search is True
+    assert default.for_task("embedding").ridge_prior == "original"
+    for task in ("classification", "regression", "qa"):
+        resolved = default.for_task(task)
+        assert resolved.damping_search is False and resolved.ridge_prior == "zero"
+    assert KPruneConfig.paper().for_task("embedding").damping_search is False
+    assert KPruneConfig(ridge_prior="zero").for_task("embedding").ridge_prior == "zero"
+    with pytest.raises(ConfigError, match="damping_search='yes'"):
+        KPruneConfig(damping_search="yes").validate()
+    model = transformers.BertModel(tiny_model("bert", "classification").config).eval()
+    report = _prune(model, "embedding", random_samples(12, seed=2)).report
+    assert report["config"]["damping_search"] is True and report["config"]["ridge_prior"] == "original"
+    assert len(report["damping_search"]) == 4
+
+
+def test_ridge_to_original_with_no_refit_keeps_the_teacher_weights():
+    teacher = tiny_model("bert", "regression", layers=2)
+    tuner = kprune.tuner_for(kprune.apply_masks(teacher, kprune.UnitMasks.from_kept(teacher, [[0, 1], [2]],
+                                                                                  [range(30), range(20)])),
+                             teacher, random_samples(8, seed=1))
+    dense = EncoderAdapter(tuner.student.model).layer(0).attn_out
+    before = dense.weight.detach().clone()
+    tuner.refit(0, kept=[0, 1], damping=None, ridge_prior="original")
+    cols = torch.cat([torch.arange(h * 8, (h + 1) * 8) for h in (0, 1)])
+    assert torch.equal(dense.weight[:, cols], before[:, cols])
+    assert float(dense.weight.detach().abs().sum()) == float(before[:, cols].abs().sum())
+    with pytest.raises(ConfigError, match="ridge_prior='towards'"):
+        tuner.refit(0, damping=1e-4, ridge_prior="towards")
+    with pytest.raises(ConfigError, match="ridge_prior='towards'.*zero, original"):
+        KPruneConfig(ridge_prior="towards").validate()
 
 
 def test_damping_search_lowers_the_error_on_unseen_samples():

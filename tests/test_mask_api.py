@@ -211,7 +211,8 @@ def test_measure_knowledge_equals_hooks_and_autograd(groups):
     assert all(float(p.abs().sum()) == 0.0 for p in alone.predictive_heads + alone.predictive_neurons)
 
 
-def test_refit_equals_a_float64_solve_on_captured_activations():
+@pytest.mark.parametrize("ridge_prior, damping", [("zero", 1e-4), ("original", 0.3)])
+def test_refit_equals_a_float64_solve_on_captured_activations(ridge_prior, damping):
     teacher = tiny_model("electra", "regression", layers=2, seed=11)
     student = kprune.apply_masks(teacher, kprune.UnitMasks.from_kept(teacher, [[0, 1, 3], [2]], [range(40), range(30)]))
     samples = random_samples(12, seed=12)
@@ -234,9 +235,12 @@ def test_refit_equals_a_float64_solve_on_captured_activations():
     a = captured["a"][real].double()[:, kept]
     target = (captured["y"] - captured["x"])[real].double() - dense.bias.double()
     gram = a.T @ a
-    want = torch.linalg.solve(gram + 1e-4 * gram.diagonal().mean() * torch.eye(len(kept), dtype=torch.float64),
-                              a.T @ target)
-    solution = kprune.refit_output_projection(student, teacher, sublayer, samples, kept=kept)
+    ridge = damping * gram.diagonal().mean()
+    # "original": the ridge pulls towards the kept units' weights before the re-fit, not towards zero
+    prior = dense.weight[:, kept].detach().double().T.clone() if ridge_prior == "original" else 0.0
+    want = torch.linalg.solve(gram + ridge * torch.eye(len(kept), dtype=torch.float64), a.T @ target + ridge * prior)
+    solution = kprune.refit_output_projection(student, teacher, sublayer, samples, kept=kept, damping=damping,
+                                              ridge_prior=ridge_prior)
     torch.testing.assert_close(solution.double(), want, atol=2e-4, rtol=2e-3)
     torch.testing.assert_close(dense.weight[:, kept].double(), want.T, atol=2e-4, rtol=2e-3)
     others = [i for i in range(30) if i not in kept]

@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 from kprune.errors import ConfigError
 
 TASK_KINDS = ("classification", "regression", "qa", "embedding")
 GRADIENT_GROUPS = ("batch", "sample")
 MEASURE_DTYPES = ("float32", "bfloat16")
+RIDGE_PRIORS = ("zero", "original", "auto")
 
 
 @dataclass
@@ -17,6 +18,7 @@ class KPruneConfig:
     lambda_rep: float = 2.5e-4        # weight of representational knowledge
     mu: float = 64.0                  # head score multiplier
     temperature: float = 2.0          # T of the distillation loss
+    embedding_scale: float = 20.0     # task "embedding": distance of the embeddings at similarity-logit scale (knowledge.embedding_distance)
     damping: float = 1e-4             # least-squares damping, relative to mean(diag(A^T A))
     batch_size: int = 32              # samples per logical batch of the batch-mean gradients (and per compute batch)
     gradient_groups: str = "batch"    # "batch": paper's batch-mean gradients over a seeded random partition; "sample": per-sample Fisher
@@ -28,13 +30,14 @@ class KPruneConfig:
     measure_dtype: str = "float32"    # "bfloat16": knowledge measured under autocast (faster, approximate)
     use_pred: bool = True             # ablations: predictive / representational knowledge only
     use_rep: bool = True
-    damping_search: bool = False      # KPWT damping per sublayer by 2-fold held-out error (kprune.heldout)
+    damping_search: bool | None = None   # KPWT damping per sublayer by 2-fold held-out error (kprune.heldout); None: on for task "embedding" only
+    ridge_prior: str = "auto"         # KPWT ridge pulls towards "zero" (paper) or the kept units' "original" weights; "auto": original for task "embedding" only
     head_refit: bool = False          # last re-fit of the task head's output layer to the teacher (kprune.head_refit)
     device: str = "cpu"
     progress: bool = True             # tqdm bars
 
     def validate(self) -> "KPruneConfig":
-        for name in ("lambda_pred", "lambda_rep", "mu", "temperature", "damping"):
+        for name in ("lambda_pred", "lambda_rep", "mu", "temperature", "damping", "embedding_scale"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
                 raise ConfigError(f"{name}={value!r} must be a finite number >= 0")
@@ -43,6 +46,8 @@ class KPruneConfig:
             raise ConfigError(f"saved_mb={self.saved_mb!r} must be a finite number of megabytes >= 0")
         if self.temperature <= 0:
             raise ConfigError(f"temperature={self.temperature!r} must be > 0")
+        if self.embedding_scale <= 0:
+            raise ConfigError(f"embedding_scale={self.embedding_scale!r} must be > 0")
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
             raise ConfigError(f"batch_size={self.batch_size!r} must be an integer >= 1")
         if self.compute_batch_size is not None and (not isinstance(self.compute_batch_size, int)
@@ -54,6 +59,10 @@ class KPruneConfig:
             raise ConfigError(f"gradient_groups={self.gradient_groups!r}; accepted: {', '.join(GRADIENT_GROUPS)}")
         if self.measure_dtype not in MEASURE_DTYPES:
             raise ConfigError(f"measure_dtype={self.measure_dtype!r}; accepted: {', '.join(MEASURE_DTYPES)}")
+        if self.damping_search not in (None, True, False):
+            raise ConfigError(f"damping_search={self.damping_search!r} must be True, False or None (on for task 'embedding')")
+        if self.ridge_prior not in RIDGE_PRIORS:
+            raise ConfigError(f"ridge_prior={self.ridge_prior!r}; accepted: {', '.join(RIDGE_PRIORS)}")
         if not (self.use_pred or self.use_rep):
             raise ConfigError("use_pred and use_rep are both False: at least one kind of knowledge is needed")
         return self
@@ -71,6 +80,15 @@ class KPruneConfig:
             raise ConfigError(f"recipe={name!r}; accepted: {', '.join(RECIPES)}")
         return cls.paper(**overrides) if name == "paper" else cls(**overrides)
 
+    def for_task(self, task: str) -> "KPruneConfig":
+        """The settings with the task-dependent defaults resolved (``damping_search=None``, ``ridge_prior="auto"``):
+        a sentence-embedding model's re-fit is regularised by held-out error towards its own weights; the
+        other tasks keep the paper's KPWT unless asked."""
+        embedding = task == "embedding"
+        search = embedding if self.damping_search is None else self.damping_search
+        prior = ("original" if embedding else "zero") if self.ridge_prior == "auto" else self.ridge_prior
+        return replace(self, damping_search=search, ridge_prior=prior)
+
     @property
     def compute_batch(self) -> int:
         return self.compute_batch_size or self.batch_size
@@ -82,9 +100,11 @@ class KPruneConfig:
 # Every setting that changes which units are kept or the weights written, at the paper's values
 # (Park et al., ICLR 2024); tests/test_candidates.py checks that a new KPruneConfig field is either here
 # or one of RECIPE_FREE.
+# embedding_scale: the paper has no embedding task; kprune's extension of it (knowledge.embedding_distance).
 PAPER_RECIPE = dict(lambda_pred=1.0, lambda_rep=2.5e-4, mu=64.0, temperature=2.0, damping=1e-4, batch_size=32,
                     gradient_groups="batch", weight_tuning=True, measure_dtype="float32", use_pred=True,
-                    use_rep=True, damping_search=False, head_refit=False)
+                    use_rep=True, damping_search=False, ridge_prior="zero", head_refit=False,
+                    embedding_scale=20.0)
 RECIPE_FREE = ("seed", "compute_batch_size", "recompute", "saved_mb", "device", "progress")
 RECIPES = ("default", "paper")
 

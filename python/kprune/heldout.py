@@ -89,24 +89,31 @@ class FoldStatistics:
             ops.gram_accumulate(act[rows], target[rows], columns, self.gram, self.cross)
 
 
-def refit_selecting_damping(tuner, sublayer: int, fold: torch.Tensor, default: float) -> dict:
+def refit_selecting_damping(tuner, sublayer: int, fold: torch.Tensor, default: float,
+                            ridge_prior: str = "zero") -> dict:
     """KPWT of one sublayer (:meth:`SublayerTuner.refit`) with the damping chosen by held-out error among
-    ``default`` and :data:`SUBLAYER_DAMPINGS`; returns the choice and every candidate's error."""
+    ``default`` and :data:`SUBLAYER_DAMPINGS`; returns the choice and every candidate's error.
+
+    ridge_prior "original": the ridge pulls towards the kept units' current weights, and keeping them
+    without re-fit (damping None) is a candidate too, so the sublayer is never fitted worse on held-out
+    samples than masking alone."""
     observer = FoldStatistics(fold)
     candidates = [default] + [d for d in SUBLAYER_DAMPINGS if d != default]
+    if ridge_prior == "original":
+        candidates += [1.0, 3.0, None]
     chosen: dict = {"sublayer": sublayer}
 
-    def pick(stats) -> float:
+    def pick(stats, prior) -> float | None:
         if observer.gram is None:   # this rank saw no held-out rows
             observer.gram, observer.cross = torch.zeros_like(stats.gram), torch.zeros_like(stats.cross)
         tuner.collective.all_reduce([observer.gram, observer.cross])
-        best, errors = choose_damping(stats.gram, stats.cross, observer.gram, observer.cross, candidates)
+        best, errors = choose_damping(stats.gram, stats.cross, observer.gram, observer.cross, candidates, prior)
         chosen.update(damping=best, errors={str(d): e for d, e in errors.items()})
         return best
 
     tuner.observer = observer
     try:
-        tuner.refit(sublayer, damping=pick)
+        tuner.refit(sublayer, damping=pick, ridge_prior=ridge_prior)
     finally:
         tuner.observer = None
     return chosen

@@ -17,12 +17,12 @@ def _kl(teacher_logits: torch.Tensor, student_logits: torch.Tensor, temperature:
 
 
 def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, kind: str, temperature: float,
-                      key_mask: torch.Tensor | None = None) -> torch.Tensor:
+                      key_mask: torch.Tensor | None = None, embedding_scale: float = 1.0) -> torch.Tensor:
     """Per-sample loss [batch]: T^2 KL on softmax(z/T) (classification; QA: mean of start and end
     over the real tokens), the squared error to the teacher's outputs (regression), or for sentence
-    embeddings :func:`embedding_distance`."""
+    embeddings :func:`embedding_distance` at similarity scale ``embedding_scale``."""
     if kind == "embedding":
-        return embedding_distance(student, teacher)
+        return embedding_distance(student, teacher, embedding_scale)
     if kind == "regression":
         return (student - teacher).square().flatten(1).mean(1)
     if kind == "qa":
@@ -37,15 +37,22 @@ def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, kind: str, t
     return temperature ** 2 * _kl(teacher, student, temperature)
 
 
-def embedding_distance(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
-    """Per-sample squared Euclidean distance [batch] between L2-normalised embeddings [batch, d].
+def embedding_distance(student: torch.Tensor, teacher: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+    """Per-sample squared Euclidean distance [batch] between L2-normalised embeddings [batch, d], taken
+    between the embeddings scaled by ``scale``: scale² · ||e_s - e_t||².
 
     For unit vectors ||e_s - e_t||^2 = 2 - 2 cos(e_s, e_t): twice the cosine distance, the very quantity
     embeddings are compared by (cosine similarity in retrieval and STS). Like the KL of the other tasks
     it is smooth, zero with a zero gradient when the student equals the teacher, and its curvature there
     is the Fisher-like quantity K_pred estimates; unlike a raw MSE on unnormalised vectors it ignores
-    changes of norm that cosine similarity cannot see."""
-    return (student - teacher).square().sum(-1)
+    changes of norm that cosine similarity cannot see.
+
+    The scale puts the distance on the footing of the similarity logits such models are trained with:
+    sentence-transformers' contrastive loss (MultipleNegativesRankingLoss) takes softmax(scale · cos) with
+    scale 20, the role T plays for a classifier's logits. At scale 1 the distance of unit vectors is tiny
+    against a classifier's T²·KL (on all-mpnet-base-v2, K_pred came out about 10⁻⁴ of λ_rep·K_rep), so
+    predictive knowledge would be ignored and the paper's λ_rep, tuned against the KL, would decide alone."""
+    return scale * scale * (student - teacher).square().sum(-1)
 
 
 @dataclass

@@ -222,7 +222,7 @@ def measure_knowledge(model: nn.Module, samples, task: str = "classification", *
                         raise NumericalError(f"the model produced non-finite outputs (batch {index})")
                     if predictive and probe.leaves:
                         per_sample = distillation_loss(logits.float(), teacher_logits[index], task, cfg.temperature,
-                                                       batch.key_mask)
+                                                       batch.key_mask, cfg.embedding_scale)
                         loss = per_sample.sum() / cfg.batch_size if groups is None \
                             else (per_sample * groups.weights(batch).to(per_sample)).sum()
                         torch.autograd.grad(loss, probe.leaves, allow_unused=True)

@@ -78,8 +78,8 @@ class KPruner:
                  config: KPruneConfig | None = None, process_group=None):
         self.collective = Collective(process_group)
         with self.collective.guard("checking the settings and the sample"):
-            self.config = (config or KPruneConfig()).validate()
             self.task = check_task_kind(task)
+            self.config = (config or KPruneConfig()).validate().for_task(self.task)
             self.flops_reduction = check_reduction(flops_reduction)
             self.teacher = EncoderAdapter(model)
             check_head(self.teacher, self.task)
@@ -179,7 +179,7 @@ class KPruner:
         (or, with per-sample groups, per-sample gradients on the same scale)."""
         cfg = self.config
         per_sample = distillation_loss(logits.float(), self.teacher_logits[index], self.task, cfg.temperature,
-                                       batch.key_mask)
+                                       batch.key_mask, cfg.embedding_scale)
         if self.groups is None:
             return per_sample.sum() / cfg.batch_size
         return (per_sample * self.groups.weights(batch).to(per_sample)).sum()
@@ -277,9 +277,10 @@ class KPruner:
             self.progress.phase("tuning", len(self.batches))
             if self.config.damping_search:
                 self.extras.setdefault("damping_search", []).append(refit_selecting_damping(
-                    self.tuner, k, sample_folds(self.num_samples, self.config.seed), self.config.damping))
+                    self.tuner, k, sample_folds(self.num_samples, self.config.seed), self.config.damping,
+                    self.config.ridge_prior))
             else:
-                self.tuner.refit(k, damping=self.config.damping)
+                self.tuner.refit(k, damping=self.config.damping, ridge_prior=self.config.ridge_prior)
         self.seconds["tune"] += time.perf_counter() - timer
         timer = time.perf_counter()
         with self.collective.guard(f"advancing past sublayer {k}"):

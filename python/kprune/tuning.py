@@ -19,6 +19,7 @@ from torch import nn
 from kprune.adapters import EncoderAdapter
 from kprune.distributed import Collective
 from kprune.errors import ConfigError, NumericalError
+from kprune.heldout import ridge_solve
 from kprune.samples import Batch, make_batches, normalise_samples
 from kprune.sublayers import run_sublayer, sublayer_act
 from kprune.surgery import head_columns
@@ -128,21 +129,36 @@ class SublayerTuner:
         return LeastSquaresStats(gram, cross, float(totals[0]), int(totals[1]))
 
     def refit(self, sublayer: int, kept: Sequence[int] | torch.Tensor | None = None,
-              damping: float = 1e-4) -> torch.Tensor:
+              damping: float = 1e-4, ridge_prior: str = "zero") -> torch.Tensor:
         """Re-fit sublayer k's output projection on its (kept) units, in place; returns the new Wᵀ [k, d].
 
         With ``kept`` given, the other units' columns are set to zero: the model then computes what it
         would with those units masked out (or removed). ``damping`` may be a function of the
-        :class:`LeastSquaresStats` that returns it (chosen once the statistics are in)."""
+        :class:`LeastSquaresStats` and the prior that returns it (chosen once the statistics are in).
+
+        ridge_prior: "zero", the paper's ridge (G + λI)·Wᵀ = C; "original", the ridge pulls towards the kept
+        units' current weights P, (G + λI)·Wᵀ = C + λ·P, so that a large damping tends to masking without
+        re-fit; a damping of None then keeps P as it is."""
         stats = self.statistics(sublayer, kept)
-        if callable(damping):
-            damping = damping(stats)
         out_proj = out_projection(self.student, sublayer)
         columns = kept_columns(self.student, sublayer, kept, out_proj.weight.device)
+        prior = None
+        if ridge_prior == "original":
+            current = out_proj.weight.detach() if columns is None else out_proj.weight.detach()[:, columns]
+            prior = current.t().double()
+        elif ridge_prior != "zero":
+            raise ConfigError(f"ridge_prior={ridge_prior!r}: expected 'zero' or 'original'")
+        if callable(damping):
+            damping = damping(stats, prior)
         if stats.gram.shape[0] == 0:
             solution = stats.cross
+        elif damping is None and prior is not None:
+            solution = prior.float()
         else:
-            solution = ops.solve_damped(stats.gram, stats.cross, damping)
+            if prior is None:
+                solution = ops.solve_damped(stats.gram, stats.cross, damping)
+            else:
+                solution = ridge_solve(stats.gram, stats.cross, damping, prior).float()
             self.collective.broadcast(solution)   # every rank solved alike; rank 0's copy makes it bit-exact
             if not torch.isfinite(solution).all():
                 raise NumericalError(f"weight tuning of sublayer {sublayer} produced non-finite weights")
@@ -188,11 +204,12 @@ def tuner_for(student: nn.Module, teacher: nn.Module, samples, batch_size: int =
 
 def refit_output_projection(student: nn.Module, teacher: nn.Module, sublayer: int, samples,
                             kept: Sequence[int] | torch.Tensor | None = None, damping: float = 1e-4,
-                            batch_size: int = 32) -> torch.Tensor:
+                            batch_size: int = 32, ridge_prior: str = "zero") -> torch.Tensor:
     """Re-fit one sublayer's output projection of ``student`` (in place) towards ``teacher``.
 
     sublayer: 2l for layer l's attention, 2l + 1 for its FFN. kept: units (heads or neurons, indices
     into the sublayer's current units) to fit on, None for all; the others' columns become zero.
+    ridge_prior: "zero" (the paper's ridge) or "original" (towards the kept units' current weights).
     The student's input to the sublayer comes from its own lower sublayers as they are now.
     Returns the solution Wᵀ [kept dims, d].
     """
@@ -201,4 +218,4 @@ def refit_output_projection(student: nn.Module, teacher: nn.Module, sublayer: in
         raise ConfigError(f"sublayer={sublayer!r} is outside 0..{tuner.num_sublayers - 1}")
     for k in range(sublayer):
         tuner.advance(k)
-    return tuner.refit(sublayer, kept, damping)
+    return tuner.refit(sublayer, kept, damping, ridge_prior)
