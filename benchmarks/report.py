@@ -391,12 +391,24 @@ def embedding_section(results: Path) -> str:
                     f"| {r['num_tokens']:,} | {100 * r['spearman_before']:.2f} → {100 * r['spearman_after']:.2f} "
                     f"| {r['spearman_drop_points']:.2f} | {r['prune_seconds']:.0f} | {r['peak_rss_mb']:.0f} | {speed} "
                     f"| {r['threads']}, {r.get('machine') or 'not recorded'} | `{r['command']}` |")
+    ablation = results / "embedding_ablation.json"
+    ablation_text = ""
+    if ablation.exists():
+        arows = ["| tag | settings | sample tokens | STS-B Spearman after | heads kept | prune s |", "|---|---|---|---|---|---|"]
+        for r in json.loads(ablation.read_text()):
+            cfg = r.get("config_given") or r.get("config") or {}
+            arows.append(f"| {r['tag']} | `{json.dumps(cfg)}` | {r.get('num_tokens', r.get('num_tokens_target')):,} "
+                         f"| {100 * r['spearman_after']:.2f} | {sum(r['heads_kept'])} | {r['prune_seconds']:.0f} |")
+        ablation_text = ("\n### What made all-mpnet-base-v2 survive 50% (benchmarks/embedding_ablation.py)\n\n"
+                         "One run per row, 50% target, small sample, 1 thread with another run beside it; unpruned "
+                         "Spearman 88.11. Commands and notes in results/embedding_ablation.json.\n\n"
+                         + "\n".join(arows) + "\n")
     return ("## Sentence-embedding models (task='embedding')\n\n"
             "Bare sentence-transformers encoders pruned without labels from STS-B train sentences and scored on "
             "STS-B dev by the Spearman correlation of cosine similarities (no fine-tuning); latency is the median "
             "forward of the pruned against the unpruned model, interleaved, on random ids. minilm: the packaged "
             "all-MiniLM-L6-v2 (6 layers of 384); mpnet: all-mpnet-base-v2 (12 layers of 768) assembled from PyPI "
-            "by benchmarks/assemble_mpnet.py.\n\n" + "\n".join(rows) + "\n")
+            "by benchmarks/assemble_mpnet.py.\n\n" + "\n".join(rows) + "\n" + ablation_text)
 
 
 def main(argv: list[str] | None = None) -> int:
