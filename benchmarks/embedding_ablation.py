@@ -36,6 +36,7 @@ def main() -> None:
     parser.add_argument("--num-tokens", type=int, default=5000)
     parser.add_argument("--flops-reduction", type=float, default=0.5)
     parser.add_argument("--data", default="/work/shared/data/glue/STS-B")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the sample draw and of KPruneConfig.seed")
     parser.add_argument("--machine", default="")
     args = parser.parse_args()
     transformers.logging.set_verbosity_error()
@@ -44,14 +45,14 @@ def main() -> None:
     folder = model_dir(args.model, Path(os.path.expanduser("~/.cache/kprune/mpnet")))
     tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
     model = transformers.AutoModel.from_pretrained(folder).eval()
-    samples = sample_sentences(args.data, tokenizer, num_tokens=args.num_tokens, seed=0)
-    config = kprune.KPruneConfig(progress=False, **json.loads(args.config))
+    samples = sample_sentences(args.data, tokenizer, num_tokens=args.num_tokens, seed=args.seed)
+    config = kprune.KPruneConfig(progress=False, seed=args.seed, **json.loads(args.config))
     started = time.perf_counter()
     result = kprune.prune(model, samples, "embedding", args.flops_reduction, config)
     seconds = time.perf_counter() - started
     after = evaluate_sts(result.model, tokenizer, args.data)
     report = result.report
-    record = {"tag": args.tag, "model": args.model, "num_tokens": report["num_tokens"],
+    record = {"tag": args.tag, "model": args.model, "seed": args.seed, "num_tokens": report["num_tokens"],
               "flops_reduction": report["flops_reduction"], "config": report["config"],
               "spearman_after": after["spearman"], "heads_kept": report["heads_kept"],
               "neurons_kept": report["neurons_kept"], "prune_seconds": round(seconds, 1),
