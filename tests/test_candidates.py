@@ -139,18 +139,22 @@ def test_ridge_to_original_weights_searches_no_refit_too_and_replays(monkeypatch
 
 def test_embedding_models_default_to_the_held_out_refit_towards_their_own_weights():
     default = KPruneConfig()
-    assert default.for_task("embedding").damping_search is True
-    assert default.for_task("embedding").ridge_prior == "original"
+    assert default.for_task("embedding", 64).damping_search is True
+    assert default.for_task("embedding", 64).ridge_prior == "original"
+    assert default.for_task("embedding", 64).mu == 128.0 and default.for_task("embedding", 32).mu == 64.0
     for task in ("classification", "regression", "qa"):
-        resolved = default.for_task(task)
-        assert resolved.damping_search is False and resolved.ridge_prior == "zero"
-    assert KPruneConfig.paper().for_task("embedding").damping_search is False
-    assert KPruneConfig(ridge_prior="zero").for_task("embedding").ridge_prior == "zero"
+        resolved = default.for_task(task, 32)
+        assert resolved.damping_search is False and resolved.ridge_prior == "zero" and resolved.mu == 64.0
+    assert KPruneConfig.paper().for_task("embedding", 64).damping_search is False
+    assert KPruneConfig.paper().for_task("embedding", 64).mu == 64.0
+    assert KPruneConfig(ridge_prior="zero").for_task("embedding", 64).ridge_prior == "zero"
+    assert KPruneConfig(mu=10.0).for_task("embedding", 64).mu == 10.0
     with pytest.raises(ConfigError, match="damping_search='yes'"):
         KPruneConfig(damping_search="yes").validate()
     model = transformers.BertModel(tiny_model("bert", "classification").config).eval()
     report = _prune(model, "embedding", random_samples(12, seed=2)).report
     assert report["config"]["damping_search"] is True and report["config"]["ridge_prior"] == "original"
+    assert report["config"]["mu"] == 2.0 * model.config.hidden_size / model.config.num_attention_heads
     assert len(report["damping_search"]) == 4
 
 

@@ -16,7 +16,7 @@ RIDGE_PRIORS = ("zero", "original", "auto")
 class KPruneConfig:
     lambda_pred: float = 1.0          # weight of predictive knowledge
     lambda_rep: float = 2.5e-4        # weight of representational knowledge
-    mu: float = 64.0                  # head score multiplier
+    mu: float | None = None           # head score multiplier; None: 64 (the paper), 2 x head size for task "embedding"
     temperature: float = 2.0          # T of the distillation loss
     embedding_scale: float = 20.0     # task "embedding": distance of the embeddings at similarity-logit scale (knowledge.embedding_distance)
     damping: float = 1e-4             # least-squares damping, relative to mean(diag(A^T A))
@@ -39,6 +39,8 @@ class KPruneConfig:
     def validate(self) -> "KPruneConfig":
         for name in ("lambda_pred", "lambda_rep", "mu", "temperature", "damping", "embedding_scale"):
             value = getattr(self, name)
+            if name == "mu" and value is None:
+                continue
             if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
                 raise ConfigError(f"{name}={value!r} must be a finite number >= 0")
         if isinstance(self.saved_mb, bool) or not isinstance(self.saved_mb, (int, float)) \
@@ -80,14 +82,16 @@ class KPruneConfig:
             raise ConfigError(f"recipe={name!r}; accepted: {', '.join(RECIPES)}")
         return cls.paper(**overrides) if name == "paper" else cls(**overrides)
 
-    def for_task(self, task: str) -> "KPruneConfig":
-        """The settings with the task-dependent defaults resolved (``damping_search=None``, ``ridge_prior="auto"``):
-        a sentence-embedding model's re-fit is regularised by held-out error towards its own weights; the
-        other tasks keep the paper's KPWT unless asked."""
+    def for_task(self, task: str, head_size: int) -> "KPruneConfig":
+        """The settings with the task-dependent defaults resolved (``mu=None``, ``damping_search=None``,
+        ``ridge_prior="auto"``). A sentence-embedding model's heads weigh μ = 2·head size (the paper's 64 at
+        MiniLM's head size 32, 128 for a base model's 64) and its re-fit is regularised by held-out error
+        towards its own weights; the other tasks keep the paper's μ = 64 and KPWT unless asked."""
         embedding = task == "embedding"
+        mu = (2.0 * head_size if embedding else 64.0) if self.mu is None else self.mu
         search = embedding if self.damping_search is None else self.damping_search
         prior = ("original" if embedding else "zero") if self.ridge_prior == "auto" else self.ridge_prior
-        return replace(self, damping_search=search, ridge_prior=prior)
+        return replace(self, mu=mu, damping_search=search, ridge_prior=prior)
 
     @property
     def compute_batch(self) -> int:

@@ -38,6 +38,8 @@ class Knowledge:
     neuron_flops: float
     num_samples: int
     num_tokens: int
+    task: str = "classification"
+    head_size: int = 64
 
     @property
     def avg_seq_len(self) -> float:
@@ -45,7 +47,7 @@ class Knowledge:
 
     def scores(self, config: KPruneConfig | None = None) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """K-prune's scores per layer: (heads, neurons), μ·(λ_pred·K_pred + λ_rep·K_rep) / FLOPs for heads."""
-        cfg = config or KPruneConfig()
+        cfg = (config or KPruneConfig()).for_task(self.task, self.head_size)
         lp = cfg.lambda_pred if cfg.use_pred else 0.0
         lr = cfg.lambda_rep if cfg.use_rep else 0.0
         heads = [combine_scores(p, r, self.head_flops, lp, lr, cfg.mu)
@@ -240,7 +242,8 @@ def measure_knowledge(model: nn.Module, samples, task: str = "classification", *
     return Knowledge([kn[0] for kn in knowledge[0::2]], [kn[0] for kn in knowledge[1::2]],
                      [kn[1] for kn in knowledge[0::2]], [kn[1] for kn in knowledge[1::2]],
                      head_flops(seq_len, adapter.hidden_size, adapter.head_size, adapter.relative),
-                     neuron_flops(seq_len, adapter.hidden_size, adapter.arch.gated_ffn), num_samples, num_tokens)
+                     neuron_flops(seq_len, adapter.hidden_size, adapter.arch.gated_ffn), num_samples, num_tokens,
+                     task, adapter.head_size)
 
 
 def mask_gradients(model: nn.Module, batches: Iterable[Mapping[str, torch.Tensor]],

@@ -79,9 +79,9 @@ class KPruner:
         self.collective = Collective(process_group)
         with self.collective.guard("checking the settings and the sample"):
             self.task = check_task_kind(task)
-            self.config = (config or KPruneConfig()).validate().for_task(self.task)
             self.flops_reduction = check_reduction(flops_reduction)
             self.teacher = EncoderAdapter(model)
+            self.config = (config or KPruneConfig()).validate().for_task(self.task, self.teacher.head_size)
             check_head(self.teacher, self.task)
             vocab = getattr(model.config, "vocab_size", None)
             pad = getattr(model.config, "pad_token_id", None) or 0
