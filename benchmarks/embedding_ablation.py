@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -57,7 +58,7 @@ def main() -> None:
               "spearman_after": after["spearman"], "heads_kept": report["heads_kept"],
               "neurons_kept": report["neurons_kept"], "prune_seconds": round(seconds, 1),
               "threads": torch.get_num_threads(), "machine": args.machine,
-              "command": " ".join(["python", "benchmarks/embedding_ablation.py"] + sys.argv[1:])}
+              "command": shlex.join(["python", "benchmarks/embedding_ablation.py"] + sys.argv[1:])}
     records = json.loads(RESULTS.read_text()) if RESULTS.exists() else []
     records.append(record)
     tmp = RESULTS.with_suffix(".tmp")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import resource
 import sys
 import time
@@ -99,7 +100,7 @@ def main() -> None:
         "latency": latency, "heads_kept": report["heads_kept"], "neurons_kept": report["neurons_kept"],
         "config": report["config"],
         "dampings_chosen": [c["damping"] for c in report.get("damping_search", [])],
-        "command": " ".join(["python", "benchmarks/embedding_prune.py"] + sys.argv[1:]),
+        "command": shlex.join(["python", "benchmarks/embedding_prune.py"] + sys.argv[1:]),
     }
     output = Path(args.output or HERE / "results" / f"embedding-{args.model}-{round(100 * args.flops_reduction)}-{args.num_tokens // 1000}k"
                                               f"{'-paper' if args.recipe == 'paper' else ''}.json")

@@ -371,7 +371,7 @@ def embedding_recipe(record: dict) -> str:
     cfg = record.get("config") or {}
     refit = (f"held-out damping, ridge to {cfg.get('ridge_prior')}" if cfg.get("damping_search")
              else f"damping {cfg.get('damping')}")
-    return f"embedding_scale {cfg.get('embedding_scale')}, {refit}"
+    return f"embedding_scale {cfg.get('embedding_scale')}, μ {cfg.get('mu'):g}, {refit}"
 
 
 def embedding_section(results: Path) -> str:
