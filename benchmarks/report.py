@@ -396,12 +396,15 @@ def embedding_section(results: Path) -> str:
     if ablation.exists():
         arows = ["| tag | settings | sample tokens | STS-B Spearman after | heads kept | prune s |", "|---|---|---|---|---|---|"]
         for r in json.loads(ablation.read_text()):
-            cfg = r.get("config_given") or r.get("config") or {}
+            full = r.get("config_given") or r.get("config") or {}
+            cfg = {k: full[k] for k in ("embedding_scale", "lambda_pred", "mu", "damping_search", "ridge_prior", "seed")
+                   if k in full}
             arows.append(f"| {r['tag']} | `{json.dumps(cfg)}` | {r.get('num_tokens', r.get('num_tokens_target')):,} "
                          f"| {100 * r['spearman_after']:.2f} | {sum(r['heads_kept'])} | {r['prune_seconds']:.0f} |")
         ablation_text = ("\n### What made all-mpnet-base-v2 survive 50% (benchmarks/embedding_ablation.py)\n\n"
-                         "One run per row, 50% target, small sample, 1 thread with another run beside it; unpruned "
-                         "Spearman 88.11. Commands and notes in results/embedding_ablation.json.\n\n"
+                         "One run per row, 50% target, 1 thread with another run beside it; unpruned Spearman "
+                         "88.11; settings that change the computation (the rest at the defaults of the record's "
+                         "time; full configs, commands and notes in results/embedding_ablation.json).\n\n"
                          + "\n".join(arows) + "\n")
     return ("## Sentence-embedding models (task='embedding')\n\n"
             "Bare sentence-transformers encoders pruned without labels from STS-B train sentences and scored on "
