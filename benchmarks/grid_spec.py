@@ -17,6 +17,8 @@ METHODS = {
     "kprune-head-refit": "K-prune, then the head's output layer re-fitted to the teacher's outputs (head_refit)",
     "kprune-sample-fisher": "K-prune with per-sample Fisher gradients (gradient_groups='sample')",
     "kprune-bf16-2x": "K-prune measuring in bfloat16 on a sample of twice the tokens (measure_dtype='bfloat16')",
+    # issue 15's bf16 decision: the same sample as `kprune`, measured in bfloat16
+    "kprune-bf16": "K-prune measuring in bfloat16 on the same sample (measure_dtype='bfloat16')",
     "kprune-default": "K-prune with this version's defaults, KPruneConfig() (the paper's recipe is `kprune`)",
 }
 # KPruneConfig settings of every K-prune method, on top of the paper's recipe (KPruneConfig.paper);
@@ -31,12 +33,15 @@ KPRUNE_CONFIGS = {
     "kprune-head-refit": {"head_refit": True},
     "kprune-sample-fisher": {"gradient_groups": "sample"},
     "kprune-bf16-2x": {"measure_dtype": "bfloat16"},
+    "kprune-bf16": {"measure_dtype": "bfloat16"},
     "kprune-default": None,
 }
 TOKEN_FACTOR = {"kprune-bf16-2x": 2}   # methods drawing a larger sample than --num-tokens
 CANDIDATE_METHODS = ["kprune-damping-search", "kprune-ridge-original", "kprune-head-refit", "kprune-sample-fisher", "kprune-bf16-2x"]
 CANDIDATE_REDUCTIONS = [0.6, 0.7, 0.8]
 CANDIDATE_SEEDS = [0, 1, 2]
+BF16_METHODS = ["kprune", "kprune-bf16"]   # --study bf16: float32 against bfloat16 measurement, same samples
+BF16_REDUCTIONS = [0.5, 0.8]
 MAIN_METHODS = ["kprune", "kwon"]
 OTHER_METHODS = ["kprune-no-tuning", "kprune-pred-only", "kprune-rep-only", "magnitude"]
 REDUCTIONS = [0.4, 0.5, 0.6, 0.7, 0.8]

@@ -442,6 +442,9 @@ def main(argv: list[str] | None = None) -> int:
     import candidates_report   # candidate improvements against plain K-prune, when the grid holds them
     section = candidates_report.render(grid, args.plots / "candidates.png", f"{plots_rel}/candidates.png")
     text += "\n" + section if section else ""
+    import bf16_report   # issue 15's bf16 decision, when the grid holds bf16 cells
+    section = bf16_report.render(grid)
+    text += "\n" + section if section else ""
     export = HERE / "results" / "export_latency.md"   # written by bench_export_latency.py
     if export.is_file():
         text += "\n" + export.read_text()

@@ -38,7 +38,8 @@ sys.path.insert(0, str(REPO / "examples"))  # finetune.py, latency.py (tooling, 
 sys.path.insert(0, str(HERE))
 
 from json_results import write_json_atomically  # noqa: E402
-from grid_spec import (CANDIDATE_METHODS, CANDIDATE_REDUCTIONS, CANDIDATE_SEEDS, EXTRA_SEEDS,  # noqa: E402
+from grid_spec import (BF16_METHODS, BF16_REDUCTIONS, CANDIDATE_METHODS, CANDIDATE_REDUCTIONS,  # noqa: E402
+                       CANDIDATE_SEEDS, EXTRA_SEEDS,
                        KPRUNE_CONFIGS, LATENCY_SHAPES, MAIN_METHODS, METHODS, OTHER_METHODS, REDUCTIONS,
                        TASK_ORDER, TOKEN_FACTOR, canonical_command, cell_key, planned_cells)
 
@@ -228,9 +229,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", nargs="+", type=int, default=None,
                         help="the first is the fixed seed of every cell; the others run at 50%% and 80%% only "
                              "(at every reduction with --study candidates)")
-    parser.add_argument("--study", choices=("grid", "candidates"), default="grid",
+    parser.add_argument("--study", choices=("grid", "candidates", "bf16"), default="grid",
                         help="candidates: plain K-prune (the paper's recipe) and each candidate improvement at "
-                             "60/70/80%%, three seeds each, into the same grid.json")
+                             "60/70/80%%, three seeds each; bf16: K-prune measured in float32 and in bfloat16 at "
+                             "50/80%%, three seeds each; both into the same grid.json")
     parser.add_argument("--num-tokens", type=int, default=100_000)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
@@ -256,11 +258,14 @@ def main(argv: list[str] | None = None) -> int:
 
     from finetune import read_record
 
-    candidates = args.study == "candidates"
-    args.methods = args.methods or (["kprune"] + CANDIDATE_METHODS if candidates else MAIN_METHODS + OTHER_METHODS)
-    args.reductions = args.reductions or (CANDIDATE_REDUCTIONS if candidates else REDUCTIONS)
-    args.seeds = args.seeds or (CANDIDATE_SEEDS if candidates else [0] + EXTRA_SEEDS)
-    cells = planned_cells(args.tasks, args.methods, args.reductions, args.seeds, every_seed=candidates)
+    study_methods, study_reductions = {"candidates": (["kprune"] + CANDIDATE_METHODS, CANDIDATE_REDUCTIONS),
+                                       "bf16": (BF16_METHODS, BF16_REDUCTIONS)}.get(
+        args.study, (MAIN_METHODS + OTHER_METHODS, REDUCTIONS))
+    every_seed = args.study != "grid"
+    args.methods = args.methods or study_methods
+    args.reductions = args.reductions or study_reductions
+    args.seeds = args.seeds or (CANDIDATE_SEEDS if every_seed else [0] + EXTRA_SEEDS)
+    cells = planned_cells(args.tasks, args.methods, args.reductions, args.seeds, every_seed=every_seed)
     grid = load_grid(args.output)
     if args.list:
         for cell in cells:

@@ -12,6 +12,7 @@ from kprune.config import PAPER_RECIPE
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))
+import bf16_report  # noqa: E402
 import candidates_report  # noqa: E402
 import grid_spec  # noqa: E402
 import run_grid  # noqa: E402
@@ -68,3 +69,36 @@ def test_the_rule_for_a_new_default():
     assert candidates_report.summarise({"cells": cells}, "kprune-head-refit")["passes"]
     text = candidates_report.render({"cells": cells})
     assert "| kprune-head-refit | sst2 | +1.00 (±1.00, 3 seeds) |" in text and "meets the rule" in text
+
+
+def test_study_bf16_plans_float32_and_bf16_at_50_and_80_every_seed(capsys, tmp_path):
+    assert run_grid.main(["--study", "bf16", "--tasks", "stsb", "--list", "--output", str(tmp_path / "g.json")]) == 0
+    listed = {line.split()[0] for line in capsys.readouterr().out.splitlines()}
+    assert listed == {grid_spec.cell_key("stsb", m, r, s) for m in ("kprune", "kprune-bf16")
+                      for r in (0.5, 0.8) for s in (0, 1, 2)}
+    assert grid_spec.KPRUNE_CONFIGS["kprune-bf16"] == {"measure_dtype": "bfloat16"}
+    assert "kprune-bf16" not in grid_spec.TOKEN_FACTOR   # the same sample as float32
+
+
+def test_the_bf16_rule_needs_every_task_and_no_loss_beyond_the_seed_spread():
+    cells = {}
+    for task in grid_spec.TASK_ORDER:
+        for r in (0.5, 0.8):
+            for seed, value in enumerate([0.80, 0.81, 0.82]):   # float32 seed std: 1 point
+                cells[grid_spec.cell_key(task, "kprune", r, seed)] = _cell(task, "kprune", r, seed, value, 100)
+                # bf16 0.9 points below on qqp at 80% (within the spread), equal elsewhere, 2/3 of the time
+                low = value - (0.009 if (task, r) == ("qqp", 0.8) else 0.0)
+                cells[grid_spec.cell_key(task, "kprune-bf16", r, seed)] = _cell(task, "kprune-bf16", r, seed, low, 200 / 3)
+    summary = bf16_report.summarise({"cells": cells})
+    assert summary["complete"] and not summary["losses"] and summary["adopt"]
+    assert summary["rows"][("qqp", 0.8)]["diff"] == pytest.approx(-0.9)
+    assert summary["time_ratio"] == pytest.approx(2 / 3)
+    assert "can become the default" in bf16_report.render({"cells": cells})
+    for seed in range(3):   # 1.1 points below: beyond the spread
+        cells[grid_spec.cell_key("sst2", "kprune-bf16", 0.5, seed)]["metric"] -= 0.011
+    summary = bf16_report.summarise({"cells": cells})
+    assert summary["losses"] == ["sst2 50%"] and not summary["adopt"]
+    assert "loses beyond float32's seed spread on sst2 50%" in bf16_report.render({"cells": cells})
+    incomplete = {k: c for k, c in cells.items() if c["task"] != "squad" and not (c["task"] == "sst2")}
+    text = bf16_report.render({"cells": incomplete})
+    assert "incomplete (no cells for sst2, squad)" in text and not bf16_report.summarise({"cells": incomplete})["adopt"]

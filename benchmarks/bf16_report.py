@@ -1,0 +1,89 @@
+"""The bf16 decision (issue 15) from grid.json: K-prune measured in bfloat16 (`kprune-bf16`) against the
+same run in float32 (`kprune`), on the same samples (task, reduction, seed), at 50% and 80%.
+
+    python benchmarks/bf16_report.py [--grid benchmarks/results/grid.json]
+
+Fill the cells with ``python benchmarks/run_grid.py --study bf16``. The rule: bf16 becomes the default on
+CPUs with native bf16 only if, on every task the study covers and at both reductions, its mean over seeds
+is not below the float32 mean by more than float32's seed standard deviation; and only once all five
+tasks are in. report.py appends this section when the grid holds bf16 cells.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from candidates_report import _scale, _std, paired  # noqa: E402
+from grid_spec import BF16_REDUCTIONS, TASK_ORDER  # noqa: E402
+
+METHOD = "kprune-bf16"
+
+
+def summarise(grid: dict) -> dict:
+    """Per (task, reduction): float32 and bf16 means over the seeds both ran, float32's seed std, the time
+    ratio; the tasks where bf16 loses beyond that std; whether every task is covered."""
+    rows, seconds = {}, [[], []]
+    for t in TASK_ORDER:
+        for r in BF16_REDUCTIONS:
+            pairs = paired(grid, t, METHOD, r)
+            if not pairs:
+                continue
+            low = [_scale(t, c["metric"]) for c, _ in pairs]
+            full = [_scale(t, b["metric"]) for _, b in pairs]
+            rows[(t, r)] = {"bf16": statistics.fmean(low), "float32": statistics.fmean(full),
+                            "diff": statistics.fmean(low) - statistics.fmean(full), "float32_std": _std(full),
+                            "seeds": len(pairs),
+                            "time_ratio": sum(c["prune_seconds"] for c, _ in pairs) / sum(b["prune_seconds"] for _, b in pairs)}
+            seconds[0] += [c["prune_seconds"] for c, _ in pairs]
+            seconds[1] += [b["prune_seconds"] for _, b in pairs]
+    tasks = [t for t in TASK_ORDER if any(key[0] == t for key in rows)]
+    losses = [f"{t} {int(round(100 * r))}%" for (t, r), row in rows.items() if row["diff"] < -row["float32_std"]]
+    complete = all((t, r) in rows and rows[(t, r)]["seeds"] >= 3 for t in TASK_ORDER for r in BF16_REDUCTIONS)
+    return {"rows": rows, "tasks": tasks, "losses": losses, "complete": complete,
+            "time_ratio": sum(seconds[0]) / sum(seconds[1]) if seconds[1] else None,
+            "adopt": complete and not losses}
+
+
+def render(grid: dict) -> str:
+    """The markdown section ("" when the grid holds no bf16 cell)."""
+    s = summarise(grid)
+    if not s["rows"]:
+        return ""
+    out = ["## bf16 measurement against float32 (issue 15)", "",
+           "K-prune with the knowledge passes under bfloat16 autocast (`measure_dtype=\"bfloat16\"`, method "
+           "`kprune-bf16`) against the same run in float32 (`kprune`), same samples. Filled by `python "
+           "benchmarks/run_grid.py --study bf16` (resumable). Metric ×100, means over the seeds both ran; "
+           "time: bf16 / float32 pruning seconds (cores shared: noisy).", "",
+           "| task | reduction | float32 (± seed std) | bf16 | bf16 − float32 | seeds | time ratio |",
+           "|---|---|---|---|---|---|---|"]
+    for (t, r), row in s["rows"].items():
+        out.append(f"| {t} | {int(round(100 * r))}% | {row['float32']:.2f} (±{row['float32_std']:.2f}) | "
+                   f"{row['bf16']:.2f} | {row['diff']:+.2f} | {row['seeds']} | {row['time_ratio']:.2f}x |")
+    if s["losses"]:
+        verdict = f"bf16 loses beyond float32's seed spread on {', '.join(s['losses'])}: float32 stays the default."
+    elif not s["complete"]:
+        missing = [t for t in TASK_ORDER if t not in s["tasks"]]
+        verdict = ("no loss beyond the seed spread so far, but the study is incomplete"
+                   + (f" (no cells for {', '.join(missing)})" if missing else " (fewer than 3 seeds somewhere)")
+                   + ": float32 stays the default until every task is in.")
+    else:
+        verdict = "bf16 stays within float32's seed spread on every task: it can become the default on native-bf16 CPUs."
+    return "\n".join(out + ["", f"Decision: {verdict}", ""])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--grid", type=Path, default=HERE / "results" / "grid.json")
+    args = parser.parse_args(argv)
+    print(render(json.loads(args.grid.read_text())))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
