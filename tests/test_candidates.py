@@ -127,7 +127,7 @@ def test_ridge_to_original_weights_searches_no_refit_too_and_replays(monkeypatch
     choices = searched.report["damping_search"]
     for choice in choices:
         errors = {None if d == "None" else float(d): e for d, e in choice["errors"].items()}
-        assert set(errors) == {1e-4, *heldout.SUBLAYER_DAMPINGS, 1.0, 3.0, None}
+        assert set(errors) == {1e-4, *heldout.SUBLAYER_DAMPINGS, *heldout.PRIOR_DAMPINGS}
         assert choice["damping"] == min(errors, key=errors.get)
     forced = iter([c["damping"] for c in choices])
     plain_refit = kprune.tuning.SublayerTuner.refit

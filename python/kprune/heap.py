@@ -13,6 +13,7 @@ import ctypes
 import os
 
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+_open = open   # still bound when a KPruner.steps() generator is finalised at interpreter exit
 
 
 def _find_trim():
@@ -28,7 +29,7 @@ _TRIM = _find_trim()
 def resident_bytes() -> int | None:
     """This process's resident set size in bytes (None where /proc is not there)."""
     try:
-        with open("/proc/self/statm", "rb") as f:
+        with _open("/proc/self/statm", "rb") as f:
             return int(f.read().split()[1]) * _PAGE
     except (OSError, ValueError, IndexError):
         return None

@@ -17,6 +17,8 @@ from kprune.errors import NumericalError
 from kprune_ext import ops
 
 SUBLAYER_DAMPINGS = (1e-3, 1e-2, 3e-2, 1e-1, 3e-1)   # tried besides KPruneConfig.damping
+# tried too when the ridge pulls towards the original weights: stronger pulls, and None = keep them (no re-fit)
+PRIOR_DAMPINGS = (1.0, 3.0, None)
 
 
 def sample_folds(num_samples: int, seed: int) -> torch.Tensor:
@@ -100,7 +102,7 @@ def refit_selecting_damping(tuner, sublayer: int, fold: torch.Tensor, default: f
     observer = FoldStatistics(fold)
     candidates = [default] + [d for d in SUBLAYER_DAMPINGS if d != default]
     if ridge_prior == "original":
-        candidates += [1.0, 3.0, None]
+        candidates += list(PRIOR_DAMPINGS)
     chosen: dict = {"sublayer": sublayer}
 
     def pick(stats, prior) -> float | None:
