@@ -11,6 +11,7 @@ from conftest import model_outputs, padded_batch, random_samples, tiny_model
 from kprune.adapters import EncoderAdapter
 from kprune.errors import ConfigError, DataError, NumericalError, UnsupportedModelError
 from kprune.pruner import KPruner
+from kprune.samples import batch_slices, make_batches
 from kprune.search import search_kept
 
 FAST = dict(progress=False, batch_size=8)
@@ -62,8 +63,9 @@ def test_batch_gradient_groups_do_not_depend_on_compute_batching():
     model = tiny_model("bert", "classification", layers=3)
     samples = random_samples(30, seed=5)
     runs = []
-    for compute in (3, 7, 30):
-        config = kprune.KPruneConfig(progress=False, batch_size=8, compute_batch_size=compute)
+    for compute, tokens in ((3, None), (7, None), (30, None), (30, 40), (30, 1024)):
+        config = kprune.KPruneConfig(progress=False, batch_size=8, compute_batch_size=compute,
+                                     compute_batch_tokens=tokens)
         pruner = KPruner(model, samples, "classification", 0.6, config)
         stats = None
         for step in pruner.steps():
@@ -84,9 +86,33 @@ def test_batch_gradient_groups_do_not_depend_on_compute_batching():
                                                            kprune.KPruneConfig(progress=False, batch_size=8)).groups.of_sample)
 
 
+@pytest.mark.parametrize("max_tokens", [None, 1, 40, 100, 10_000])
+def test_compute_batches_hold_every_sample_once_within_both_caps(max_tokens):
+    g = torch.Generator().manual_seed(3)
+    lengths = [int(n) for n in torch.randint(1, 60, (57,), generator=g)]
+    slices = batch_slices(lengths, 8, max_tokens)
+    flat = [i for s in slices for i in s]
+    assert flat == sorted(range(len(lengths)), key=lambda i: lengths[i])   # stable length order, each once
+    for s in slices:
+        assert 1 <= len(s) <= 8
+        padded = len(s) * max(lengths[i] for i in s)
+        assert max_tokens is None or padded <= max_tokens or len(s) == 1
+    if max_tokens is None:   # no token cap: consecutive chunks of batch_size, as before the cap existed
+        assert [len(s) for s in slices] == [8] * 7 + [1]
+    if max_tokens == 40:     # greedy: a batch is cut only when the next sample would not fit
+        for a, b in zip(slices, slices[1:]):
+            assert len(a) == 8 or (len(a) + 1) * lengths[b[0]] > 40
+    batches = make_batches([{"input_ids": torch.arange(1, n + 1)} for n in lengths], 8, max_tokens=max_tokens)
+    assert [b.sample_index.tolist() for b in batches] == slices
+    assert all(b.input_ids.shape == (len(s), max(lengths[i] for i in s)) for b, s in zip(batches, slices))
+
+
 def test_compute_batch_size_and_seed_are_checked():
     with pytest.raises(kprune.ConfigError, match="compute_batch_size"):
         kprune.KPruneConfig(compute_batch_size=0).validate()
+    for bad in (0, True, 2.5):
+        with pytest.raises(kprune.ConfigError, match="compute_batch_tokens"):
+            kprune.KPruneConfig(compute_batch_tokens=bad).validate()
     with pytest.raises(kprune.ConfigError, match="seed"):
         kprune.KPruneConfig(seed=0.5).validate()
 

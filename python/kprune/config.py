@@ -24,6 +24,7 @@ class KPruneConfig:
     gradient_groups: str = "batch"    # "batch": paper's batch-mean gradients over a seeded random partition; "sample": per-sample Fisher
     seed: int = 0                     # seed of that random partition
     compute_batch_size: int | None = None   # samples per compute batch (length-sorted); None: batch_size
+    compute_batch_tokens: int | None = 1024  # and at most this many padded tokens in one (memory); None: no cap
     weight_tuning: bool = True        # KPWT; False for the ablation
     recompute: bool = True            # backward one sublayer at a time (memory nearly flat in depth); False: one graph
     saved_mb: float = 256.0           # with recompute: MB of one batch's inner activations kept so their backward recomputes nothing
@@ -55,6 +56,10 @@ class KPruneConfig:
         if self.compute_batch_size is not None and (not isinstance(self.compute_batch_size, int)
                                                     or self.compute_batch_size < 1):
             raise ConfigError(f"compute_batch_size={self.compute_batch_size!r} must be None or an integer >= 1")
+        if self.compute_batch_tokens is not None and (not isinstance(self.compute_batch_tokens, int)
+                                                      or isinstance(self.compute_batch_tokens, bool)
+                                                      or self.compute_batch_tokens < 1):
+            raise ConfigError(f"compute_batch_tokens={self.compute_batch_tokens!r} must be None or an integer >= 1")
         if not isinstance(self.seed, int):
             raise ConfigError(f"seed={self.seed!r} must be an integer")
         if self.gradient_groups not in GRADIENT_GROUPS:
@@ -109,7 +114,7 @@ PAPER_RECIPE = dict(lambda_pred=1.0, lambda_rep=2.5e-4, mu=64.0, temperature=2.0
                     gradient_groups="batch", weight_tuning=True, measure_dtype="float32", use_pred=True,
                     use_rep=True, damping_search=False, ridge_prior="zero", head_refit=False,
                     embedding_scale=20.0)
-RECIPE_FREE = ("seed", "compute_batch_size", "recompute", "saved_mb", "device", "progress")
+RECIPE_FREE = ("seed", "compute_batch_size", "compute_batch_tokens", "recompute", "saved_mb", "device", "progress")
 RECIPES = ("default", "paper")
 
 

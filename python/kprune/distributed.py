@@ -200,12 +200,12 @@ def shard_by_tokens(lengths: list[int], world_size: int, rank: int) -> list[int]
 
 
 def local_batches(samples: list[dict[str, torch.Tensor]], collective: Collective, batch_size: int,
-                  pad_token_id: int, device) -> list[Batch]:
+                  pad_token_id: int, device, max_tokens: int | None = None) -> list[Batch]:
     """This rank's length-sorted batches, with ``sample_index`` into the global sample list."""
     if not collective.distributed:
-        return make_batches(samples, batch_size, pad_token_id, device)
+        return make_batches(samples, batch_size, pad_token_id, device, max_tokens)
     mine = shard_by_tokens([s["input_ids"].numel() for s in samples], collective.world_size, collective.rank)
-    batches = make_batches([samples[i] for i in mine], batch_size, pad_token_id, device)
+    batches = make_batches([samples[i] for i in mine], batch_size, pad_token_id, device, max_tokens)
     index = torch.tensor(mine, dtype=torch.long)
     for batch in batches:
         batch.sample_index = index[batch.sample_index]

@@ -197,7 +197,7 @@ def measure_knowledge(model: nn.Module, samples, task: str = "classification", *
     device = next(model.parameters()).device
     pad = getattr(model.config, "pad_token_id", None) or 0
     plain = normalise_samples(samples, getattr(model.config, "vocab_size", None))
-    batches = make_batches(plain, cfg.compute_batch, pad, device)
+    batches = make_batches(plain, cfg.compute_batch, pad, device, cfg.compute_batch_tokens)
     groups = GradientGroups.random(len(plain), cfg.batch_size, cfg.seed) if cfg.gradient_groups == "batch" else None
     with_types = _accepts(model, "token_type_ids")
 

@@ -92,7 +92,7 @@ class KPruner:
         self.device = torch.device(self.config.device)
         # this rank's share of the sample; counts, lengths and gradient groups are the whole sample's
         self.batches: list[Batch] = local_batches(self.samples, self.collective, self.config.compute_batch, pad,
-                                                  self.device)
+                                                  self.device, self.config.compute_batch_tokens)
         self.num_samples = len(self.samples)
         # the paper's batch-mean gradients, over a seeded random partition whatever the compute batches
         self.groups = GradientGroups.random(self.num_samples, self.config.batch_size, self.config.seed) \

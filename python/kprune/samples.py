@@ -77,14 +77,29 @@ def normalise_samples(samples, vocab_size: int | None = None) -> list[dict[str, 
     return out
 
 
+def batch_slices(lengths: list[int], batch_size: int, max_tokens: int | None = None) -> list[list[int]]:
+    """Sample indices of each compute batch: stable-sorted by length, then cut greedily so that a batch
+    holds at most ``batch_size`` samples and at most ``max_tokens`` padded tokens (rows x longest row;
+    a sample longer than that gets a batch of its own)."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    slices: list[list[int]] = []
+    for i in order:
+        current = slices[-1] if slices else None
+        if current is None or len(current) == batch_size or \
+                (max_tokens is not None and (len(current) + 1) * lengths[i] > max_tokens):
+            slices.append([i])
+        else:
+            current.append(i)
+    return slices
+
+
 def make_batches(samples: list[dict[str, torch.Tensor]], batch_size: int, pad_token_id: int = 0,
-                 device: str | torch.device = "cpu") -> list[Batch]:
-    """Group samples of similar length (stable sort by length) into right-padded batches."""
-    order = sorted(range(len(samples)), key=lambda i: samples[i]["input_ids"].numel())
+                 device: str | torch.device = "cpu", max_tokens: int | None = None) -> list[Batch]:
+    """Group samples of similar length (:func:`batch_slices`) into right-padded batches."""
     with_types = all("token_type_ids" in s for s in samples)
     batches = []
-    for start in range(0, len(order), batch_size):
-        chunk = [samples[i] for i in order[start:start + batch_size]]
+    for indices in batch_slices([s["input_ids"].numel() for s in samples], batch_size, max_tokens):
+        chunk = [samples[i] for i in indices]
         lengths = torch.tensor([s["input_ids"].numel() for s in chunk])
         seq = int(lengths.max())
         ids = torch.full((len(chunk), seq), pad_token_id, dtype=torch.long)
@@ -96,7 +111,7 @@ def make_batches(samples: list[dict[str, torch.Tensor]], batch_size: int, pad_to
                 types[row, :n] = sample["token_type_ids"]
         key_mask = torch.arange(seq)[None, :] < lengths[:, None]
         batches.append(Batch(ids.to(device), None if types is None else types.to(device), key_mask.to(device), lengths,
-                             torch.tensor(order[start:start + batch_size], dtype=torch.long)))
+                             torch.tensor(indices, dtype=torch.long)))
     return batches
 
 
