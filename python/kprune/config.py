@@ -24,7 +24,7 @@ class KPruneConfig:
     gradient_groups: str = "batch"    # "batch": paper's batch-mean gradients over a seeded random partition; "sample": per-sample Fisher
     seed: int = 0                     # seed of that random partition
     compute_batch_size: int | None = None   # samples per compute batch (length-sorted); None: batch_size
-    compute_batch_tokens: int | None = 1024  # and at most this many padded tokens in one (memory); None: no cap
+    compute_batch_tokens: int | None = 512   # and at most this many padded tokens in one (memory); None: no cap
     weight_tuning: bool = True        # KPWT; False for the ablation
     recompute: bool = True            # backward one sublayer at a time (memory nearly flat in depth); False: one graph
     saved_mb: float = 256.0           # with recompute: MB of one batch's inner activations kept so their backward recomputes nothing
