@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from candidates_report import _scale, _std, paired  # noqa: E402
+from candidates_report import paired_row  # noqa: E402
 from grid_spec import BF16_REDUCTIONS, TASK_ORDER  # noqa: E402
 
 METHOD = "kprune-bf16"
@@ -31,17 +30,14 @@ def summarise(grid: dict) -> dict:
     rows, seconds = {}, [[], []]
     for t in TASK_ORDER:
         for r in BF16_REDUCTIONS:
-            pairs = paired(grid, t, METHOD, r)
-            if not pairs:
+            row = paired_row(grid, t, METHOD, r)
+            if row is None:
                 continue
-            low = [_scale(t, c["metric"]) for c, _ in pairs]
-            full = [_scale(t, b["metric"]) for _, b in pairs]
-            rows[(t, r)] = {"bf16": statistics.fmean(low), "float32": statistics.fmean(full),
-                            "diff": statistics.fmean(low) - statistics.fmean(full), "float32_std": _std(full),
-                            "seeds": len(pairs),
-                            "time_ratio": sum(c["prune_seconds"] for c, _ in pairs) / sum(b["prune_seconds"] for _, b in pairs)}
-            seconds[0] += [c["prune_seconds"] for c, _ in pairs]
-            seconds[1] += [b["prune_seconds"] for _, b in pairs]
+            low_s, full_s = row["seconds"]
+            rows[(t, r)] = {"bf16": row["candidate"], "float32": row["base"], "diff": row["diff"],
+                            "float32_std": row["base_std"], "seeds": row["seeds"], "time_ratio": sum(low_s) / sum(full_s)}
+            seconds[0] += low_s
+            seconds[1] += full_s
     tasks = [t for t in TASK_ORDER if any(key[0] == t for key in rows)]
     losses = [f"{t} {int(round(100 * r))}%" for (t, r), row in rows.items() if row["diff"] < -row["float32_std"]]
     complete = all((t, r) in rows and rows[(t, r)]["seeds"] >= 3 for t in TASK_ORDER for r in BF16_REDUCTIONS)

@@ -46,6 +46,19 @@ def _std(values: list[float]) -> float:
     return statistics.stdev(values) if len(values) > 1 else 0.0
 
 
+def paired_row(grid: dict, task: str, method: str, reduction: float) -> dict | None:
+    """Means over the seeds where ``method`` and plain K-prune both ran (metric x100), their difference,
+    K-prune's seed std and the pruning seconds of each; None when no seed has both."""
+    pairs = paired(grid, task, method, reduction)
+    if not pairs:
+        return None
+    cand = [_scale(task, c["metric"]) for c, _ in pairs]
+    base = [_scale(task, b["metric"]) for _, b in pairs]
+    return {"candidate": statistics.fmean(cand), "base": statistics.fmean(base),
+            "diff": statistics.fmean(cand) - statistics.fmean(base), "base_std": _std(base), "seeds": len(pairs),
+            "seconds": ([c["prune_seconds"] for c, _ in pairs], [b["prune_seconds"] for _, b in pairs])}
+
+
 def summarise(grid: dict, method: str) -> dict:
     """Per (task, reduction): paired means, the difference and plain K-prune's seed std; per reduction the
     mean difference over tasks; the time ratio; and the verdict of the rule."""
@@ -54,18 +67,14 @@ def summarise(grid: dict, method: str) -> dict:
     for r in CANDIDATE_REDUCTIONS:
         diffs = []
         for t in tasks:
-            pairs = paired(grid, t, method, r)
-            if not pairs:
+            row = paired_row(grid, t, method, r)
+            if row is None:
                 continue
-            cand = [_scale(t, c["metric"]) for c, _ in pairs]
-            base = [_scale(t, b["metric"]) for _, b in pairs]
-            diff = statistics.fmean(cand) - statistics.fmean(base)
-            rows[(t, r)] = {"candidate": statistics.fmean(cand), "base": statistics.fmean(base), "diff": diff,
-                            "base_std": _std(base), "seeds": len(pairs),
-                            "extra_s": statistics.fmean(c["prune_seconds"] - b["prune_seconds"] for c, b in pairs)}
-            diffs.append(diff)
-            seconds[0] += [c["prune_seconds"] for c, _ in pairs]
-            seconds[1] += [b["prune_seconds"] for _, b in pairs]
+            cand_s, base_s = row.pop("seconds")
+            rows[(t, r)] = {**row, "extra_s": statistics.fmean(c - b for c, b in zip(cand_s, base_s))}
+            diffs.append(row["diff"])
+            seconds[0] += cand_s
+            seconds[1] += base_s
         if diffs:
             by_reduction[r] = (statistics.fmean(diffs), len(diffs))
     ratio = sum(seconds[0]) / sum(seconds[1]) if seconds[1] else None
