@@ -7,7 +7,8 @@ Loads the grid's fine-tuned checkpoint and pruning sample as run_grid.py's cells
 ``KPruneConfig.paper`` plus ``--config``), resets the kernel's peak-RSS mark (VmHWM) right before the run
 (as the cells and the side-by-side table measure it) and again after every sublayer step, and records the
 resident set before the run, each step's peak and the run's peak. Appends one entry per invocation to
-benchmarks/results/memory_trace.json (the same task, reduction, seed and config replace their old entry).
+benchmarks/results/memory_trace.json (the same task, reduction, seed, config and label replace their old
+entry). Run with PYTHONPATH at another checkout's python/ to measure that code (say so with --label).
 """
 from __future__ import annotations
 
@@ -37,6 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-dir", type=Path, default=HERE.parent.parent / "shared" / "data")
     parser.add_argument("--cache-dir", type=Path, default=Path("~/.cache/kprune-bench"))
     parser.add_argument("--machine", default="", help="how loaded the machine was, recorded with the numbers")
+    parser.add_argument("--label", default="", help="tells runs of other code apart (e.g. 'before: commit abc1234')")
     args = parser.parse_args(argv)
 
     import torch
@@ -80,11 +82,12 @@ def main(argv: list[str] | None = None) -> int:
     entry = {"task": args.task, "reduction": args.reduction, "num_tokens": report["num_tokens"], "seed": args.seed,
              "config": settings, "rss_before_mb": round(before, 1), "peak_mb": round(run_peak, 1),
              "seconds": round(seconds, 1), "steps": steps, "num_batches": len(pruner.batches),
-             "heads_kept": report["heads_kept"], "machine": args.machine,
+             "heads_kept": report["heads_kept"], "machine": args.machine, "label": args.label,
              "finished_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
              "command": "python benchmarks/memory_trace.py " + " ".join(sys.argv[1:] if argv is None else argv)}
     old = json.loads(RESULTS.read_text())["runs"] if RESULTS.is_file() else []
-    same = lambda e: (e["task"], e["reduction"], e["seed"], e["config"]) == (args.task, args.reduction, args.seed, settings)
+    key = (args.task, args.reduction, args.seed, settings, args.label)
+    same = lambda e: (e["task"], e["reduction"], e["seed"], e["config"], e.get("label", "")) == key
     write_json_atomically(RESULTS, {"runs": [e for e in old if not same(e)] + [entry]})
     print(f"{args.task} {args.reduction:.0%} {settings or 'defaults'}: RSS before {before:.0f} MB, "
           f"peak {run_peak:.0f} MB, {seconds:.1f} s, {len(pruner.batches)} compute batches")
