@@ -1,9 +1,10 @@
 """The bf16 decision (issue 15) from grid.json: K-prune measured in bfloat16 (`kprune-bf16`) against the
 same run in float32 (`kprune`), on the same samples (task, reduction, seed), at 50% and 80%.
 
-    python benchmarks/bf16_report.py [--grid benchmarks/results/grid.json]
+    python benchmarks/bf16_report.py [--grid benchmarks/results/grid-bf16.json]
 
-Fill the cells with ``python benchmarks/run_grid.py --study bf16``. The rule: bf16 becomes the default on
+Fill the cells with ``python benchmarks/run_grid.py --study bf16`` (into grid-bf16.json: its float32 cells
+run on the same code as its bf16 cells). The rule: bf16 becomes the default on
 CPUs with native bf16 only if, on every task the study covers and at both reductions, its mean over seeds
 is not below the float32 mean by more than float32's seed standard deviation; and only once all five
 tasks are in. report.py appends this section when the grid holds bf16 cells.
@@ -54,8 +55,8 @@ def render(grid: dict) -> str:
     out = ["## bf16 measurement against float32 (issue 15)", "",
            "K-prune with the knowledge passes under bfloat16 autocast (`measure_dtype=\"bfloat16\"`, method "
            "`kprune-bf16`) against the same run in float32 (`kprune`), same samples. Filled by `python "
-           "benchmarks/run_grid.py --study bf16` (resumable). Metric ×100, means over the seeds both ran; "
-           "time: bf16 / float32 pruning seconds (cores shared: noisy).", "",
+           "benchmarks/run_grid.py --study bf16` (resumable; benchmarks/results/grid-bf16.json). Metric ×100, "
+           "means over the seeds both ran; time: bf16 / float32 pruning seconds (cores shared: noisy).", "",
            "| task | reduction | float32 (± seed std) | bf16 | bf16 − float32 | seeds | time ratio |",
            "|---|---|---|---|---|---|---|"]
     for (t, r), row in s["rows"].items():
@@ -75,7 +76,7 @@ def render(grid: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--grid", type=Path, default=HERE / "results" / "grid.json")
+    parser.add_argument("--grid", type=Path, default=HERE / "results" / "grid-bf16.json")
     args = parser.parse_args(argv)
     print(render(json.loads(args.grid.read_text())))
     return 0

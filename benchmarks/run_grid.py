@@ -216,6 +216,7 @@ def machine_info(threads: int) -> dict:
 
 
 DEFAULT_OUTPUT = HERE / "results" / "grid.json"
+BF16_OUTPUT = HERE / "results" / "grid-bf16.json"   # --study bf16: its own float32 cells on the code it ran with
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -235,7 +236,8 @@ def main(argv: list[str] | None = None) -> int:
                              "50/80%%, three seeds each; both into the same grid.json")
     parser.add_argument("--num-tokens", type=int, default=100_000)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
+    parser.add_argument("--output", type=Path, default=None,
+                        help="default: benchmarks/results/grid.json (grid-bf16.json with --study bf16)")
     parser.add_argument("--list", action="store_true", help="print the planned cells and whether each is done")
     parser.add_argument("--no-finetune", action="store_true",
                         help="skip tasks without a fine-tuned checkpoint instead of fine-tuning them first")
@@ -258,6 +260,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from finetune import read_record
 
+    args.output = args.output or (BF16_OUTPUT if args.study == "bf16" else DEFAULT_OUTPUT)
     study_methods, study_reductions = {"candidates": (["kprune"] + CANDIDATE_METHODS, CANDIDATE_REDUCTIONS),
                                        "bf16": (BF16_METHODS, BF16_REDUCTIONS)}.get(
         args.study, (MAIN_METHODS + OTHER_METHODS, REDUCTIONS))
