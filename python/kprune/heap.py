@@ -51,7 +51,7 @@ class HeapTrimmer:
     that the heap's free memory stays resident for reuse (trimming it would only cost page faults when it
     is used again, and could not lower the peak). :meth:`trim` trims at once (between phases of a run)."""
 
-    def __init__(self, slack_mb: float = 16.0):
+    def __init__(self, slack_mb: float = 48.0):
         self.enabled = _TRIM is not None and resident_bytes() is not None
         self.slack = int(slack_mb * 2**20)
         self.limit = 0
