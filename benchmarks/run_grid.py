@@ -202,6 +202,29 @@ def write_grid(path: Path, grid: dict) -> None:
     write_json_atomically(path, grid)
 
 
+def retire_stale_cells(grid: dict, task: str, checkpoint_dev_metrics: dict) -> list[str]:
+    """Move ``task``'s cells that ran on another checkpoint than the current one into
+    ``grid["superseded"]`` (so that they are re-run, and no report mixes two checkpoints).
+
+    A cell names its checkpoint by the checkpoint's dev metrics (``checkpoint_dev_metrics``); cells from
+    before that field are taken to have run on the checkpoint of the task's recorded baseline.
+    Returns the keys moved.
+    """
+    baseline = grid.get("baselines", {}).get(task, {}).get("dev_metrics")
+    moved = []
+    for key, cell in list(grid["cells"].items()):
+        if cell.get("task") != task:
+            continue
+        ran_on = cell.get("checkpoint_dev_metrics", baseline)
+        if ran_on is not None and ran_on != checkpoint_dev_metrics:
+            grid.setdefault("superseded", {})[key] = dict(cell, checkpoint_dev_metrics=ran_on)
+            del grid["cells"][key]
+            moved.append(key)
+    if moved and baseline != checkpoint_dev_metrics:
+        grid["baselines"].pop(task, None)
+    return moved
+
+
 def machine_info(threads: int) -> dict:
     import finetune_recipe
     import torch
@@ -291,6 +314,12 @@ def main(argv: list[str] | None = None) -> int:
         "updated_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
     grid.setdefault("baselines", {})
+    for task in dict.fromkeys(c[0] for c in cells):
+        record = read_record(cache_dir / "finetuned" / task)
+        moved = retire_stale_cells(grid, task, record["dev_metrics"]) if record else []
+        if moved:
+            logger.info("%s: checkpoint changed; %d cells of the previous one moved to 'superseded' "
+                        "and re-run", task, len(moved))
     write_grid(args.output, grid)
     def pending() -> list[tuple]:
         """Cells not yet in the grid whose checkpoint exists, re-read before every cell so that tasks
@@ -332,6 +361,7 @@ def main(argv: list[str] | None = None) -> int:
             result = json.loads(out.read_text())
         result["cell_seconds"] = time.perf_counter() - started
         result["num_tokens_requested"] = args.num_tokens
+        result["checkpoint_dev_metrics"] = record["dev_metrics"]
         grid = load_grid(args.output)
         grid["cells"][key] = result
         grid.setdefault("baselines", {})[task] = {

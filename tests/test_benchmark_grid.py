@@ -113,6 +113,27 @@ def test_grid_runs_every_cell_resumes_and_renders_the_report(bench_dirs, tmp_pat
     for field in ("heads_kept", "neurons_kept", "metric", "flops_after"):
         assert again["sst2/magnitude/0.50/0"][field] == magnitude[field], field
 
+    # A re-tuned checkpoint: cells that ran on another one move to "superseded" and are run again.
+    stale = json.loads(output.read_text())
+    assert stale["cells"]["sst2/kprune/0.50/0"]["checkpoint_dev_metrics"] == record["dev_metrics"]
+    stale["cells"]["sst2/kprune/0.50/0"]["checkpoint_dev_metrics"] = {"accuracy": 0.123}
+    output.write_text(json.dumps(stale))
+    assert _run(data_dir, cache_dir, output, "--no-report") == 0
+    rerun = json.loads(output.read_text())
+    assert rerun["superseded"]["sst2/kprune/0.50/0"]["checkpoint_dev_metrics"] == {"accuracy": 0.123}
+    assert rerun["cells"]["sst2/kprune/0.50/0"]["checkpoint_dev_metrics"] == record["dev_metrics"]
+    assert rerun["cells"]["sst2/kprune/0.50/0"]["finished_at"] >= finished["sst2/kprune/0.50/0"]
+    assert rerun["cells"]["sst2/magnitude/0.50/0"] == again["sst2/magnitude/0.50/0"]
+
+
+def test_cells_without_a_checkpoint_stamp_follow_the_task_baseline():
+    grid = {"cells": {"mrpc/kprune/0.50/0": {"task": "mrpc"}, "sst2/kprune/0.50/0": {"task": "sst2"}},
+            "baselines": {"mrpc": {"dev_metrics": {"accuracy": 0.77}}, "sst2": {"dev_metrics": {"accuracy": 0.86}}}}
+    assert run_grid.retire_stale_cells(grid, "sst2", {"accuracy": 0.86}) == []
+    assert run_grid.retire_stale_cells(grid, "mrpc", {"accuracy": 0.84}) == ["mrpc/kprune/0.50/0"]
+    assert set(grid["cells"]) == {"sst2/kprune/0.50/0"} and "mrpc" not in grid["baselines"]
+    assert grid["superseded"]["mrpc/kprune/0.50/0"]["checkpoint_dev_metrics"] == {"accuracy": 0.77}
+
 
 def test_list_shows_done_and_missing_cells(bench_dirs, tmp_path, capsys):
     data_dir, cache_dir = bench_dirs
