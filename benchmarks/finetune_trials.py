@@ -15,13 +15,11 @@ from __future__ import annotations
 
 import argparse
 import ast
-import fcntl
 import json
 import logging
 import os
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -32,6 +30,7 @@ sys.path.insert(0, str(HERE.parent / "examples"))
 import torch  # noqa: E402
 
 from finetune import ensure_finetuned, read_record  # noqa: E402
+from json_results import locked  # noqa: E402
 from finetune_recipe import RECIPES, cpu_name, load_results, model_dir, task_data, write_results  # noqa: E402
 
 logger = logging.getLogger("finetune_trials")
@@ -93,8 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     output = cache_dir / "trials" / args.task / args.trial
     ensure_finetuned(model_dir(), args.task, data, output, num_threads=args.threads, **settings)
     record = read_record(output)
-    with open(Path(tempfile.gettempdir()) / "kprune-finetune-trials.lock", "w") as lock:  # trials may finish side by side
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with locked(args.results):  # trials may finish side by side
         record_trial(args, settings, record)
     logger.info("%s %s: dev %s", args.task, args.trial, record["dev_metrics"])
     return 0

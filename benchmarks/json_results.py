@@ -1,10 +1,23 @@
 """Results files of the benchmark runners: JSON written whole or not at all."""
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import hashlib
 import json
 import os
 import tempfile
 from pathlib import Path
+
+
+@contextlib.contextmanager
+def locked(path: Path):
+    """Hold an exclusive lock for ``path`` (a lock file in the temporary folder) while reading, changing
+    and writing it, so that two runners sharing one results file never drop each other's entries."""
+    name = hashlib.sha1(str(Path(path).resolve()).encode()).hexdigest()[:16]
+    with open(Path(tempfile.gettempdir()) / f"kprune-results-{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 def write_json_atomically(path: Path, data: dict) -> None:

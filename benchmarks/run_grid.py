@@ -37,7 +37,7 @@ sys.path.insert(0, str(REPO / "python"))
 sys.path.insert(0, str(REPO / "examples"))  # finetune.py, latency.py (tooling, not the library)
 sys.path.insert(0, str(HERE))
 
-from json_results import write_json_atomically  # noqa: E402
+from json_results import locked, write_json_atomically  # noqa: E402
 from grid_spec import (BF16_METHODS, BF16_REDUCTIONS, CANDIDATE_METHODS, CANDIDATE_REDUCTIONS,  # noqa: E402
                        CANDIDATE_SEEDS, EXTRA_SEEDS,
                        KPRUNE_CONFIGS, LATENCY_SHAPES, MAIN_METHODS, METHODS, OTHER_METHODS, REDUCTIONS,
@@ -303,24 +303,26 @@ def main(argv: list[str] | None = None) -> int:
         logger.info("fine-tuning first (no checkpoint yet): %s", ", ".join(missing_checkpoints))
         subprocess.run([sys.executable, str(HERE / "finetune_recipe.py"), "--data-dir", str(data_dir),
                         "--cache-dir", str(cache_dir), "--threads", str(args.threads), "--tasks", *missing_checkpoints])
-    grid["meta"] = {
-        "command": "python benchmarks/run_grid.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
-        # the whole grid at this sample size: what RESULTS.md tells a reader to run
-        "full_command": canonical_command(args.num_tokens, args.threads),
-        "machine": machine_info(args.threads),
-        "num_tokens": args.num_tokens,
-        "methods": METHODS,
-        "latency_shapes": [list(s) for s in LATENCY_SHAPES],
-        "updated_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-    }
-    grid.setdefault("baselines", {})
-    for task in dict.fromkeys(c[0] for c in cells):
-        record = read_record(cache_dir / "finetuned" / task)
-        moved = retire_stale_cells(grid, task, record["dev_metrics"]) if record else []
-        if moved:
-            logger.info("%s: checkpoint changed; %d cells of the previous one moved to 'superseded' "
-                        "and re-run", task, len(moved))
-    write_grid(args.output, grid)
+    with locked(args.output):  # another runner may share the results file
+        grid = load_grid(args.output)
+        grid["meta"] = {
+            "command": "python benchmarks/run_grid.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
+            # the whole grid at this sample size: what RESULTS.md tells a reader to run
+            "full_command": canonical_command(args.num_tokens, args.threads),
+            "machine": machine_info(args.threads),
+            "num_tokens": args.num_tokens,
+            "methods": METHODS,
+            "latency_shapes": [list(s) for s in LATENCY_SHAPES],
+            "updated_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        }
+        grid.setdefault("baselines", {})
+        for task in dict.fromkeys(c[0] for c in cells):
+            record = read_record(cache_dir / "finetuned" / task)
+            moved = retire_stale_cells(grid, task, record["dev_metrics"]) if record else []
+            if moved:
+                logger.info("%s: checkpoint changed; %d cells of the previous one moved to 'superseded' "
+                            "and re-run", task, len(moved))
+        write_grid(args.output, grid)
     def pending() -> list[tuple]:
         """Cells not yet in the grid whose checkpoint exists, re-read before every cell so that tasks
         fine-tuned while the grid runs join it in priority order."""
@@ -362,15 +364,16 @@ def main(argv: list[str] | None = None) -> int:
         result["cell_seconds"] = time.perf_counter() - started
         result["num_tokens_requested"] = args.num_tokens
         result["checkpoint_dev_metrics"] = record["dev_metrics"]
-        grid = load_grid(args.output)
-        grid["cells"][key] = result
-        grid.setdefault("baselines", {})[task] = {
-            "metric_name": result["metric_name"], "metric": result["unpruned_metric"],
-            "dev_metrics": record["dev_metrics"], "source": "finetune.json of the checkpoint (same evaluate settings)",
-            "params": result["params_before"], "flops": result["flops_before"],
-        }
-        grid["meta"]["updated_at"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-        write_grid(args.output, grid)
+        with locked(args.output):
+            grid = load_grid(args.output)
+            grid["cells"][key] = result
+            grid.setdefault("baselines", {})[task] = {
+                "metric_name": result["metric_name"], "metric": result["unpruned_metric"],
+                "dev_metrics": record["dev_metrics"], "source": "finetune.json of the checkpoint (same evaluate settings)",
+                "params": result["params_before"], "flops": result["flops_before"],
+            }
+            grid["meta"]["updated_at"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+            write_grid(args.output, grid)
         bar.update(1)
         logger.info("%s: %s %.4f (unpruned %.4f), FLOPs -%.1f%%, prune %.0f s, speedup b32 %.2fx b1 %.2fx",
                     key, result["metric_name"], result["metric"], result["unpruned_metric"],
