@@ -102,7 +102,7 @@ def record_trial(args, settings: dict, record: dict) -> None:
     results = load_results(args.results)
     results["machine"] = f"{cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}"
     results.setdefault("trials", {}).setdefault(args.task, {})[args.trial] = {
-        "settings": settings, "dev_metrics": record["dev_metrics"], "main_metric": record["main_metric"],
+        "changed": " ".join(args.settings), "settings": settings, "dev_metrics": record["dev_metrics"], "main_metric": record["main_metric"],
         "train_loss": record["train_loss"], "num_train_features": record["num_train_features"],
         "train_seconds": record["train_seconds"], "eval_seconds": record["eval_seconds"],
         "threads": record["num_threads"], "conditions": os.environ.get("KPRUNE_BENCH_CONDITIONS", "not stated"),

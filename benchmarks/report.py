@@ -127,8 +127,9 @@ def render(grid: dict, plots_rel: str) -> str:
       f"**{machine.get('threads', '?')} torch thread(s)** per cell; torch {machine.get('torch', '?')}, "
       f"Python {machine.get('python', '?')}; kprune C++ extension loaded: {machine.get('kprune_extension', '?')}.")
     w(f"- {machine.get('note', '')}.")
-    w(f"- Model: sentence-transformers all-MiniLM-L6-v2 (BERT, 6 layers, 12 heads of 32, FFN 1536), fine-tuned per "
-      "task by `benchmarks/finetune_recipe.py` (see `benchmarks/results/finetune.json`).")
+    w("- Model: sentence-transformers all-MiniLM-L6-v2 (BERT, 6 layers, 12 heads of 32, FFN 1536), fine-tuned per "
+      "task by `benchmarks/finetune_recipe.py` (see \"Fine-tuned checkpoints\" below and "
+      "`benchmarks/results/finetune.json`).")
     w(f"- Pruning sample: {meta.get('num_tokens', '?')} tokens drawn from the task's training split with the cell's "
       "seed (`kprune.data.sample_features`); the seed only changes the sample. Kwon et al. use the sample's labels; "
       "K-prune and its ablations do not.")
@@ -168,6 +169,7 @@ def render(grid: dict, plots_rel: str) -> str:
               f"{b['params'] / 1e6:.2f} M | {b['flops'] / 1e9:.3f} G |")
     w("")
 
+    out.extend(checkpoints_section(grid, HERE / "results"))
     w("## Accuracy against FLOPs reduction (seed 0)")
     w("")
     w("Task metric ×100 at each FLOPs-reduction target; in brackets the reduction achieved. — : not run. "
@@ -298,6 +300,50 @@ def render(grid: dict, plots_rel: str) -> str:
         w("None: the whole grid ran.")
     w("")
     return "\n".join(out)
+
+
+def checkpoints_section(grid: dict, results: Path) -> list[str]:
+    """The fine-tuning recipe per task (results/finetune.json), the re-tuning trials behind it
+    (results/finetune_trials.json) and the cells kept from checkpoints since replaced."""
+    recipes = json.loads((results / "finetune.json").read_text()).get("tasks", {}) \
+        if (results / "finetune.json").is_file() else {}
+    trials = json.loads((results / "finetune_trials.json").read_text()).get("trials", {}) \
+        if (results / "finetune_trials.json").is_file() else {}
+    if not recipes:
+        return []
+    out = ["## Fine-tuned checkpoints", "",
+           "`python benchmarks/finetune_recipe.py` (dev scores on the evaluation settings of the recipe, ×100; "
+           "train seconds with 1 thread on the shared 2-core machine, upper bounds):", "",
+           "| task | epochs | learning rate | batch | max length | train examples | dev | train s |",
+           "|---|---|---|---|---|---|---|---|"]
+    for task in [t for t in TASK_TITLES if t in recipes]:
+        e, st = recipes[task], recipes[task]["settings"]
+        dev = ", ".join(f"{k} {100 * v:.2f}" if v <= 1 else f"{k} {v:.2f}" for k, v in e["dev_metrics"].items()
+                        if k != "num_examples")
+        out.append(f"| {TASK_TITLES[task]} | {st['epochs']} | {st['learning_rate']:g} | {st['batch_size']} | "
+                   f"{st['max_length']} | {e['num_train_examples']} | {dev} | {e['train_seconds']:.0f} |")
+    out.append("")
+    if trials:
+        out += ["Re-tuning trials (`python benchmarks/finetune_trials.py --task T --trial NAME key=value ...`; "
+                "chosen on the dev set, which the grid also reports, as usual for GLUE; warm-up 10% of the steps "
+                "and weight decay 0.01 throughout):", "",
+                "| task | trial | epochs | learning rate | batch | max length | train examples | dev | train s | "
+                "conditions |", "|---|---|---|---|---|---|---|---|---|---|"]
+        for task, named in trials.items():
+            for name, t in named.items():
+                dev = ", ".join(f"{k} {100 * v:.2f}" if v <= 1 else f"{k} {v:.2f}"
+                                for k, v in t["dev_metrics"].items() if k != "num_examples")
+                st = t["settings"]
+                out.append(f"| {TASK_TITLES.get(task, task)} | {name} | {st['epochs']} | {st['learning_rate']:g} | "
+                           f"{st['batch_size']} | {st['max_length']} | {st.get('max_train_examples') or 'all'} | "
+                           f"{dev} | {t['train_seconds']:.0f} | {t.get('conditions', '')} |")
+        out.append("")
+    superseded = sorted({c["task"] for c in grid.get("superseded", {}).values()})
+    if superseded:
+        out += ["Cells run on checkpoints since re-tuned (" + ", ".join(TASK_TITLES.get(t, t) for t in superseded)
+                + ") are kept in grid.json under `superseded` and left out of every table; the runner re-runs "
+                "them on the current checkpoint.", ""]
+    return out
 
 
 def render_larger_sample(grid: dict, larger: dict, source: str) -> str:
