@@ -52,8 +52,8 @@ RECIPES: dict[str, dict] = {
             "settings": dict(epochs=1, learning_rate=5e-5, batch_size=32, max_length=128,
                              max_train_examples=10000)},
     "squad": {"data": "squad/v1.1",
-              "settings": dict(epochs=1, learning_rate=1e-4, batch_size=16, max_length=256,
-                               doc_stride=128, max_train_examples=3000,
+              "settings": dict(epochs=1, learning_rate=1e-4, batch_size=16, max_length=384,
+                               doc_stride=128, max_train_examples=6000,
                                max_eval_examples=2000)},
 }
 # Smallest first, except that SQuAD (the one QA task) goes before QQP (a third pair classifier).
