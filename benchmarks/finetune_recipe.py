@@ -45,7 +45,7 @@ RECIPES: dict[str, dict] = {
              "settings": dict(epochs=1, learning_rate=5e-5, batch_size=32, max_length=64,
                               max_train_examples=20000)},
     "mrpc": {"data": "glue/MRPC",
-             "settings": dict(epochs=3, learning_rate=5e-5, batch_size=32, max_length=128)},
+             "settings": dict(epochs=5, learning_rate=5e-5, batch_size=16, max_length=128)},
     "stsb": {"data": "glue/STS-B",
              "settings": dict(epochs=3, learning_rate=5e-5, batch_size=32, max_length=128)},
     "qqp": {"data": "qqp-split",  # prepared by prepare_qqp() in the cache directory
