@@ -147,9 +147,9 @@ def render(grid: dict, plot_path: Path | None = None, plot_rel: str | None = Non
                     + ([f"loses beyond seed noise on {', '.join(s['losses'])}"] if s["losses"] else [])
                     + ([] if s["cheap"] else [f"time ratio {ratio}"]))
         covered = sum(all(s["rows"].get((t, r), {}).get("seeds", 0) >= 3 for r in CANDIDATE_REDUCTIONS) for t in TASK_ORDER)
-        verdict = ("meets the rule" if s["passes"] else
-                   "does not meet the rule: " + "; ".join(failures) if failures else
-                   f"meets the rule on the cells so far, but only {covered} of {len(TASK_ORDER)} tasks have three "
+        so_far = "does not meet the rule: " + "; ".join(failures) if failures else "meets the rule"
+        verdict = (so_far if s["complete"] else
+                   f"{so_far} on the cells so far, but only {covered} of {len(TASK_ORDER)} tasks have three "
                    "seeds at every reduction: not decided")
         verdicts.append(f"- `{method}` ({METHODS[method]}): {verdict}.")
     return "\n".join(out + [""] + verdicts + [""])

@@ -77,6 +77,13 @@ def test_the_rule_for_a_new_default():
     partial = {k: c for k, c in cells.items() if c["task"] in ("sst2", "stsb")}
     assert not candidates_report.summarise({"cells": partial}, "kprune-head-refit")["passes"]
     assert "only 2 of 5 tasks have three seeds at every reduction: not decided" in candidates_report.render({"cells": partial})
+    # a loss on a partial grid is reported as such, still undecided (one seed's std is no noise estimate)
+    losing = {k: dict(c, metric=c["metric"] - 0.02) if c["method"] != "kprune" and c["task"] == "stsb" else c
+              for k, c in partial.items()}
+    verdict = candidates_report.render({"cells": losing}).splitlines()[-1]
+    assert verdict.startswith("- `kprune-head-refit`") and "does not meet the rule: " in verdict
+    assert "loses beyond seed noise on stsb 60%, stsb 70%, stsb 80%" in verdict
+    assert verdict.endswith("on the cells so far, but only 2 of 5 tasks have three seeds at every reduction: not decided.")
 
 
 def test_study_bf16_plans_float32_and_bf16_at_50_and_80_every_seed(capsys, tmp_path):
