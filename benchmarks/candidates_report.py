@@ -119,8 +119,7 @@ def render(grid: dict, plot_path: Path | None = None, plot_rel: str | None = Non
     if not methods:
         return ""
     out = ["## Beyond the paper: candidate improvements against plain K-prune", "",
-           "Each candidate is the paper's recipe plus one switch (a `KPruneConfig` setting; ridge-original, which "
-           "met the rule, is now the library's default, the others are off by default), on the same "
+           "Each candidate is the paper's recipe plus one switch (`KPruneConfig`, off by default), on the same "
            "samples as `kprune` (same task, reduction and seed). Filled by `python benchmarks/run_grid.py --study "
            "candidates` (resumable). Cell: candidate − K-prune, mean over the seeds both ran (metric ×100); in "
            "brackets K-prune's seed std. Extra s: median extra pruning seconds per cell, time: median per-seed ratio "

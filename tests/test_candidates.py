@@ -24,8 +24,7 @@ FAST = dict(progress=False, batch_size=8)
 
 
 def _prune(model, task, samples, reduction=0.6, **switches):
-    """The paper's recipe with ``switches`` on top (each candidate is measured against it)."""
-    return kprune.prune(model, samples, task, reduction, KPruneConfig.paper(**{**FAST, **switches}))
+    return kprune.prune(model, samples, task, reduction, KPruneConfig(**{**FAST, **switches}))
 
 
 def _same_state(a, b, skip=()):
@@ -60,24 +59,10 @@ def test_switches_off_are_the_paper_and_never_call_the_candidates(monkeypatch):
         raise AssertionError("a candidate ran with its switch off")
     monkeypatch.setattr(kprune.pruner, "refit_head", refuse)
     monkeypatch.setattr(kprune.pruner, "refit_selecting_damping", refuse)
-    off = kprune.prune(model, samples, "classification", 0.6,
-                       KPruneConfig(**FAST, damping_search=False, ridge_prior="zero"))
+    default = _prune(model, "classification", samples)
     paper = kprune.prune(model, samples, "classification", 0.6, KPruneConfig.paper(**FAST))
-    assert _same_state(off.model, paper.model)
-    assert "damping_search" not in off.report and "head_refit" not in off.report
-
-
-def test_the_default_refit_is_the_adopted_candidate_on_every_task():
-    """The defaults run ridge-original (damping by held-out error, ridge towards the kept weights): the
-    same model as the paper's recipe with those two switches on."""
-    model = tiny_model("bert", "classification")
-    samples = random_samples(24)
-    default = kprune.prune(model, samples, "classification", 0.6, KPruneConfig(**FAST))
-    assert default.report["config"]["damping_search"] is True
-    assert default.report["config"]["ridge_prior"] == "original"
-    assert len(default.report["damping_search"]) == 2 * model.config.num_hidden_layers
-    candidate = _prune(model, "classification", samples, damping_search=True, ridge_prior="original")
-    assert _same_state(default.model, candidate.model)
+    assert _same_state(default.model, paper.model)
+    assert "damping_search" not in default.report and "head_refit" not in default.report
 
 
 # -- held-out damping ------------------------------------------------------------------------------
@@ -152,15 +137,14 @@ def test_ridge_to_original_weights_searches_no_refit_too_and_replays(monkeypatch
     assert _same_state(searched.model, replay.model)
 
 
-def test_every_task_defaults_to_the_held_out_refit_towards_its_own_weights():
+def test_embedding_models_default_to_the_held_out_refit_towards_their_own_weights():
     default = KPruneConfig()
+    assert default.for_task("embedding", 64).damping_search is True
+    assert default.for_task("embedding", 64).ridge_prior == "original"
     assert default.for_task("embedding", 64).mu == 128.0 and default.for_task("embedding", 32).mu == 64.0
-    for task in ("classification", "regression", "qa", "embedding"):
+    for task in ("classification", "regression", "qa"):
         resolved = default.for_task(task, 32)
-        assert resolved.damping_search is True and resolved.ridge_prior == "original"
-        assert resolved.mu == 64.0   # head size 32: the paper's 64, and 2 x 32 for embedding models
-        paper = KPruneConfig.paper().for_task(task, 32)
-        assert paper.damping_search is False and paper.ridge_prior == "zero"
+        assert resolved.damping_search is False and resolved.ridge_prior == "zero" and resolved.mu == 64.0
     assert KPruneConfig.paper().for_task("embedding", 64).damping_search is False
     assert KPruneConfig.paper().for_task("embedding", 64).mu == 64.0
     assert KPruneConfig(ridge_prior="zero").for_task("embedding", 64).ridge_prior == "zero"
@@ -168,7 +152,7 @@ def test_every_task_defaults_to_the_held_out_refit_towards_its_own_weights():
     with pytest.raises(ConfigError, match="damping_search='yes'"):
         KPruneConfig(damping_search="yes").validate()
     model = transformers.BertModel(tiny_model("bert", "classification").config).eval()
-    report = kprune.prune(model, random_samples(12, seed=2), "embedding", 0.6, KPruneConfig(**FAST)).report
+    report = _prune(model, "embedding", random_samples(12, seed=2)).report
     assert report["config"]["damping_search"] is True and report["config"]["ridge_prior"] == "original"
     assert report["config"]["mu"] == 2.0 * model.config.hidden_size / model.config.num_attention_heads
     assert len(report["damping_search"]) == 4

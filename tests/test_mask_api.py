@@ -288,11 +288,12 @@ def compose_by_hand(model, samples, task, reduction, config):
                                                 ("distilbert", "qa", "sample"),
                                                 ("roberta", "regression", "batch"),
                                                 ("modernbert", "qa", "sample")])
-@pytest.mark.parametrize("recipe", ["default", "paper"])
-def test_the_api_composed_by_hand_equals_prune(family, head, groups, recipe):
+@pytest.mark.parametrize("refit", [{}, {"damping_search": True, "ridge_prior": "original"}],
+                         ids=["paper-refit", "held-out-refit"])
+def test_the_api_composed_by_hand_equals_prune(family, head, groups, refit):
     model = tiny_model(family, head, layers=3, seed=13)
     samples = random_samples(20, seed=14)
-    config = kprune.KPruneConfig.recipe(recipe, progress=False, batch_size=6, gradient_groups=groups)
+    config = kprune.KPruneConfig(progress=False, batch_size=6, gradient_groups=groups, **refit)
     pruner = kprune.KPruner(model, samples, head, 0.6, config)
     result = pruner.run()
     kept, student = compose_by_hand(model, samples, head, 0.6, config)

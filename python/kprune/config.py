@@ -1,6 +1,4 @@
-"""Settings of a pruning run. Defaults are the paper's, except the re-fit's regularisation (damping chosen by
-held-out error, ridge towards the kept units' own weights; RESULTS.md "Beyond the paper"); ``recipe("paper")``
-gives the paper's recipe exactly."""
+"""Settings of a pruning run. Defaults are the paper's."""
 from __future__ import annotations
 
 import math
@@ -33,8 +31,8 @@ class KPruneConfig:
     measure_dtype: str = "float32"    # "bfloat16": knowledge measured under autocast (faster, approximate)
     use_pred: bool = True             # ablations: predictive / representational knowledge only
     use_rep: bool = True
-    damping_search: bool | None = None   # KPWT damping per sublayer by 2-fold held-out error (kprune.heldout); None: on (the paper: off)
-    ridge_prior: str = "auto"         # KPWT ridge pulls towards "zero" (paper) or the kept units' "original" weights; "auto": original
+    damping_search: bool | None = None   # KPWT damping per sublayer by 2-fold held-out error (kprune.heldout); None: on for task "embedding" only
+    ridge_prior: str = "auto"         # KPWT ridge pulls towards "zero" (paper) or the kept units' "original" weights; "auto": original for task "embedding" only
     head_refit: bool = False          # last re-fit of the task head's output layer to the teacher (kprune.head_refit)
     device: str = "cpu"
     progress: bool = True             # tqdm bars
@@ -69,7 +67,7 @@ class KPruneConfig:
         if self.measure_dtype not in MEASURE_DTYPES:
             raise ConfigError(f"measure_dtype={self.measure_dtype!r}; accepted: {', '.join(MEASURE_DTYPES)}")
         if self.damping_search not in (None, True, False):
-            raise ConfigError(f"damping_search={self.damping_search!r} must be True, False or None (on)")
+            raise ConfigError(f"damping_search={self.damping_search!r} must be True, False or None (on for task 'embedding')")
         if self.ridge_prior not in RIDGE_PRIORS:
             raise ConfigError(f"ridge_prior={self.ridge_prior!r}; accepted: {', '.join(RIDGE_PRIORS)}")
         if not (self.use_pred or self.use_rep):
@@ -90,14 +88,14 @@ class KPruneConfig:
         return cls.paper(**overrides) if name == "paper" else cls(**overrides)
 
     def for_task(self, task: str, head_size: int) -> "KPruneConfig":
-        """The settings with the defaults resolved (``mu=None``, ``damping_search=None``, ``ridge_prior="auto"``).
-        A sentence-embedding model's heads weigh μ = 2·head size (the paper's 64 at MiniLM's head size 32, 128 for
-        a base model's 64), the other tasks' the paper's μ = 64. Every task's re-fit is regularised by held-out
-        error towards the kept units' own weights (the paper: a fixed damping towards zero)."""
+        """The settings with the task-dependent defaults resolved (``mu=None``, ``damping_search=None``,
+        ``ridge_prior="auto"``). A sentence-embedding model's heads weigh μ = 2·head size (the paper's 64 at
+        MiniLM's head size 32, 128 for a base model's 64) and its re-fit is regularised by held-out error
+        towards its own weights; the other tasks keep the paper's μ = 64 and KPWT unless asked."""
         embedding = task == "embedding"
         mu = (2.0 * head_size if embedding else 64.0) if self.mu is None else self.mu
-        search = True if self.damping_search is None else self.damping_search
-        prior = "original" if self.ridge_prior == "auto" else self.ridge_prior
+        search = embedding if self.damping_search is None else self.damping_search
+        prior = ("original" if embedding else "zero") if self.ridge_prior == "auto" else self.ridge_prior
         return replace(self, mu=mu, damping_search=search, ridge_prior=prior)
 
     @property
