@@ -277,8 +277,10 @@ def compose_by_hand(model, samples, task, reduction, config):
         values.zero_()[kept] = 1.0
         kprune.apply_masks(student, masks, inplace=True)
         if kept:
+            resolved = config.for_task(task, 1)
             kprune.refit_output_projection(student, teacher, k, samples, damping=config.damping,
-                                           batch_size=config.batch_size)
+                                           batch_size=config.batch_size, ridge_prior=resolved.ridge_prior,
+                                           damping_search=resolved.damping_search, seed=config.seed)
     return kept_per_step, student
 
 
@@ -286,10 +288,12 @@ def compose_by_hand(model, samples, task, reduction, config):
                                                 ("distilbert", "qa", "sample"),
                                                 ("roberta", "regression", "batch"),
                                                 ("modernbert", "qa", "sample")])
-def test_the_api_composed_by_hand_equals_prune(family, head, groups):
+@pytest.mark.parametrize("refit", [{}, {"damping_search": True, "ridge_prior": "original"}],
+                         ids=["paper-refit", "held-out-refit"])
+def test_the_api_composed_by_hand_equals_prune(family, head, groups, refit):
     model = tiny_model(family, head, layers=3, seed=13)
     samples = random_samples(20, seed=14)
-    config = kprune.KPruneConfig(progress=False, batch_size=6, gradient_groups=groups)
+    config = kprune.KPruneConfig(progress=False, batch_size=6, gradient_groups=groups, **refit)
     pruner = kprune.KPruner(model, samples, head, 0.6, config)
     result = pruner.run()
     kept, student = compose_by_hand(model, samples, head, 0.6, config)

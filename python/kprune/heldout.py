@@ -92,9 +92,10 @@ class FoldStatistics:
 
 
 def refit_selecting_damping(tuner, sublayer: int, fold: torch.Tensor, default: float,
-                            ridge_prior: str = "zero") -> dict:
-    """KPWT of one sublayer (:meth:`SublayerTuner.refit`) with the damping chosen by held-out error among
-    ``default`` and :data:`SUBLAYER_DAMPINGS`; returns the choice and every candidate's error.
+                            ridge_prior: str = "zero", kept=None) -> tuple[torch.Tensor, dict]:
+    """KPWT of one sublayer (:meth:`SublayerTuner.refit`, on ``kept`` units or all) with the damping chosen
+    by held-out error among ``default`` and :data:`SUBLAYER_DAMPINGS`; returns the solution Wᵀ and a
+    record of the choice and every candidate's error.
 
     ridge_prior "original": the ridge pulls towards the kept units' current weights, and keeping them
     without re-fit (damping None) is a candidate too, so the sublayer is never fitted worse on held-out
@@ -115,7 +116,7 @@ def refit_selecting_damping(tuner, sublayer: int, fold: torch.Tensor, default: f
 
     tuner.observer = observer
     try:
-        tuner.refit(sublayer, damping=pick, ridge_prior=ridge_prior)
+        solution = tuner.refit(sublayer, kept, damping=pick, ridge_prior=ridge_prior)
     finally:
         tuner.observer = None
-    return chosen
+    return solution, chosen

@@ -276,9 +276,9 @@ class KPruner:
         if self.config.weight_tuning and kept.numel() > 0:
             self.progress.phase("tuning", len(self.batches))
             if self.config.damping_search:
-                self.extras.setdefault("damping_search", []).append(refit_selecting_damping(
-                    self.tuner, k, sample_folds(self.num_samples, self.config.seed), self.config.damping,
-                    self.config.ridge_prior))
+                _, chosen = refit_selecting_damping(self.tuner, k, sample_folds(self.num_samples, self.config.seed),
+                                                    self.config.damping, self.config.ridge_prior)
+                self.extras.setdefault("damping_search", []).append(chosen)
             else:
                 self.tuner.refit(k, damping=self.config.damping, ridge_prior=self.config.ridge_prior)
         self.seconds["tune"] += time.perf_counter() - timer

@@ -204,18 +204,26 @@ def tuner_for(student: nn.Module, teacher: nn.Module, samples, batch_size: int =
 
 def refit_output_projection(student: nn.Module, teacher: nn.Module, sublayer: int, samples,
                             kept: Sequence[int] | torch.Tensor | None = None, damping: float = 1e-4,
-                            batch_size: int = 32, ridge_prior: str = "zero") -> torch.Tensor:
+                            batch_size: int = 32, ridge_prior: str = "zero", damping_search: bool = False,
+                            seed: int = 0) -> torch.Tensor:
     """Re-fit one sublayer's output projection of ``student`` (in place) towards ``teacher``.
 
     sublayer: 2l for layer l's attention, 2l + 1 for its FFN. kept: units (heads or neurons, indices
     into the sublayer's current units) to fit on, None for all; the others' columns become zero.
     ridge_prior: "zero" (the paper's ridge) or "original" (towards the kept units' current weights).
+    damping_search: choose the damping by 2-fold held-out error among ``damping`` and stronger ones
+    (:mod:`kprune.heldout`, the samples split by ``seed``), as ``KPruneConfig.damping_search`` does.
     The student's input to the sublayer comes from its own lower sublayers as they are now.
     Returns the solution Wᵀ [kept dims, d].
     """
+    from kprune.heldout import refit_selecting_damping, sample_folds
+
     tuner = tuner_for(student, teacher, samples, batch_size)
     if not 0 <= sublayer < tuner.num_sublayers:
         raise ConfigError(f"sublayer={sublayer!r} is outside 0..{tuner.num_sublayers - 1}")
     for k in range(sublayer):
         tuner.advance(k)
+    if damping_search:
+        folds = sample_folds(len(normalise_samples(samples, getattr(teacher.config, "vocab_size", None))), seed)
+        return refit_selecting_damping(tuner, sublayer, folds, damping, ridge_prior, kept)[0]
     return tuner.refit(sublayer, kept, damping, ridge_prior)
