@@ -8,7 +8,7 @@ their recorded settings match (``ensure_finetuned`` of examples/finetune.py), so
 with the first unfinished task. Dev scores, settings and seconds go to
 ``benchmarks/results/finetune.json`` after each task.
 
-The recipes are sized for a slow machine: 5-29 minutes each on one core of the shared 2-core machine
+The recipes are sized for a slow machine: 5-24 minutes each on one core of the shared 2-core machine
 (``train_seconds`` in the results); SST-2, QQP and SQuAD train on seeded subsets, and SQuAD is scored on
 the first ``max_eval_examples`` dev questions. MRPC and SQuAD were re-tuned by
 benchmarks/finetune_trials.py (its results file records every trial): MRPC 5 epochs at batch 16,
