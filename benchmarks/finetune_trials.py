@@ -72,13 +72,17 @@ def main(argv: list[str] | None = None) -> int:
         if record is None:
             raise SystemExit(f"no finished trial {args.adopt!r} in {source}")
         target = cache_dir / "finetuned" / args.task
+        staging = target.with_name(f".{args.task}.adopting")   # copied whole before anything is replaced
+        if staging.exists():
+            shutil.rmtree(staging)
+        shutil.copytree(source, staging)
         if target.exists():
             previous = cache_dir / "finetuned-previous" / args.task
             previous.parent.mkdir(parents=True, exist_ok=True)
             if previous.exists():
                 shutil.rmtree(previous)
             os.replace(target, previous)
-        shutil.copytree(source, target)
+        os.replace(staging, target)
         keys = ("epochs", "learning_rate", "batch_size", "max_length", "doc_stride", "max_train_examples",
                 "warmup_ratio", "weight_decay", "max_eval_examples")
         print(json.dumps({k: record["settings"][k] for k in keys}, indent=1))

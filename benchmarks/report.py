@@ -302,6 +302,12 @@ def render(grid: dict, plots_rel: str) -> str:
     return "\n".join(out)
 
 
+def dev_text(metrics: dict) -> str:
+    """A fine-tuning record's dev metrics, x100 where they are fractions (SQuAD's are already percentages)."""
+    return ", ".join(f"{k} {100 * v:.2f}" if v <= 1 else f"{k} {v:.2f}" for k, v in metrics.items()
+                     if k != "num_examples")
+
+
 def checkpoints_section(grid: dict, results: Path) -> list[str]:
     """The fine-tuning recipe per task (results/finetune.json), the re-tuning trials behind it
     (results/finetune_trials.json) and the cells kept from checkpoints since replaced."""
@@ -318,8 +324,7 @@ def checkpoints_section(grid: dict, results: Path) -> list[str]:
            "|---|---|---|---|---|---|---|---|"]
     for task in [t for t in TASK_TITLES if t in recipes]:
         e, st = recipes[task], recipes[task]["settings"]
-        dev = ", ".join(f"{k} {100 * v:.2f}" if v <= 1 else f"{k} {v:.2f}" for k, v in e["dev_metrics"].items()
-                        if k != "num_examples")
+        dev = dev_text(e["dev_metrics"])
         out.append(f"| {TASK_TITLES[task]} | {st['epochs']} | {st['learning_rate']:g} | {st['batch_size']} | "
                    f"{st['max_length']} | {e['num_train_examples']} | {dev} | {e['train_seconds']:.0f} |")
     out.append("")
@@ -331,8 +336,7 @@ def checkpoints_section(grid: dict, results: Path) -> list[str]:
                 "conditions |", "|---|---|---|---|---|---|---|---|---|---|"]
         for task, named in trials.items():
             for name, t in named.items():
-                dev = ", ".join(f"{k} {100 * v:.2f}" if v <= 1 else f"{k} {v:.2f}"
-                                for k, v in t["dev_metrics"].items() if k != "num_examples")
+                dev = dev_text(t["dev_metrics"])
                 st = t["settings"]
                 out.append(f"| {TASK_TITLES.get(task, task)} | {name} | {st['epochs']} | {st['learning_rate']:g} | "
                            f"{st['batch_size']} | {st['max_length']} | {st.get('max_train_examples') or 'all'} | "

@@ -19,7 +19,7 @@ from torch import nn
 from kprune.adapters import EncoderAdapter
 from kprune.distributed import Collective
 from kprune.errors import ConfigError, NumericalError
-from kprune.heldout import ridge_solve
+from kprune.heldout import refit_selecting_damping, ridge_solve, sample_folds
 from kprune.samples import Batch, make_batches, normalise_samples
 from kprune.sublayers import run_sublayer, sublayer_act
 from kprune.surgery import head_columns
@@ -216,14 +216,12 @@ def refit_output_projection(student: nn.Module, teacher: nn.Module, sublayer: in
     The student's input to the sublayer comes from its own lower sublayers as they are now.
     Returns the solution Wᵀ [kept dims, d].
     """
-    from kprune.heldout import refit_selecting_damping, sample_folds
-
     tuner = tuner_for(student, teacher, samples, batch_size)
     if not 0 <= sublayer < tuner.num_sublayers:
         raise ConfigError(f"sublayer={sublayer!r} is outside 0..{tuner.num_sublayers - 1}")
     for k in range(sublayer):
         tuner.advance(k)
     if damping_search:
-        folds = sample_folds(len(normalise_samples(samples, getattr(teacher.config, "vocab_size", None))), seed)
+        folds = sample_folds(sum(batch.sample_index.numel() for batch in tuner.batches), seed)
         return refit_selecting_damping(tuner, sublayer, folds, damping, ridge_prior, kept)[0]
     return tuner.refit(sublayer, kept, damping, ridge_prior)
