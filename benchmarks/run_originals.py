@@ -39,7 +39,8 @@ sys.path.insert(0, str(HERE))
 
 from json_results import write_json_atomically  # noqa: E402
 from grid_spec import cell_key  # noqa: E402
-from originals.shim import GLUE_COLUMNS, SPLIT_FILES, glue_record, write_split  # noqa: E402
+from finetune_recipe import task_data  # noqa: E402
+from originals.shim import SPLIT_FILES, glue_record, squad_record, write_split  # noqa: E402
 
 logger = logging.getLogger("run_originals")
 METHODS = ("kprune-paper", "kwon-paper")
@@ -95,15 +96,25 @@ def achieved_reduction(heads_kept, neurons_kept, heads_full, neurons_full, seq_l
 # Data and sample size
 # ------------------------------------------------------------------------------------------------
 
-def export_glue(task: str, data: Path, out: Path) -> Path:
-    """Our copy of the task's train and dev splits as the HF ``glue`` rows their loader expects."""
+def export_rows(task: str, data: Path, out: Path, max_eval_examples: int | None = None) -> Path:
+    """Our copy of the task's train and dev splits as the HF ``glue`` / ``squad`` rows their loader
+    expects. SQuAD's dev split holds the questions our evaluation scores (its first ``max_eval_examples``),
+    so that their in-process evaluation scores the same ones."""
     from kprune.data import load_examples
 
+    if max_eval_examples is not None:   # a folder of its own per dev-set size (the loader reads <data>/<task>)
+        out = out / f"{task}-dev-first{max_eval_examples}"
     folder = out / task
     for split, file in SPLIT_FILES.items():
         if not (folder / file).is_file():
             examples = load_examples(task, data, "train" if split == "train" else "dev")
-            write_split((glue_record(task, e.texts, e.label, i) for i, e in enumerate(examples)), folder / file)
+            if task == "squad":
+                if split == "validation" and max_eval_examples is not None:
+                    examples = examples[:max_eval_examples]
+                rows = (squad_record(e.id, e.question, e.context, e.answers) for e in examples)
+            else:
+                rows = (glue_record(task, e.texts, e.label, i) for i, e in enumerate(examples))
+            write_split(rows, folder / file)
     return folder
 
 
@@ -221,8 +232,10 @@ def run_cell(cell: tuple, args, sample: tuple[int, int]) -> dict:
 
     task, method, reduction, seed = cell
     checkpoint = args.checkpoint_dir / task
-    data = args.data_dir / TASK_DATA[task] if task in TASK_DATA else args.data_dir / task
-    local = export_glue(task, data, args.work_dir / "data")
+    data = task_data(task, args.data_dir, args.cache_dir)
+    settings = settings_of(checkpoint)
+    local = export_rows(task, data, args.work_dir / "data",
+                        settings["max_eval_examples"] if task == "squad" else None)
     code = args.paper_code if method == "kprune-paper" else args.kwon_code
     out = args.work_dir / "runs" / cell_key(*cell).replace("/", "_")
     if out.exists():
@@ -237,7 +250,6 @@ def run_cell(cell: tuple, args, sample: tuple[int, int]) -> dict:
         raise RuntimeError(f"{cell_key(*cell)}: their run failed (exit {code_}); see {out / 'run.log'}")
     numbers = json.loads((out / "capture.json").read_text())
     capture = torch.load(out / "capture.pt", weights_only=False)
-    settings = settings_of(checkpoint)
     scored = score_cell(task, method, checkpoint, data, capture, settings)
     seq_len = sample[1] / sample[0]
     record = {
@@ -260,7 +272,7 @@ def run_cell(cell: tuple, args, sample: tuple[int, int]) -> dict:
     return record
 
 
-TASK_DATA = {"sst2": "glue/SST-2", "mrpc": "glue/MRPC", "stsb": "glue/STS-B", "qqp": "glue/QQP"}
+TASKS = ("sst2", "stsb", "mrpc", "qqp", "squad")   # the tasks both originals support that the grid has
 
 
 def table(results: dict) -> str:
@@ -278,20 +290,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kwon-code", type=Path, help="checkout of WoosukKwon/retraining-free-pruning")
     parser.add_argument("--python", type=Path, default=Path(os.environ.get("KPRUNE_ORIGINALS_PYTHON", sys.executable)),
                         help="interpreter of their virtual environment (default: $KPRUNE_ORIGINALS_PYTHON)")
-    parser.add_argument("--tasks", nargs="+", default=["sst2", "stsb", "mrpc", "qqp"], choices=sorted(TASK_DATA))
+    parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS)
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     parser.add_argument("--reductions", nargs="+", type=float, default=[0.5, 0.8])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--num-tokens", type=int, default=20_000, help="kprune's sample size (the grid's)")
     parser.add_argument("--checkpoint-dir", type=Path, default=Path("~/.cache/kprune-bench/finetuned"))
     parser.add_argument("--data-dir", type=Path, default=REPO.parent / "shared" / "data")
+    parser.add_argument("--cache-dir", type=Path, default=Path("~/.cache/kprune-bench"),
+                        help="run_grid.py's cache (QQP's prepared train/dev split lives there)")
     parser.add_argument("--work-dir", type=Path, default=Path("~/.cache/kprune-bench/originals"))
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
     parser.add_argument("--list", action="store_true", help="print the planned cells and whether each is done")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    for name in ("checkpoint_dir", "data_dir", "work_dir"):
+    for name in ("checkpoint_dir", "data_dir", "cache_dir", "work_dir"):
         setattr(args, name, getattr(args, name).expanduser().resolve())
 
     cells = planned(args.tasks, args.methods, args.reductions, args.seeds)
@@ -314,10 +328,10 @@ def main(argv: list[str] | None = None) -> int:
         if not (args.checkpoint_dir / task / "config.json").is_file():
             logger.warning("%s: no checkpoint in %s; skipped", cell_key(*cell), args.checkpoint_dir / task)
             continue
-        if (task, seed) not in samples:
-            samples[task, seed] = our_sample(task, args.data_dir / TASK_DATA[task], args.checkpoint_dir / task,
-                                             args.num_tokens, seed)
         try:
+            if (task, seed) not in samples:
+                samples[task, seed] = our_sample(task, task_data(task, args.data_dir, args.cache_dir),
+                                                 args.checkpoint_dir / task, args.num_tokens, seed)
             record = run_cell(cell, args, samples[task, seed])
         except Exception as error:  # one failed cell must not lose the others
             logger.error("%s", error)

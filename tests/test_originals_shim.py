@@ -119,7 +119,7 @@ def test_export_glue_writes_our_examples(tmp_path):
     data.mkdir()
     (data / "train.tsv").write_text("sentence\tlabel\nfine movie \t1\nbad one \t0\n")
     (data / "dev.tsv").write_text("sentence\tlabel\nok \t1\n")
-    folder = run_originals.export_glue("sst2", data, tmp_path / "local")
+    folder = run_originals.export_rows("sst2", data, tmp_path / "local")
     train = shim.read_split(folder / "train.jsonl")
     assert [r["label"] for r in train] == [1, 0] and [r["idx"] for r in train] == [0, 1]
     assert train[0]["sentence"].strip() == "fine movie"
@@ -150,7 +150,44 @@ def test_glue_metric_against_independent_formulas():
     assert out["pearson"] == pytest.approx(stats.pearsonr(x, y)[0])
     assert out["spearmanr"] == pytest.approx(stats.spearmanr(x, y)[0])
     with pytest.raises(ValueError, match="no local equivalent"):
-        shim.load_metric("squad")
+        shim.load_metric("squad_v2")
+
+
+def test_export_squad_rows_and_dev_questions(tmp_path):
+    context = "The cat sat on the mat. It was a sunny day in Paris."
+    article = lambda qids: {"data": [{"title": "t", "paragraphs": [{"context": context, "qas": [
+        {"id": q, "question": f"where {q}?", "answers": [{"text": "Paris", "answer_start": context.index("Paris")}]}
+        for q in qids]}]}]}
+    data = tmp_path / "squad"
+    data.mkdir()
+    (data / "train-v1.1.json").write_text(json.dumps(article(["a", "b", "c"])))
+    (data / "dev-v1.1.json").write_text(json.dumps(article(["d", "e", "f"])))
+    folder = run_originals.export_rows("squad", data, tmp_path / "local", max_eval_examples=2)
+    assert folder.name == "squad" and folder.parent.name == "squad-dev-first2"   # the loader reads <data>/squad
+    train, dev = shim.read_split(folder / "train.jsonl"), shim.read_split(folder / "validation.jsonl")
+    assert [r["id"] for r in train] == ["a", "b", "c"] and [r["id"] for r in dev] == ["d", "e"]
+    row = train[0]
+    assert row["answers"]["text"] == ["Paris"]
+    assert row["context"][row["answers"]["answer_start"][0]:].startswith("Paris")
+    assert row["question"] == "where a?" and row["context"] == context
+
+
+def test_squad_metric_equals_kprunes_official_scores():
+    from kprune.data import Example
+    from kprune.metrics import squad_scores
+
+    examples = [Example(texts=("q", "c"), id=str(i), answers=[{"text": t, "answer_start": 0} for t in gold])
+                for i, gold in enumerate([["The Eiffel Tower"], ["1889", "in 1889"], ["Gustave Eiffel"],
+                                          ["a red, big house"], ["Paris"]])]
+    predictions = {"0": "eiffel tower", "1": "1889.", "2": "Eiffel", "3": "the big red house", "4": "London"}
+    metric = shim.load_metric("squad")
+    out = metric.compute(predictions=[{"id": k, "prediction_text": v} for k, v in predictions.items()],
+                         references=[{"id": e.id, "answers": shim.squad_record(e.id, "q", "c", e.answers)["answers"]}
+                                     for e in examples])
+    ours = squad_scores(predictions, examples, version_2=False)
+    assert out["exact_match"] == pytest.approx(ours["exact_match"]) and out["exact_match"] == pytest.approx(40.0)
+    assert out["f1"] == pytest.approx(ours["f1"])
+    assert 40.0 < out["f1"] < 100.0
 
 
 def test_peak_rss_window():

@@ -9,9 +9,12 @@ torch's GPU build, ``datasets`` or SciPy; each ``install_*`` imports what it pat
 """
 from __future__ import annotations
 
+import collections
 import json
 import math
 import os
+import re
+import string
 import sys
 import types
 from pathlib import Path
@@ -138,6 +141,14 @@ def glue_record(task: str, texts, label, idx: int) -> dict:
     return row
 
 
+def squad_record(qid, question: str, context: str, answers: list[dict]) -> dict:
+    """One row of the HF ``squad`` dataset from a question, its context and its gold answers
+    (``[{"text", "answer_start"}]``, character offsets into the context)."""
+    answers = list(answers or [])
+    return {"id": str(qid), "title": "", "context": context, "question": question,
+            "answers": {"text": [a["text"] for a in answers], "answer_start": [int(a["answer_start"]) for a in answers]}}
+
+
 def write_split(rows, path: Path) -> None:
     """Write rows as JSON lines, atomically."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -176,7 +187,7 @@ def install_data_shim(data_dir: Path) -> None:
 
 
 # ------------------------------------------------------------------------------------------------
-# Metrics: ``datasets.load_metric("glue", task)`` computed locally (same definitions)
+# Metrics: ``datasets.load_metric("glue", task)`` / ``("squad")`` computed locally (same definitions)
 # ------------------------------------------------------------------------------------------------
 
 class GlueMetric:
@@ -203,10 +214,45 @@ class GlueMetric:
         return {"accuracy": accuracy}
 
 
-def load_metric(path, config_name=None, *args, **kwargs) -> GlueMetric:
+class SquadMetric:
+    """``load_metric("squad")``: compute(predictions=[{id, prediction_text}], references=[{id, answers}])
+    gives exact_match and f1 in percent, with the official SQuAD v1.1 script's definitions (answers
+    normalised: lower case, no punctuation, no articles a/an/the, single spaces; the best over the gold
+    answers; F1 over the tokens they share)."""
+
+    def compute(self, predictions, references) -> dict[str, float]:
+        predicted = {p["id"]: p["prediction_text"] for p in predictions}
+        exact = f1 = 0.0
+        for reference in references:
+            gold = reference["answers"]["text"]
+            prediction = predicted.get(reference["id"], "")
+            exact += max(float(_normalize_answer(prediction) == _normalize_answer(g)) for g in gold)
+            f1 += max(_token_f1(prediction, g) for g in gold)
+        return {"exact_match": 100.0 * exact / len(references), "f1": 100.0 * f1 / len(references)}
+
+
+def load_metric(path, config_name=None, *args, **kwargs):
+    if path == "squad" and config_name is None:
+        return SquadMetric()
     if path != "glue" or config_name not in GLUE_COLUMNS:
-        raise ValueError(f"load_metric({path!r}, {config_name!r}) has no local equivalent; known: ('glue', task)")
+        raise ValueError(f"load_metric({path!r}, {config_name!r}) has no local equivalent; "
+                         f"known: ('glue', task), ('squad',)")
     return GlueMetric(config_name)
+
+
+def _normalize_answer(text: str) -> str:
+    text = "".join(ch for ch in text.lower() if ch not in string.punctuation)
+    text = re.sub(r"\b(a|an|the)\b", " ", text)
+    return " ".join(text.split())
+
+
+def _token_f1(prediction: str, gold: str) -> float:
+    predicted, expected = _normalize_answer(prediction).split(), _normalize_answer(gold).split()
+    same = sum((collections.Counter(predicted) & collections.Counter(expected)).values())
+    if same == 0:
+        return 0.0
+    precision, recall = same / len(predicted), same / len(expected)
+    return 2 * precision * recall / (precision + recall)
 
 
 def _flat(values) -> list:
