@@ -37,7 +37,7 @@ sys.path.insert(0, str(REPO / "python"))
 sys.path.insert(0, str(REPO / "examples"))
 sys.path.insert(0, str(HERE))
 
-from json_results import write_json_atomically  # noqa: E402
+from json_results import locked, write_json_atomically  # noqa: E402
 from grid_spec import cell_key  # noqa: E402
 from finetune_recipe import task_data  # noqa: E402
 from originals.shim import SPLIT_FILES, glue_record, squad_record, write_split  # noqa: E402
@@ -338,12 +338,13 @@ def main(argv: list[str] | None = None) -> int:
             failures += 1
             continue
         record["num_tokens_requested"] = args.num_tokens
-        results = load_results(args.output)
-        results["cells"][cell_key(*cell)] = record
-        results["meta"] = {"command": "python benchmarks/run_originals.py " + " ".join(argv or sys.argv[1:]),
-                           "checkpoint_dir": str(args.checkpoint_dir), "num_tokens": args.num_tokens,
-                           "updated_at": record["finished_at"]}
-        write_results(args.output, results)
+        with locked(args.output):   # another runner may share the results file
+            results = load_results(args.output)
+            results["cells"][cell_key(*cell)] = record
+            results["meta"] = {"command": "python benchmarks/run_originals.py " + " ".join(argv or sys.argv[1:]),
+                               "checkpoint_dir": str(args.checkpoint_dir), "num_tokens": args.num_tokens,
+                               "updated_at": record["finished_at"]}
+            write_results(args.output, results)
         logger.info("%s: %s %.4f, FLOPs -%.1f%%, prune %.0f s, peak %.0f MB", cell_key(*cell), record["metric_name"],
                     record["metric"], 100 * record["flops_reduction"], record["prune_seconds"], record["peak_rss_mb"] or 0)
     print(table(load_results(args.output)))
