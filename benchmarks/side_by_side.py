@@ -1,7 +1,7 @@
 """K-prune (ours), the paper's code, Kwon (ours) and Kwon et al.'s code, side by side: one table.
 
     python benchmarks/side_by_side.py --run --paper-code DIR --kwon-code DIR --python VENV/bin/python \
-        [--tasks stsb sst2] [--reductions 0.5 0.8] [--num-tokens 20000]   # runs the missing cells, then renders
+        [--tasks stsb mrpc sst2 squad qqp] [--reductions 0.5 0.8] [--num-tokens 20000]   # runs the missing cells, then renders
     python benchmarks/side_by_side.py                                     # renders the table from the JSON
 
 Ours run through run_grid.py (into results/side_by_side.json), the originals through run_originals.py
@@ -18,6 +18,10 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from grid_spec import TASK_ORDER  # noqa: E402
+
 RESULTS = HERE / "results"
 OURS, ORIGINALS = RESULTS / "side_by_side.json", RESULTS / "originals.json"
 BEGIN, END = "<!-- side-by-side:begin -->", "<!-- side-by-side:end -->"
@@ -32,7 +36,8 @@ def cells_of(path: Path) -> dict:
 
 def table(ours: dict, originals: dict) -> str:
     cells = {**ours, **originals}
-    keys = sorted({(c["task"], c["reduction_target"], c["seed"]) for c in cells.values()})
+    keys = sorted({(c["task"], c["reduction_target"], c["seed"]) for c in cells.values()},
+                  key=lambda k: (TASK_ORDER.index(k[0]) if k[0] in TASK_ORDER else len(TASK_ORDER), k))
     lines = ["| task | FLOPs reduction | method | metric | achieved | pruning s | peak MB |",
              "|---|---|---|---|---|---|---|"]
     for task, reduction, seed in keys:
@@ -52,7 +57,8 @@ def main() -> int:
     parser.add_argument("--paper-code", type=Path)
     parser.add_argument("--kwon-code", type=Path)
     parser.add_argument("--python", type=Path, help="interpreter of the originals' virtual environment")
-    parser.add_argument("--tasks", nargs="+", default=["stsb", "sst2"])
+    parser.add_argument("--tasks", nargs="+", default=TASK_ORDER, choices=TASK_ORDER,
+                        help="default: every task of the grid (all of them run in both originals)")
     parser.add_argument("--reductions", nargs="+", default=["0.5", "0.8"])
     parser.add_argument("--num-tokens", default="20000")
     parser.add_argument("--data-dir", default=str(HERE.parent.parent / "shared" / "data"))
