@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -51,6 +52,38 @@ def table(ours: dict, originals: dict) -> str:
     return "\n".join(lines)
 
 
+def dev_noise(metric_name: str, value: float, num_examples: int | None) -> float | None:
+    """One standard deviation of a dev-set score from the finite dev set, in points: binomial for
+    accuracy, Fieller et al.'s 1.06 (1 - rho^2) / sqrt(n - 3) for Spearman / Pearson; None otherwise
+    (SQuAD's F1 would need the per-question scores)."""
+    if not num_examples or num_examples < 4:
+        return None
+    if metric_name == "accuracy":
+        return 100 * math.sqrt(value * (1 - value) / num_examples)
+    if metric_name in ("spearmanr", "pearson"):
+        return 100 * 1.06 * (1 - value ** 2) / math.sqrt(num_examples - 3)
+    return None
+
+
+def against_paper(ours: dict, originals: dict) -> str:
+    """Per task and reduction: kprune against the paper's code on accuracy (with the dev set's noise),
+    pruning seconds and peak memory (issue 12's targets: not below beyond noise, >= 5x faster, <= 1/3 memory)."""
+    rows = ["| task | FLOPs reduction | kprune - paper's code (points) | dev-set noise (1 std) | paper's s / ours "
+            "| ours MB / paper's |", "|---|---|---|---|---|---|"]
+    pairs = sorted(((o, originals[k.replace("/kprune/", "/kprune-paper/")]) for k, o in ours.items()
+                    if "/kprune/" in k and k.replace("/kprune/", "/kprune-paper/") in originals),
+                   key=lambda p: (TASK_ORDER.index(p[0]["task"]) if p[0]["task"] in TASK_ORDER else 99,
+                                  p[0]["reduction_target"]))
+    for mine, theirs in pairs:
+        noise = dev_noise(mine["metric_name"], (mine["metric"] + theirs["metric"]) / 2,
+                          int(mine.get("metrics", {}).get("num_examples") or 0))
+        rows.append(f"| {TASK_NAMES.get(mine['task'], mine['task'])} | {mine['reduction_target']:.0%} "
+                    f"| {100 * (mine['metric'] - theirs['metric']):+.2f} | {'–' if noise is None else f'{noise:.2f}'} "
+                    f"| {theirs['prune_seconds'] / mine['prune_seconds']:.1f}x "
+                    f"| {mine['peak_rss_mb'] / theirs['peak_rss_mb']:.2f} |")
+    return "\n".join(rows) if pairs else ""
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--run", action="store_true", help="run the missing cells first (ours, then the originals)")
@@ -76,6 +109,8 @@ def main() -> int:
                         "--kwon-code", str(args.kwon_code), "--python", str(args.python),
                         "--output", str(ORIGINALS)], check=True)
     print(table(cells_of(OURS), cells_of(ORIGINALS)))
+    print()
+    print(against_paper(cells_of(OURS), cells_of(ORIGINALS)))
     if not args.no_write:   # RESULTS.md is rendered whole by report.py, which includes this table
         subprocess.run([sys.executable, str(HERE / "report.py")], check=True)
     return 0

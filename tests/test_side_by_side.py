@@ -1,0 +1,41 @@
+"""benchmarks/side_by_side.py: the table of kprune against the paper's code (pairs, ratios, dev-set noise)."""
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+
+import side_by_side  # noqa: E402
+
+
+def cell(task, method, reduction, metric, seconds, mb, name="accuracy", n=400):
+    return {"task": task, "method": method, "reduction_target": reduction, "seed": 0, "metric_name": name,
+            "metric": metric, "metrics": {name: metric, "num_examples": n}, "flops_reduction": reduction,
+            "prune_seconds": seconds, "peak_rss_mb": mb}
+
+
+def test_dev_noise_formulas():
+    assert side_by_side.dev_noise("accuracy", 0.8, 400) == pytest.approx(100 * math.sqrt(0.8 * 0.2 / 400))
+    assert side_by_side.dev_noise("spearmanr", 0.5, 1503) == pytest.approx(100 * 1.06 * 0.75 / math.sqrt(1500))
+    assert side_by_side.dev_noise("f1", 0.6, 2000) is None
+    assert side_by_side.dev_noise("accuracy", 0.8, None) is None
+
+
+def test_against_paper_pairs_cells_and_states_ratios():
+    ours = {"mrpc/kprune/0.50/0": cell("mrpc", "kprune", 0.5, 0.80, 100.0, 700.0),
+            "stsb/kprune/0.80/0": cell("stsb", "kprune", 0.8, 0.81, 50.0, 600.0, name="spearmanr", n=1500),
+            "sst2/kprune/0.50/0": cell("sst2", "kprune", 0.5, 0.85, 90.0, 700.0),   # no paper cell: left out
+            "mrpc/kwon/0.50/0": cell("mrpc", "kwon", 0.5, 0.70, 30.0, 1000.0)}
+    theirs = {"mrpc/kprune-paper/0.50/0": cell("mrpc", "kprune-paper", 0.5, 0.81, 250.0, 2100.0),
+              "stsb/kprune-paper/0.80/0": cell("stsb", "kprune-paper", 0.8, 0.80, 400.0, 2400.0, name="spearmanr")}
+    rows = side_by_side.against_paper(ours, theirs).splitlines()[2:]
+    assert len(rows) == 2
+    assert rows[0].startswith("| STS-B | 80% | +1.00 |") and "| 8.0x | 0.25 |" in rows[0]   # grid task order
+    assert rows[1].startswith("| MRPC | 50% | -1.00 |") and "| 2.5x | 0.33 |" in rows[1]
+    noise = 100 * math.sqrt(0.805 * 0.195 / 400)
+    assert f"| {noise:.2f} |" in rows[1]
+    assert side_by_side.against_paper(ours, {}) == ""
