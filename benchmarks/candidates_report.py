@@ -19,15 +19,11 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from grid_spec import CANDIDATE_METHODS, CANDIDATE_REDUCTIONS, METHODS, TASK_ORDER, cell_key  # noqa: E402
+from grid_spec import CANDIDATE_METHODS, CANDIDATE_REDUCTIONS, METHODS, TASK_ORDER, cell_key, scale  # noqa: E402
 
 BASE = "kprune"
 MAX_COST = 1.5
 RULE_REDUCTIONS = (0.7, 0.8)
-
-
-def _scale(task: str, value: float) -> float:
-    return value if task == "squad" else 100 * value
 
 
 def paired(grid: dict, task: str, method: str, reduction: float) -> list[tuple[dict, dict]]:
@@ -52,8 +48,8 @@ def paired_row(grid: dict, task: str, method: str, reduction: float) -> dict | N
     pairs = paired(grid, task, method, reduction)
     if not pairs:
         return None
-    cand = [_scale(task, c["metric"]) for c, _ in pairs]
-    base = [_scale(task, b["metric"]) for _, b in pairs]
+    cand = [scale(task, c["metric"]) for c, _ in pairs]
+    base = [scale(task, b["metric"]) for _, b in pairs]
     return {"candidate": statistics.fmean(cand), "base": statistics.fmean(base),
             "diff": statistics.fmean(cand) - statistics.fmean(base), "base_std": _std(base), "seeds": len(pairs),
             "seconds": ([c["prune_seconds"] for c, _ in pairs], [b["prune_seconds"] for _, b in pairs])}

@@ -51,6 +51,11 @@ EXTRA_SEEDS = [1, 2]
 LATENCY_SHAPES = [(32, 128), (1, 128)]
 
 
+def scale(task: str, value: float) -> float:
+    """A cell's metric on a 0..100 scale (SQuAD's exact match and F1 already are)."""
+    return value if task in ("squad", "squad_v2") else 100 * value
+
+
 def cell_key(task: str, method: str, reduction: float, seed: int) -> str:
     return f"{task}/{method}/{reduction:.2f}/{seed}"
 

@@ -18,7 +18,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from grid_spec import (EXTRA_SEEDS, MAIN_METHODS, METHODS, OTHER_METHODS, REDUCTIONS, SEEDED_REDUCTIONS,  # noqa: E402
-                       TASK_ORDER, canonical_command, cell_key, planned_cells)
+                       TASK_ORDER, canonical_command, cell_key, planned_cells, scale)
 
 TASK_TITLES = {"sst2": "SST-2", "mrpc": "MRPC", "stsb": "STS-B", "qqp": "QQP (held-out subset)",
                "squad": "SQuAD v1.1"}
@@ -26,11 +26,6 @@ METRIC_TITLES = {"accuracy": "accuracy (%)", "f1": "F1", "spearmanr": "Spearman 
 COLORS = {"kprune": "#d62728", "kwon": "#1f77b4", "kprune-no-tuning": "#ff9896", "kprune-pred-only": "#9467bd",
           "kprune-rep-only": "#8c564b", "magnitude": "#7f7f7f"}
 DASH = "—"
-
-
-def scale(task: str, value: float) -> float:
-    """Metrics on a 0..100 scale (SQuAD's already are)."""
-    return value if task == "squad" else 100 * value
 
 
 def cells_for(grid: dict, task: str, method: str, reduction: float) -> list[dict]:

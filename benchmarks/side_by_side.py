@@ -21,7 +21,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from grid_spec import TASK_ORDER  # noqa: E402
+from grid_spec import TASK_ORDER, scale  # noqa: E402
 
 RESULTS = HERE / "results"
 OURS, ORIGINALS = RESULTS / "side_by_side.json", RESULTS / "originals.json"
@@ -47,7 +47,7 @@ def table(ours: dict, originals: dict) -> str:
             if cell is None:
                 continue
             lines.append(f"| {TASK_NAMES.get(task, task)} | {reduction:.0%} | {label} | "
-                         f"{cell['metric_name']} {100 * cell['metric']:.2f} | {100 * cell['flops_reduction']:.1f}% | "
+                         f"{cell['metric_name']} {scale(task, cell['metric']):.2f} | {100 * cell['flops_reduction']:.1f}% | "
                          f"{cell['prune_seconds']:.0f} | {cell['peak_rss_mb']:.0f} |")
     return "\n".join(lines)
 
@@ -75,10 +75,11 @@ def against_paper(ours: dict, originals: dict) -> str:
                    key=lambda p: (TASK_ORDER.index(p[0]["task"]) if p[0]["task"] in TASK_ORDER else 99,
                                   p[0]["reduction_target"]))
     for mine, theirs in pairs:
+        task = mine["task"]
         noise = dev_noise(mine["metric_name"], (mine["metric"] + theirs["metric"]) / 2,
                           int(mine.get("metrics", {}).get("num_examples") or 0))
         rows.append(f"| {TASK_NAMES.get(mine['task'], mine['task'])} | {mine['reduction_target']:.0%} "
-                    f"| {100 * (mine['metric'] - theirs['metric']):+.2f} | {'–' if noise is None else f'{noise:.2f}'} "
+                    f"| {scale(task, mine['metric']) - scale(task, theirs['metric']):+.2f} | {'–' if noise is None else f'{noise:.2f}'} "
                     f"| {theirs['prune_seconds'] / mine['prune_seconds']:.1f}x "
                     f"| {mine['peak_rss_mb'] / theirs['peak_rss_mb']:.2f} |")
     return "\n".join(rows) if pairs else ""

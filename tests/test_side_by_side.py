@@ -39,3 +39,11 @@ def test_against_paper_pairs_cells_and_states_ratios():
     noise = 100 * math.sqrt(0.805 * 0.195 / 400)
     assert f"| {noise:.2f} |" in rows[1]
     assert side_by_side.against_paper(ours, {}) == ""
+
+
+def test_squad_scores_are_already_points():
+    ours = {"squad/kprune/0.50/0": cell("squad", "kprune", 0.5, 55.3, 100.0, 700.0, name="f1", n=None)}
+    theirs = {"squad/kprune-paper/0.50/0": cell("squad", "kprune-paper", 0.5, 56.1, 400.0, 3500.0, name="f1")}
+    row = side_by_side.against_paper(ours, theirs).splitlines()[2]
+    assert row.startswith("| SQuAD | 50% | -0.80 | – | 4.0x | 0.20 |")
+    assert "| f1 55.30 |" in side_by_side.table(ours, theirs)
