@@ -409,8 +409,8 @@ def side_by_side_section() -> str:
             "other single-threaded job (a grid runner) on the other core, ours and theirs alike.\n\n"
             f"{BEGIN}\n{table(cells_of(OURS), cells_of(ORIGINALS))}\n{END}\n\n"
             "kprune against the paper's code, cell by cell (dev-set noise: one standard deviation of the score "
-            "from the dev set's size; binomial for accuracy, 1.06 (1 - ρ²) / √(n - 3) for Spearman; none for "
-            "SQuAD's F1, whose per-question scores are not kept):\n\n"
+            "from the dev set's size; binomial for accuracy, 1.06 (1 - ρ²) / √(n - 3) for Spearman, and for "
+            "SQuAD's F1 its upper bound √(m (1 - m) / n), per-question scores lying in [0, 1]):\n\n"
             f"{against_paper(cells_of(OURS), cells_of(ORIGINALS))}\n")
 
 

@@ -54,11 +54,14 @@ def table(ours: dict, originals: dict) -> str:
 
 def dev_noise(metric_name: str, value: float, num_examples: int | None) -> float | None:
     """One standard deviation of a dev-set score from the finite dev set, in points: binomial for
-    accuracy, Fieller et al.'s 1.06 (1 - rho^2) / sqrt(n - 3) for Spearman / Pearson; None otherwise
-    (SQuAD's F1 would need the per-question scores)."""
+    accuracy; for SQuAD's F1 / exact match (given in points) its upper bound, since a mean of per-question
+    scores in [0, 1] has a variance of at most m (1 - m) (Bhatia-Davis); Fieller et al.'s
+    1.06 (1 - rho^2) / sqrt(n - 3) for Spearman / Pearson; None otherwise."""
     if not num_examples or num_examples < 4:
         return None
-    if metric_name == "accuracy":
+    if metric_name in ("f1", "exact_match") and value > 1:
+        value /= 100
+    if metric_name in ("accuracy", "f1", "exact_match"):
         return 100 * math.sqrt(value * (1 - value) / num_examples)
     if metric_name in ("spearmanr", "pearson"):
         return 100 * 1.06 * (1 - value ** 2) / math.sqrt(num_examples - 3)

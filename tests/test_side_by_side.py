@@ -21,7 +21,8 @@ def cell(task, method, reduction, metric, seconds, mb, name="accuracy", n=400):
 def test_dev_noise_formulas():
     assert side_by_side.dev_noise("accuracy", 0.8, 400) == pytest.approx(100 * math.sqrt(0.8 * 0.2 / 400))
     assert side_by_side.dev_noise("spearmanr", 0.5, 1503) == pytest.approx(100 * 1.06 * 0.75 / math.sqrt(1500))
-    assert side_by_side.dev_noise("f1", 0.6, 2000) is None
+    assert side_by_side.dev_noise("f1", 60.0, 2000) == pytest.approx(100 * math.sqrt(0.6 * 0.4 / 2000))  # SQuAD points
+    assert side_by_side.dev_noise("matthews_correlation", 0.6, 2000) is None
     assert side_by_side.dev_noise("accuracy", 0.8, None) is None
 
 
@@ -42,8 +43,9 @@ def test_against_paper_pairs_cells_and_states_ratios():
 
 
 def test_squad_scores_are_already_points():
-    ours = {"squad/kprune/0.50/0": cell("squad", "kprune", 0.5, 55.3, 100.0, 700.0, name="f1", n=None)}
+    ours = {"squad/kprune/0.50/0": cell("squad", "kprune", 0.5, 55.3, 100.0, 700.0, name="f1", n=2000)}
     theirs = {"squad/kprune-paper/0.50/0": cell("squad", "kprune-paper", 0.5, 56.1, 400.0, 3500.0, name="f1")}
     row = side_by_side.against_paper(ours, theirs).splitlines()[2]
-    assert row.startswith("| SQuAD | 50% | -0.80 | – | 4.0x | 0.20 |")
+    bound = 100 * math.sqrt(0.557 * 0.443 / 2000)
+    assert row.startswith(f"| SQuAD | 50% | -0.80 | {bound:.2f} | 4.0x | 0.20 |")
     assert "| f1 55.30 |" in side_by_side.table(ours, theirs)
