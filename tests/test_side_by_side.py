@@ -49,3 +49,14 @@ def test_squad_scores_are_already_points():
     bound = 100 * math.sqrt(0.557 * 0.443 / 2000)
     assert row.startswith(f"| SQuAD | 50% | -0.80 | {bound:.2f} | 4.0x | 0.20 |")
     assert "| f1 55.30 |" in side_by_side.table(ours, theirs)
+
+
+def test_summary_counts_the_targets():
+    ours = {"mrpc/kprune/0.50/0": cell("mrpc", "kprune", 0.5, 0.70, 100.0, 700.0),       # far below: named
+            "sst2/kprune/0.50/0": cell("sst2", "kprune", 0.5, 0.85, 50.0, 1000.0)}       # 6x faster, memory 0.5
+    theirs = {"mrpc/kprune-paper/0.50/0": cell("mrpc", "kprune-paper", 0.5, 0.80, 200.0, 2800.0),
+              "sst2/kprune-paper/0.50/0": cell("sst2", "kprune-paper", 0.5, 0.85, 300.0, 2000.0)}
+    text = side_by_side.summary(ours, theirs)
+    assert "in 1 of 2; below by more in MRPC 50% (-10.00" in text
+    assert "met in 1 of 2)" in text and "0.25-0.50" in text and "2.0-6.0x" in text
+    assert side_by_side.summary(ours, {}) == ""
