@@ -2,7 +2,7 @@
 on the grid's fine-tuned checkpoints, sample size, FLOPs model and evaluation.
 
     python benchmarks/run_originals.py --paper-code DIR --kwon-code DIR --python VENV/bin/python
-        [--tasks sst2 stsb] [--reductions 0.5 0.8] [--seeds 0] [--num-tokens 20000]
+        [--tasks sst2 stsb mrpc qqp squad] [--reductions 0.5 0.8] [--seeds 0] [--num-tokens 20000]
         [--checkpoint-dir ~/.cache/kprune-bench/finetuned] [--data-dir ../shared/data]
 
 DIR are local checkouts (``git clone https://github.com/snudm-starlab/K-prune``,
