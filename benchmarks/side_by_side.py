@@ -68,23 +68,6 @@ def dev_noise(metric_name: str, value: float, num_examples: int | None) -> float
     return None
 
 
-def against_paper(ours: dict, originals: dict) -> str:
-    """Per task and reduction: kprune against the paper's code on accuracy (with the dev set's noise),
-    pruning seconds and peak memory (issue 12's targets: not below beyond noise, >= 5x faster, <= 1/3 memory)."""
-    rows = ["| task | FLOPs reduction | kprune - paper's code (points) | dev-set noise (1 std) | paper's s / ours "
-            "| ours MB / paper's |", "|---|---|---|---|---|---|"]
-    pairs = paired_with_paper(ours, originals)
-    for mine, theirs in pairs:
-        task = mine["task"]
-        noise = dev_noise(mine["metric_name"], (mine["metric"] + theirs["metric"]) / 2,
-                          int(mine.get("metrics", {}).get("num_examples") or 0))
-        rows.append(f"| {TASK_NAMES.get(mine['task'], mine['task'])} | {mine['reduction_target']:.0%} "
-                    f"| {scale(task, mine['metric']) - scale(task, theirs['metric']):+.2f} | {'–' if noise is None else f'{noise:.2f}'} "
-                    f"| {theirs['prune_seconds'] / mine['prune_seconds']:.1f}x "
-                    f"| {mine['peak_rss_mb'] / theirs['peak_rss_mb']:.2f} |")
-    return "\n".join(rows) if pairs else ""
-
-
 def paired_with_paper(ours: dict, originals: dict) -> list[tuple[dict, dict]]:
     """(kprune cell, paper's-code cell) of every task, reduction and seed both ran, in the grid's task order."""
     pairs = [(o, originals[k.replace("/kprune/", "/kprune-paper/")]) for k, o in ours.items()
@@ -93,23 +76,40 @@ def paired_with_paper(ours: dict, originals: dict) -> list[tuple[dict, dict]]:
                                         p[0]["reduction_target"], p[0]["seed"]))
 
 
+def comparisons(ours: dict, originals: dict) -> list[dict]:
+    """Per paired cell: the score difference in points, the dev set's noise, and the time and memory ratios."""
+    rows = []
+    for mine, theirs in paired_with_paper(ours, originals):
+        task = mine["task"]
+        rows.append({"name": f"{TASK_NAMES.get(task, task)} | {mine['reduction_target']:.0%}",
+                     "gap": scale(task, mine["metric"]) - scale(task, theirs["metric"]),
+                     "noise": dev_noise(mine["metric_name"], (mine["metric"] + theirs["metric"]) / 2,
+                                        int(mine.get("metrics", {}).get("num_examples") or 0)),
+                     "speed": theirs["prune_seconds"] / mine["prune_seconds"],
+                     "memory": mine["peak_rss_mb"] / theirs["peak_rss_mb"]})
+    return rows
+
+
+def against_paper(ours: dict, originals: dict) -> str:
+    """Per task and reduction: kprune against the paper's code on accuracy (with the dev set's noise),
+    pruning seconds and peak memory (issue 12's targets: not below beyond noise, >= 5x faster, <= 1/3 memory)."""
+    rows = comparisons(ours, originals)
+    lines = ["| task | FLOPs reduction | kprune - paper's code (points) | dev-set noise (1 std) | paper's s / ours "
+             "| ours MB / paper's |", "|---|---|---|---|---|---|"]
+    lines += [f"| {r['name']} | {r['gap']:+.2f} | {'–' if r['noise'] is None else format(r['noise'], '.2f')} "
+              f"| {r['speed']:.1f}x | {r['memory']:.2f} |" for r in rows]
+    return "\n".join(lines) if rows else ""
+
+
 def summary(ours: dict, originals: dict) -> str:
     """The issue's three targets against the paper's code, counted over the paired cells."""
-    pairs = paired_with_paper(ours, originals)
-    if not pairs:
+    rows = comparisons(ours, originals)
+    if not rows:
         return ""
-    below, speed, memory = [], [], []
-    for mine, theirs in pairs:
-        task = mine["task"]
-        gap = scale(task, mine["metric"]) - scale(task, theirs["metric"])
-        noise = dev_noise(mine["metric_name"], (mine["metric"] + theirs["metric"]) / 2,
-                          int(mine.get("metrics", {}).get("num_examples") or 0))
-        if gap < 0 and (noise is None or -gap > noise):
-            below.append(f"{TASK_NAMES.get(task, task)} {mine['reduction_target']:.0%} ({gap:+.2f}, noise "
-                         f"{'unknown' if noise is None else f'{noise:.2f}'})")
-        speed.append(theirs["prune_seconds"] / mine["prune_seconds"])
-        memory.append(mine["peak_rss_mb"] / theirs["peak_rss_mb"])
-    n = len(pairs)
+    below = [f"{r['name'].replace(' | ', ' ')} ({r['gap']:+.2f}, noise "
+             f"{'unknown' if r['noise'] is None else format(r['noise'], '.2f')})"
+             for r in rows if r["gap"] < 0 and (r["noise"] is None or -r["gap"] > r["noise"])]
+    speed, memory, n = [r["speed"] for r in rows], [r["memory"] for r in rows], len(rows)
     return (f"Over the {n} paired cells: kprune's score is at or above the paper's code's, or below it by less than "
             f"one dev-set standard deviation, in {n - len(below)} of {n}"
             + (f"; below by more in {', '.join(below)}" if below else "") + ". "
