@@ -19,7 +19,10 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from grid_spec import CANDIDATE_METHODS, CANDIDATE_REDUCTIONS, METHODS, TASK_ORDER, cell_key, scale  # noqa: E402
+sys.path.insert(0, str(HERE.parent / "python"))
+
+from grid_spec import (CANDIDATE_METHODS, CANDIDATE_REDUCTIONS, KPRUNE_CONFIGS, METHODS, TASK_ORDER,  # noqa: E402
+                       cell_key, scale)
 
 BASE = "kprune"
 MAX_COST = 1.5
@@ -82,6 +85,13 @@ def summarise(grid: dict, method: str) -> dict:
             "passes": complete and gains and not losses and cheap, "losses": losses, "gains": gains, "cheap": cheap}
 
 
+def adopted(method: str) -> bool:
+    """Whether this version's defaults (KPruneConfig()) already switch the candidate on."""
+    from kprune.config import KPruneConfig
+    defaults = KPruneConfig()
+    return all(getattr(defaults, key) == value for key, value in KPRUNE_CONFIGS[method].items())
+
+
 def plot(grid: dict, methods: list[str], path: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
@@ -115,7 +125,7 @@ def render(grid: dict, plot_path: Path | None = None, plot_rel: str | None = Non
     if not methods:
         return ""
     out = ["## Beyond the paper: candidate improvements against plain K-prune", "",
-           "Each candidate is the paper's recipe plus one switch (`KPruneConfig`, off by default), on the same "
+           "Each candidate is the paper's recipe plus one switch (`KPruneConfig`; off by default unless adopted), on the same "
            "samples as `kprune` (same task, reduction and seed). Filled by `python benchmarks/run_grid.py --study "
            "candidates` (resumable). Cell: candidate − K-prune, mean over the seeds both ran (metric ×100); in "
            "brackets K-prune's seed std. Extra s: median extra pruning seconds per cell, time: median per-seed ratio "
@@ -147,16 +157,68 @@ def render(grid: dict, plot_path: Path | None = None, plot_rel: str | None = Non
         verdict = (so_far if s["complete"] else
                    f"{so_far} on the cells so far, but only {covered} of {len(TASK_ORDER)} tasks have three "
                    "seeds at every reduction: not decided")
+        if adopted(method):
+            verdict += "; **adopted: on by default** (`--recipe paper` / `KPruneConfig.paper()` turns it off)"
         verdicts.append(f"- `{method}` ({METHODS[method]}): {verdict}.")
     return "\n".join(out + [""] + verdicts + [""])
+
+
+def render_heldout(heldout: dict, selection: dict) -> str:
+    """The held-out check (benchmarks/heldout_check.py): each candidate that ran on checkpoints no candidate
+    was chosen on, against plain K-prune on the same samples, beside its result on the selection grid."""
+    methods = [m for m in CANDIDATE_METHODS if any(c["method"] == m for c in heldout.get("cells", {}).values())]
+    if not methods:
+        return ""
+    named = heldout.get("checkpoints", {})
+    reductions = [r for r in CANDIDATE_REDUCTIONS if any(abs(c["reduction_target"] - r) < 1e-9
+                                                          for c in heldout["cells"].values())]
+    out = ["### Held-out check: checkpoints no candidate was chosen on", "",
+           "Fine-tuning trials that are not the grid's checkpoints (another fine-tuning seed, or settings a "
+           "re-tuning tried and did not adopt; benchmarks/finetune_trials.py), pruned by plain K-prune and the "
+           "candidate on the same samples (`python benchmarks/heldout_check.py --checkpoint TASK=TRIAL ...`, "
+           "results/grid-heldout.json). Cell: candidate − K-prune, mean over seeds (metric ×100), K-prune's seed "
+           "std in brackets; K-prune's and the candidate's own means after the slash.", "",
+           "| candidate | task | checkpoint (dev) | " + " | ".join(f"{int(round(100 * r))}%" for r in reductions) + " |",
+           "|---|---|---|" + "---|" * len(reductions)]
+    lines = []
+    for method in methods:
+        s = summarise(heldout, method)
+        chosen = summarise(selection, method) if selection.get("cells") else None
+        for t in s["tasks"]:
+            info = named.get(t, {})
+            dev = info.get("dev_metrics", {})
+            main = next((dev[k] for k in ("accuracy", "spearmanr", "f1") if k in dev), None)
+            label = f"{info.get('trial', '?')} ({'—' if main is None else f'{scale(t, main):.2f}'})"
+            cells = []
+            for r in reductions:
+                row = s["rows"].get((t, r))
+                cells.append("—" if row is None else f"{row['diff']:+.2f} (±{row['base_std']:.2f}, {row['seeds']} seeds) "
+                                                     f"/ {row['base']:.2f} → {row['candidate']:.2f}")
+            out.append(f"| {method} | {t} | {label} | " + " | ".join(cells) + " |")
+        means = [f"**{s['by_reduction'][r][0]:+.2f}** ({s['by_reduction'][r][1]} tasks)" if r in s["by_reduction"]
+                 else "—" for r in reductions]
+        out.append(f"| {method} | **mean over tasks** | | " + " | ".join(means) + " |")
+        there = "; on the selection grid " + ", ".join(
+            f"{s_r[0]:+.2f} at {int(round(100 * r))}%" for r, s_r in sorted(chosen["by_reduction"].items())) \
+            if chosen and chosen["by_reduction"] else ""
+        lines.append(f"- `{method}` held out: mean over {len(s['tasks'])} tasks " + ", ".join(
+            f"{s['by_reduction'][r][0]:+.2f} at {int(round(100 * r))}%" for r in reductions if r in s["by_reduction"])
+            + (f"; loses beyond K-prune's seed std on {', '.join(s['losses'])}" if s["losses"] else "; no task below beyond "
+               "K-prune's seed std") + there + ".")
+    return "\n".join(out + [""] + lines + [""])
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--grid", type=Path, default=HERE / "results" / "grid.json")
+    parser.add_argument("--heldout", type=Path, default=HERE / "results" / "grid-heldout.json",
+                        help="the held-out check's grid (benchmarks/heldout_check.py), rendered when it exists")
     parser.add_argument("--plot", type=Path, default=None, help="also draw the plot here (PNG)")
     args = parser.parse_args(argv)
-    print(render(json.loads(args.grid.read_text()), args.plot))
+    grid = json.loads(args.grid.read_text())
+    print(render(grid, args.plot))
+    if args.heldout.is_file():
+        print(render_heldout(json.loads(args.heldout.read_text()), grid))
     return 0
 
 

@@ -482,6 +482,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-larger-sample", action="store_true", help="do not render the larger-sample table")
     parser.add_argument("--bf16-grid", type=Path, default=HERE / "results" / "grid-bf16.json",
                         help="the bf16 study's grid (run_grid.py --study bf16), rendered when the file exists")
+    parser.add_argument("--heldout-grid", type=Path, default=HERE / "results" / "grid-heldout.json",
+                        help="the candidates' held-out check (heldout_check.py), rendered when the file exists")
     args = parser.parse_args(argv)
     grid = json.loads(args.grid.read_text())
     for task in tasks_in(grid):
@@ -498,6 +500,9 @@ def main(argv: list[str] | None = None) -> int:
     import candidates_report   # candidate improvements against plain K-prune, when the grid holds them
     section = candidates_report.render(grid, args.plots / "candidates.png", f"{plots_rel}/candidates.png")
     text += "\n" + section if section else ""
+    if args.heldout_grid.is_file():   # the held-out check of the candidates (benchmarks/heldout_check.py)
+        section = candidates_report.render_heldout(json.loads(args.heldout_grid.read_text()), grid)
+        text += "\n" + section if section else ""
     import bf16_report   # issue 15's bf16 decision, from its own grid (run_grid.py --study bf16)
     section = bf16_report.render(json.loads(args.bf16_grid.read_text())) if args.bf16_grid.is_file() else ""
     text += "\n" + section if section else ""

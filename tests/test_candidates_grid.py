@@ -117,3 +117,36 @@ def test_the_bf16_rule_needs_every_task_and_no_loss_beyond_the_seed_spread():
     incomplete = {k: c for k, c in cells.items() if c["task"] != "squad" and not (c["task"] == "sst2")}
     text = bf16_report.render({"cells": incomplete})
     assert "incomplete (no cells for sst2, squad)" in text and not bf16_report.summarise({"cells": incomplete})["adopt"]
+
+
+def test_heldout_check_links_finished_trials_only_and_the_report_compares_on_them(tmp_path, monkeypatch):
+    import heldout_check
+    cache = tmp_path / "cache"
+    trial = cache / "trials" / "mrpc" / "seed1"
+    trial.mkdir(parents=True)
+    (cache / "data").mkdir()
+    with pytest.raises(SystemExit, match="mrpc=seed1: no finished trial"):   # not finished: nothing linked
+        heldout_check.link_checkpoints(cache, [("mrpc", "seed1")])
+    assert not (cache / "heldout" / "finetuned" / "mrpc").exists()
+    record = {"settings": {"seed": 1}, "dev_metrics": {"accuracy": 0.79}}
+    monkeypatch.setattr(heldout_check, "read_record", lambda path: record if path == trial else None)
+    heldout = heldout_check.link_checkpoints(cache, [("mrpc", "seed1")])
+    assert (heldout / "finetuned" / "mrpc").resolve() == trial.resolve()
+    assert (heldout / "data").resolve() == (cache / "data").resolve()
+    with pytest.raises(SystemExit, match="given twice"):
+        heldout_check.link_checkpoints(cache, [("mrpc", "seed1"), ("mrpc", "seed1")])
+    with pytest.raises(Exception, match="expected TASK=TRIAL"):
+        heldout_check.parse_checkpoint("mrpc")
+
+    output = tmp_path / "grid-heldout.json"
+    heldout_check.record_checkpoints(output, cache, [("mrpc", "seed1")])
+    grid = run_grid.load_grid(output)
+    assert grid["checkpoints"]["mrpc"]["trial"] == "seed1"
+    for seed, (base, cand) in enumerate([(0.70, 0.74), (0.72, 0.74), (0.74, 0.74)]):
+        grid["cells"][grid_spec.cell_key("mrpc", "kprune", 0.8, seed)] = _cell("mrpc", "kprune", 0.8, seed, base, 90)
+        grid["cells"][grid_spec.cell_key("mrpc", "kprune-head-refit", 0.8, seed)] = _cell(
+            "mrpc", "kprune-head-refit", 0.8, seed, cand, 90)
+    text = candidates_report.render_heldout(grid, {"cells": {}})
+    assert "| kprune-head-refit | mrpc | seed1 (79.00) | +2.00 (±2.00, 3 seeds) / 72.00 → 74.00 |" in text
+    assert "mean over 1 tasks +2.00 at 80%; no task below" in text
+    assert candidates_report.render_heldout({"cells": {}}, {"cells": {}}) == ""

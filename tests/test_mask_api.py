@@ -253,7 +253,7 @@ def test_refit_equals_a_float64_solve_on_captured_activations(ridge_prior, dampi
 
 
 def compose_by_hand(model, samples, task, reduction, config):
-    """K-prune from the public API: measure, search, apply masks, re-fit; sublayer by sublayer."""
+    """K-prune from the public API: measure, search, apply masks, re-fit; sublayer by sublayer; then the head."""
     teacher, student = model, copy.deepcopy(model)
     knowledge = kprune.measure_knowledge(teacher, samples, task, config=config)
     head_cost, neuron_cost = knowledge.head_flops, knowledge.neuron_flops
@@ -281,6 +281,8 @@ def compose_by_hand(model, samples, task, reduction, config):
             kprune.refit_output_projection(student, teacher, k, samples, damping=config.damping,
                                            batch_size=config.batch_size, ridge_prior=resolved.ridge_prior,
                                            damping_search=resolved.damping_search, seed=config.seed)
+    if config.head_refit:   # this version's default: the head's output layer re-fitted last
+        kprune.refit_task_head(student, teacher, samples, batch_size=config.batch_size, seed=config.seed)
     return kept_per_step, student
 
 
@@ -288,8 +290,8 @@ def compose_by_hand(model, samples, task, reduction, config):
                                                 ("distilbert", "qa", "sample"),
                                                 ("roberta", "regression", "batch"),
                                                 ("modernbert", "qa", "sample")])
-@pytest.mark.parametrize("refit", [{}, {"damping_search": True, "ridge_prior": "original"}],
-                         ids=["paper-refit", "held-out-refit"])
+@pytest.mark.parametrize("refit", [{"head_refit": False}, {}, {"damping_search": True, "ridge_prior": "original"}],
+                         ids=["paper-refit", "default", "held-out-refit"])
 def test_the_api_composed_by_hand_equals_prune(family, head, groups, refit):
     model = tiny_model(family, head, layers=3, seed=13)
     samples = random_samples(20, seed=14)

@@ -185,7 +185,7 @@ def test_kpruner_matches_naive_kprune(groups, recompute):
     model = tiny_model("bert", "classification", layers=3, seed=3)
     samples = random_samples(24, seed=11)
     reduction, batch_size = 0.55, 8
-    config = kprune.KPruneConfig(progress=False, batch_size=batch_size, gradient_groups=groups, recompute=recompute)
+    config = kprune.KPruneConfig.paper(progress=False, batch_size=batch_size, gradient_groups=groups, recompute=recompute)
     pruner = kprune.KPruner(model, samples, "classification", reduction, config)
     result = pruner.run()
     want_kept, naive = naive_kprune(model, samples, reduction, groups, batch_size)

@@ -22,14 +22,14 @@ _EXPORTS = {
     "KPruner": "pruner", "PruneResult": "pruner", "prune": "pruner",
     "search_kept": "search",
     "LeastSquaresStats": "tuning", "SublayerTuner": "tuning", "refit_output_projection": "tuning",
-    "tuner_for": "tuning",
+    "tuner_for": "tuning", "refit_task_head": "head_refit",
 }
 
 __all__ = [
     "prune", "KPruner", "KPruneConfig", "PruneResult", "save_pruned", "load_pruned", "export_model", "KPruneError",
     "UnitMasks", "masked", "apply_masks", "Knowledge", "measure_knowledge", "mask_gradients", "search_kept",
     "encoder_layers", "LayerView", "head_flops", "neuron_flops", "model_flops",
-    "SublayerTuner", "LeastSquaresStats", "tuner_for", "refit_output_projection",
+    "SublayerTuner", "LeastSquaresStats", "tuner_for", "refit_output_projection", "refit_task_head",
     "ConfigError", "DataError", "DistributedError", "NumericalError", "OutputDirError", "UnknownTaskError",
     "UnsupportedModelError",
 ]

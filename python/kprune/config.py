@@ -1,4 +1,5 @@
-"""Settings of a pruning run. Defaults are the paper's."""
+"""Settings of a pruning run. Defaults are the paper's recipe plus the one improvement the candidate study
+adopted (``head_refit``, benchmarks/RESULTS.md "Beyond the paper"); :meth:`KPruneConfig.paper` is the paper's exactly."""
 from __future__ import annotations
 
 import math
@@ -33,7 +34,7 @@ class KPruneConfig:
     use_rep: bool = True
     damping_search: bool | None = None   # KPWT damping per sublayer by 2-fold held-out error (kprune.heldout); None: on for task "embedding" only
     ridge_prior: str = "auto"         # KPWT ridge pulls towards "zero" (paper) or the kept units' "original" weights; "auto": original for task "embedding" only
-    head_refit: bool = False          # last re-fit of the task head's output layer to the teacher (kprune.head_refit)
+    head_refit: bool = True           # last re-fit of the task head's output layer to the teacher (kprune.head_refit); the paper: False
     device: str = "cpu"
     progress: bool = True             # tqdm bars
 

@@ -13,7 +13,8 @@ import torch
 from torch import nn
 
 from kprune.adapters import EncoderAdapter
-from kprune.heldout import choose_damping, ridge_solve
+from kprune.heldout import choose_damping, ridge_solve, sample_folds
+from kprune.tuning import tuner_for
 
 HEAD_DAMPINGS = (1e-3, 1e-2, 1e-1, 1.0, 10.0)
 
@@ -22,7 +23,8 @@ def head_output_layer(adapter: EncoderAdapter) -> nn.Linear | None:
     """The last linear layer of the task head (None for a bare encoder used for embeddings)."""
     if adapter.head_kind == "embedding":
         return None
-    head = adapter.model.qa_outputs if adapter.head_kind == "qa" else adapter.model.classifier
+    model = adapter.model   # QA heads end in qa_outputs, except ModernBERT's (head, then its classifier)
+    head = model.qa_outputs if adapter.head_kind == "qa" and hasattr(model, "qa_outputs") else model.classifier
     linears = [m for m in head.modules() if isinstance(m, nn.Linear)]
     return linears[-1] if linears else None
 
@@ -67,3 +69,21 @@ def refit_head(adapter: EncoderAdapter, hidden: list[torch.Tensor], batches, tea
         with torch.no_grad():
             layer.weight.copy_(ridge_solve(sums[0], sums[1], best, prior).t().to(layer.weight.dtype))
     return {"damping": best, "errors": {str(d): e for d, e in errors.items()}}
+
+
+def refit_task_head(student: nn.Module, teacher: nn.Module, samples, batch_size: int = 32, seed: int = 0) -> dict:
+    """Re-fit ``student``'s task-head output layer in place so that its outputs on ``samples`` match
+    ``teacher``'s, as ``KPruneConfig.head_refit`` does once every sublayer is pruned (the mask-level API's last
+    step). ``seed`` splits the samples into the two folds that choose the ridge strength, as the config's seed
+    does. Returns the damping chosen (None: the layer kept as it was) and each candidate's held-out error."""
+    tuner = tuner_for(student, teacher, samples, batch_size)
+    for k in range(tuner.num_sublayers):
+        tuner.advance(k)
+    with torch.no_grad():
+        targets = [tuner.teacher.head(x, b.key_mask) for x, b in zip(tuner.teacher_cache, tuner.batches)]
+    num_samples = sum(b.sample_index.numel() for b in tuner.batches)
+    try:
+        return refit_head(tuner.student, tuner.student_cache, tuner.batches, targets, sample_folds(num_samples, seed),
+                          tuner.collective)
+    finally:
+        tuner.release()
