@@ -72,7 +72,8 @@ def test_the_rule_for_a_new_default():
             cell["metric"] += 0.005
     assert candidates_report.summarise({"cells": cells}, "kprune-head-refit")["passes"]
     text = candidates_report.render({"cells": cells})
-    assert "| kprune-head-refit | sst2 | +1.00 (±1.00, 3 seeds) |" in text and "meets the rule." in text
+    assert "| kprune-head-refit | sst2 | +1.00 (±1.00, 3 seeds) |" in text and "meets the rule; **adopted" in text
+    assert candidates_report.adopted("kprune-head-refit") and not candidates_report.adopted("kprune-ridge-original")
     # the same gains on two tasks only: not decided
     partial = {k: c for k, c in cells.items() if c["task"] in ("sst2", "stsb")}
     assert not candidates_report.summarise({"cells": partial}, "kprune-head-refit")["passes"]
@@ -83,7 +84,7 @@ def test_the_rule_for_a_new_default():
     verdict = candidates_report.render({"cells": losing}).splitlines()[-1]
     assert verdict.startswith("- `kprune-head-refit`") and "does not meet the rule: " in verdict
     assert "loses beyond seed noise on stsb 60%, stsb 70%, stsb 80%" in verdict
-    assert verdict.endswith("on the cells so far, but only 2 of 5 tasks have three seeds at every reduction: not decided.")
+    assert "on the cells so far, but only 2 of 5 tasks have three seeds at every reduction: not decided" in verdict
 
 
 def test_study_bf16_plans_float32_and_bf16_at_50_and_80_every_seed(capsys, tmp_path):
