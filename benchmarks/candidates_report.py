@@ -160,6 +160,8 @@ def render(grid: dict, plot_path: Path | None = None, plot_rel: str | None = Non
         if adopted(method):
             verdict += "; **adopted: on by default** (`--recipe paper` / `KPruneConfig.paper()` turns it off)"
         verdicts.append(f"- `{method}` ({METHODS[method]}): {verdict}.")
+    verdicts += [f"- `{method}` ({METHODS[method]}): no cells yet (not measured on the grid)."
+                 for method in CANDIDATE_METHODS if method not in methods]
     return "\n".join(out + [""] + verdicts + [""])
 
 

@@ -81,7 +81,10 @@ def test_the_rule_for_a_new_default():
     # a loss on a partial grid is reported as such, still undecided (one seed's std is no noise estimate)
     losing = {k: dict(c, metric=c["metric"] - 0.02) if c["method"] != "kprune" and c["task"] == "stsb" else c
               for k, c in partial.items()}
-    verdict = candidates_report.render({"cells": losing}).splitlines()[-1]
+    lines = candidates_report.render({"cells": losing}).splitlines()
+    verdict = next(line for line in lines if line.startswith("- `kprune-head-refit`"))
+    assert "- `kprune-sample-fisher` (K-prune with per-sample Fisher gradients (gradient_groups='sample')): no cells " \
+           "yet (not measured on the grid)." in lines   # every candidate is reported, run or not
     assert verdict.startswith("- `kprune-head-refit`") and "does not meet the rule: " in verdict
     assert "loses beyond seed noise on stsb 60%, stsb 70%, stsb 80%" in verdict
     assert "on the cells so far, but only 2 of 5 tasks have three seeds at every reduction: not decided" in verdict
