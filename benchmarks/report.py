@@ -326,16 +326,17 @@ def checkpoints_section(grid: dict, results: Path) -> list[str]:
     if trials:
         out += ["Re-tuning trials (`python benchmarks/finetune_trials.py --task T --trial NAME key=value ...`; "
                 "chosen on the dev set, which the grid also reports, as usual for GLUE; warm-up 10% of the steps "
-                "and weight decay 0.01 throughout):", "",
-                "| task | trial | epochs | learning rate | batch | max length | train examples | dev | train s | "
-                "conditions |", "|---|---|---|---|---|---|---|---|---|---|"]
+                "and weight decay 0.01 throughout), and the checkpoints of the candidates' held-out check "
+                "(another fine-tuning seed; \"Held-out check\" below):", "",
+                "| task | trial | epochs | learning rate | batch | max length | train examples | seed | dev | train s | "
+                "conditions |", "|---|---|---|---|---|---|---|---|---|---|---|"]
         for task, named in trials.items():
             for name, t in named.items():
                 dev = dev_text(t["dev_metrics"])
                 st = t["settings"]
                 out.append(f"| {TASK_TITLES.get(task, task)} | {name} | {st['epochs']} | {st['learning_rate']:g} | "
                            f"{st['batch_size']} | {st['max_length']} | {st.get('max_train_examples') or 'all'} | "
-                           f"{dev} | {t['train_seconds']:.0f} | {t.get('conditions', '')} |")
+                           f"{st.get('seed', 0)} | {dev} | {t['train_seconds']:.0f} | {t.get('conditions', '')} |")
         out.append("")
     superseded = sorted({c["task"] for c in grid.get("superseded", {}).values()})
     if superseded:
