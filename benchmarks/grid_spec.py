@@ -15,6 +15,7 @@ METHODS = {
     "kprune-damping-search": "K-prune, KPWT damping per sublayer chosen by 2-fold held-out error (damping_search)",
     "kprune-ridge-original": "K-prune, KPWT ridge towards the kept units' own weights, damping (or no re-fit) by held-out error",
     "kprune-head-refit": "K-prune, then the head's output layer re-fitted to the teacher's outputs (head_refit)",
+    "kprune-ridge-original-head-refit": "K-prune with the ridge-original KPWT and the head re-fit (both candidates together)",
     "kprune-sample-fisher": "K-prune with per-sample Fisher gradients (gradient_groups='sample')",
     "kprune-bf16-2x": "K-prune measuring in bfloat16 on a sample of twice the tokens (measure_dtype='bfloat16')",
     # issue 15's bf16 decision: the same sample as `kprune`, measured in bfloat16
@@ -31,13 +32,15 @@ KPRUNE_CONFIGS = {
     "kprune-damping-search": {"damping_search": True},
     "kprune-ridge-original": {"damping_search": True, "ridge_prior": "original"},
     "kprune-head-refit": {"head_refit": True},
+    "kprune-ridge-original-head-refit": {"damping_search": True, "ridge_prior": "original", "head_refit": True},
     "kprune-sample-fisher": {"gradient_groups": "sample"},
     "kprune-bf16-2x": {"measure_dtype": "bfloat16"},
     "kprune-bf16": {"measure_dtype": "bfloat16"},
     "kprune-default": None,
 }
 TOKEN_FACTOR = {"kprune-bf16-2x": 2}   # methods drawing a larger sample than --num-tokens
-CANDIDATE_METHODS = ["kprune-damping-search", "kprune-ridge-original", "kprune-head-refit", "kprune-sample-fisher", "kprune-bf16-2x"]
+CANDIDATE_METHODS = ["kprune-damping-search", "kprune-ridge-original", "kprune-head-refit",
+                     "kprune-ridge-original-head-refit", "kprune-sample-fisher", "kprune-bf16-2x"]
 CANDIDATE_REDUCTIONS = [0.6, 0.7, 0.8]
 CANDIDATE_SEEDS = [0, 1, 2]
 BF16_METHODS = ["kprune", "kprune-bf16"]   # --study bf16: float32 against bfloat16 measurement, same samples
