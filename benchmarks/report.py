@@ -399,7 +399,7 @@ def render_larger_sample(grid: dict, larger: dict, source: str) -> str:
 
 def side_by_side_section() -> str:
     """Ours and the original implementations in one table (results/side_by_side.json, results/originals.json)."""
-    from side_by_side import BEGIN, END, ORIGINALS, OURS, against_paper, cells_of, summary, table
+    from side_by_side import BEGIN, BF16, END, ORIGINALS, OURS, against_paper, bf16_speed, cells_of, summary, table
     return ("## Side by side with the original implementations\n\n"
             "From `python benchmarks/side_by_side.py` (`--run` runs the missing cells: ours through run_grid.py, "
             "the originals through run_originals.py, one cell at a time, one thread each, same checkpoint, sample "
@@ -416,7 +416,8 @@ def side_by_side_section() -> str:
             f"{summary(cells_of(OURS), cells_of(ORIGINALS))} Why 5x is out of reach in float32: a run needs "
             "L + 1/2 passes with mask gradients over the sample, and a whole run already takes 1.11x that floor "
             "(section \"Floor\"), so 5x needs the paper's code to spend more than 5.5x that floor; the STS-B "
-            "cells, the only ones above 5x, timed the paper's code on a loaded machine.\n")
+            "cells, the only ones above 5x, timed the paper's code on a loaded machine. "
+            f"{bf16_speed(cells_of(BF16), cells_of(ORIGINALS))}\n")
 
 
 def embedding_recipe(record: dict) -> str:

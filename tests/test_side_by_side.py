@@ -60,3 +60,16 @@ def test_summary_counts_the_targets():
     assert "in 1 of 2; below by more in MRPC 50% (-10.00" in text
     assert "met in 1 of 2)" in text and "0.25-0.50" in text and "2.0-6.0x" in text
     assert side_by_side.summary(ours, {}) == ""
+
+
+def test_bf16_speed_pairs_bf16_cells_with_the_paper_and_leaves_loaded_stsb_out():
+    bf16 = {"mrpc/kprune-bf16/0.50/0": cell("mrpc", "kprune-bf16", 0.5, 0.80, 40.0, 700.0),
+            "sst2/kprune-bf16/0.80/0": cell("sst2", "kprune-bf16", 0.8, 0.82, 50.0, 700.0),
+            "stsb/kprune-bf16/0.50/0": cell("stsb", "kprune-bf16", 0.5, 0.85, 10.0, 700.0),   # loaded: out
+            "mrpc/kprune/0.50/0": cell("mrpc", "kprune", 0.5, 0.80, 90.0, 700.0)}          # float32: not bf16
+    theirs = {"mrpc/kprune-paper/0.50/0": cell("mrpc", "kprune-paper", 0.5, 0.81, 160.0, 2100.0),
+              "sst2/kprune-paper/0.80/0": cell("sst2", "kprune-paper", 0.8, 0.80, 300.0, 2100.0),
+              "stsb/kprune-paper/0.50/0": cell("stsb", "kprune-paper", 0.5, 0.84, 900.0, 2100.0)}
+    text = side_by_side.bf16_speed(bf16, theirs)
+    assert "takes 4.0-6.0x kprune's time in the 2 cells outside STS-B (5x or more in 1;" in text
+    assert side_by_side.bf16_speed({}, theirs) == ""
