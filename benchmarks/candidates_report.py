@@ -188,8 +188,8 @@ def render_heldout(heldout: dict, selection: dict) -> str:
         chosen = summarise(selection, method) if selection.get("cells") else None
         for t in s["tasks"]:
             info = named.get(t, {})
-            dev = info.get("dev_metrics", {})
-            main = next((dev[k] for k in ("accuracy", "spearmanr", "f1") if k in dev), None)
+            metric = next(c["metric_name"] for c in heldout["cells"].values() if c["task"] == t)
+            main = info.get("dev_metrics", {}).get(metric)
             label = f"{info.get('trial', '?')} ({'—' if main is None else f'{scale(t, main):.2f}'})"
             cells = []
             for r in reductions:

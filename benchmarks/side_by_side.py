@@ -123,8 +123,7 @@ def bf16_speed(bf16: dict, originals: dict) -> str:
     """The paper's code's pruning seconds over kprune's with bfloat16 measurement (issue 15's bf16 cells,
     same checkpoint, sample and seed): what the 5x target would read if bf16 were the default."""
     ours = {k.replace("/kprune-bf16/", "/kprune/"): c for k, c in bf16.items() if "/kprune-bf16/" in k}
-    pairs = [(c, originals[k.replace("/kprune/", "/kprune-paper/")]) for k, c in ours.items()
-             if k.replace("/kprune/", "/kprune-paper/") in originals and c["task"] != "stsb"]  # STS-B's ran loaded
+    pairs = [(mine, theirs) for mine, theirs in paired_with_paper(ours, originals) if mine["task"] != "stsb"]  # loaded
     if not pairs:
         return ""
     ratios = [theirs["prune_seconds"] / mine["prune_seconds"] for mine, theirs in pairs]

@@ -45,7 +45,7 @@ def test_study_candidates_plans_every_seed_at_every_reduction(capsys, tmp_path):
 
 def _cell(task, method, reduction, seed, metric, seconds):
     return {"task": task, "method": method, "reduction_target": reduction, "seed": seed, "metric": metric,
-            "prune_seconds": seconds}
+            "metric_name": "accuracy", "prune_seconds": seconds}
 
 
 def test_the_rule_for_a_new_default():
