@@ -1,5 +1,6 @@
-"""The bf16 decision (issue 15) from grid.json: K-prune measured in bfloat16 (`kprune-bf16`) against the
-same run in float32 (`kprune`), on the same samples (task, reduction, seed), at 50% and 80%.
+"""The bf16 decision (issue 15) from grid-bf16.json: K-prune measured in bfloat16 against the same run in
+float32, on the same samples (task, reduction, seed), at 50% and 80%: first the paper's recipe (`kprune-bf16`
+against `kprune`), then this version's defaults (`kprune-default-bf16` against `kprune-default`), which decides.
 
     python benchmarks/bf16_report.py [--grid benchmarks/results/grid-bf16.json]
 
@@ -20,18 +21,19 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from candidates_report import paired_row  # noqa: E402
-from grid_spec import BF16_REDUCTIONS, TASK_ORDER  # noqa: E402
+from grid_spec import BF16_PAIRS, BF16_REDUCTIONS, METHODS, TASK_ORDER  # noqa: E402
 
-METHOD = "kprune-bf16"
+DECIDING = "kprune-default-bf16"   # the recipe a new default would measure in bf16: this version's defaults
 
 
-def summarise(grid: dict) -> dict:
-    """Per (task, reduction): float32 and bf16 means over the seeds both ran, float32's seed std, the time
-    ratio; the tasks where bf16 loses beyond that std; whether every task is covered."""
+def summarise(grid: dict, method: str = DECIDING) -> dict:
+    """Per (task, reduction): float32 and bf16 means over the seeds both ran (``method`` against its float32
+    base), float32's seed std, the time ratio; the tasks where bf16 loses beyond that std; whether every task
+    is covered."""
     rows, seconds = {}, [[], []]
     for t in TASK_ORDER:
         for r in BF16_REDUCTIONS:
-            row = paired_row(grid, t, METHOD, r)
+            row = paired_row(grid, t, method, r, base=BF16_PAIRS[method])
             if row is None:
                 continue
             low_s, full_s = row["seconds"]
@@ -47,31 +49,41 @@ def summarise(grid: dict) -> dict:
             "adopt": complete and not losses}
 
 
-def render(grid: dict) -> str:
-    """The markdown section ("" when the grid holds no bf16 cell)."""
-    s = summarise(grid)
-    if not s["rows"]:
-        return ""
-    out = ["## bf16 measurement against float32 (issue 15)", "",
-           "K-prune with the knowledge passes under bfloat16 autocast (`measure_dtype=\"bfloat16\"`, method "
-           "`kprune-bf16`) against the same run in float32 (`kprune`), same samples. Filled by `python "
-           "benchmarks/run_grid.py --study bf16` (resumable; benchmarks/results/grid-bf16.json). Metric ×100, "
-           "means over the seeds both ran; time: bf16 / float32 pruning seconds (cores shared: noisy).", "",
-           "| task | reduction | float32 (± seed std) | bf16 | bf16 − float32 | seeds | time ratio |",
+def verdict(s: dict) -> str:
+    if s["losses"]:
+        return f"bf16 loses beyond float32's seed spread on {', '.join(s['losses'])}: float32 stays the default."
+    if not s["complete"]:
+        missing = [t for t in TASK_ORDER if t not in s["tasks"]]
+        return ("no loss beyond the seed spread so far, but the study is incomplete"
+                + (f" (no cells for {', '.join(missing)})" if missing else " (fewer than 3 seeds somewhere)")
+                + ": float32 stays the default until every task is in.")
+    return "bf16 stays within float32's seed spread on every task: it can become the default on native-bf16 CPUs."
+
+
+def table(s: dict) -> list[str]:
+    out = ["| task | reduction | float32 (± seed std) | bf16 | bf16 − float32 | seeds | time ratio |",
            "|---|---|---|---|---|---|---|"]
     for (t, r), row in s["rows"].items():
         out.append(f"| {t} | {int(round(100 * r))}% | {row['float32']:.2f} (±{row['float32_std']:.2f}) | "
                    f"{row['bf16']:.2f} | {row['diff']:+.2f} | {row['seeds']} | {row['time_ratio']:.2f}x |")
-    if s["losses"]:
-        verdict = f"bf16 loses beyond float32's seed spread on {', '.join(s['losses'])}: float32 stays the default."
-    elif not s["complete"]:
-        missing = [t for t in TASK_ORDER if t not in s["tasks"]]
-        verdict = ("no loss beyond the seed spread so far, but the study is incomplete"
-                   + (f" (no cells for {', '.join(missing)})" if missing else " (fewer than 3 seeds somewhere)")
-                   + ": float32 stays the default until every task is in.")
-    else:
-        verdict = "bf16 stays within float32's seed spread on every task: it can become the default on native-bf16 CPUs."
-    return "\n".join(out + ["", f"Decision: {verdict}", ""])
+    return out
+
+
+def render(grid: dict) -> str:
+    """The markdown section, one table per recipe studied ("" when the grid holds no bf16 cell)."""
+    studied = {m: summarise(grid, m) for m in BF16_PAIRS}
+    studied = {m: s for m, s in studied.items() if s["rows"]}
+    if not studied:
+        return ""
+    out = ["## bf16 measurement against float32 (issue 15)", "",
+           "K-prune with the knowledge passes under bfloat16 autocast (`measure_dtype=\"bfloat16\"`) against the "
+           "same run in float32, same samples. Filled by `python benchmarks/run_grid.py --study bf16` (resumable; "
+           "benchmarks/results/grid-bf16.json). Metric ×100, means over the seeds both ran; time: bf16 / float32 "
+           "pruning seconds (cores shared: noisy).", ""]
+    for method, s in studied.items():
+        base = BF16_PAIRS[method]
+        out += [f"### `{method}` against `{base}`: {METHODS[base]}", ""] + table(s) + ["", f"Decision: {verdict(s)}", ""]
+    return "\n".join(out)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -29,15 +29,15 @@ MAX_COST = 1.5
 RULE_REDUCTIONS = (0.7, 0.8)
 
 
-def paired(grid: dict, task: str, method: str, reduction: float) -> list[tuple[dict, dict]]:
-    """(candidate cell, plain K-prune cell) for every seed where both ran."""
+def paired(grid: dict, task: str, method: str, reduction: float, base: str = BASE) -> list[tuple[dict, dict]]:
+    """(candidate cell, base cell: plain K-prune unless said) for every seed where both ran."""
     cells = grid["cells"]
     out = []
     for c in cells.values():
         if c["task"] == task and c["method"] == method and abs(c["reduction_target"] - reduction) < 1e-9:
-            base = cells.get(cell_key(task, BASE, reduction, c["seed"]))
-            if base is not None:
-                out.append((c, base))
+            other = cells.get(cell_key(task, base, reduction, c["seed"]))
+            if other is not None:
+                out.append((c, other))
     return sorted(out, key=lambda p: p[0]["seed"])
 
 
@@ -45,10 +45,10 @@ def _std(values: list[float]) -> float:
     return statistics.stdev(values) if len(values) > 1 else 0.0
 
 
-def paired_row(grid: dict, task: str, method: str, reduction: float) -> dict | None:
-    """Means over the seeds where ``method`` and plain K-prune both ran (metric x100), their difference,
-    K-prune's seed std and the pruning seconds of each; None when no seed has both."""
-    pairs = paired(grid, task, method, reduction)
+def paired_row(grid: dict, task: str, method: str, reduction: float, base: str = BASE) -> dict | None:
+    """Means over the seeds where ``method`` and ``base`` (plain K-prune) both ran (metric x100), their
+    difference, the base's seed std and the pruning seconds of each; None when no seed has both."""
+    pairs = paired(grid, task, method, reduction, base)
     if not pairs:
         return None
     cand = [scale(task, c["metric"]) for c, _ in pairs]
@@ -78,11 +78,12 @@ def summarise(grid: dict, method: str) -> dict:
     # the median of per-seed time ratios: a cell that ran beside other jobs does not decide it
     ratio = statistics.median(ratios) if ratios else None
     gains = all(r in by_reduction and by_reduction[r][0] > 0 for r in RULE_REDUCTIONS)
-    losses = [f"{t} {int(round(100 * r))}%" for (t, r), row in rows.items() if row["diff"] < -row["base_std"]]
+    loss_keys = [(t, r) for (t, r), row in rows.items() if row["diff"] < -row["base_std"]]
+    losses = [f"{t} {int(round(100 * r))}%" for t, r in loss_keys]
     cheap = ratio is not None and ratio <= MAX_COST
     complete = all(rows.get((t, r), {}).get("seeds", 0) >= 3 for t in TASK_ORDER for r in CANDIDATE_REDUCTIONS)
     return {"rows": rows, "by_reduction": by_reduction, "time_ratio": ratio, "tasks": tasks, "complete": complete,
-            "passes": complete and gains and not losses and cheap, "losses": losses, "gains": gains, "cheap": cheap}
+            "passes": complete and gains and not losses and cheap, "losses": losses, "loss_keys": loss_keys, "gains": gains, "cheap": cheap}
 
 
 def adopted(method: str) -> bool:
@@ -154,7 +155,11 @@ def render(grid: dict, plot_path: Path | None = None, plot_rel: str | None = Non
                     + ([] if s["cheap"] else [f"time ratio {ratio}"]))
         covered = sum(all(s["rows"].get((t, r), {}).get("seeds", 0) >= 3 for r in CANDIDATE_REDUCTIONS) for t in TASK_ORDER)
         so_far = "does not meet the rule: " + "; ".join(failures) if failures else "meets the rule"
+        # a loss beyond the seed std on three seeds stands whatever the missing cells give
+        settled = [loss for loss, (t, r) in zip(s["losses"], s["loss_keys"]) if s["rows"][(t, r)]["seeds"] >= 3]
         verdict = (so_far if s["complete"] else
+                   f"{so_far} on the cells so far; decided by the three-seed loss on {', '.join(settled)}, whatever "
+                   "the missing cells give" if settled else
                    f"{so_far} on the cells so far, but only {covered} of {len(TASK_ORDER)} tasks have three "
                    "seeds at every reduction: not decided")
         if adopted(method):

@@ -21,9 +21,9 @@ METHODS = {
     # issue 15's bf16 decision: the same sample as `kprune`, measured in bfloat16
     "kprune-bf16": "K-prune measuring in bfloat16 on the same sample (measure_dtype='bfloat16')",
     "kprune-default": "K-prune with this version's defaults, KPruneConfig() (the paper's recipe is `kprune`)",
+    "kprune-default-bf16": "K-prune with this version's defaults, measuring in bfloat16 (measure_dtype='bfloat16')",
 }
-# KPruneConfig settings of every K-prune method, on top of the paper's recipe (KPruneConfig.paper);
-# None: the library's defaults (KPruneConfig()).
+# KPruneConfig settings of every K-prune method, on top of the paper's recipe (KPruneConfig.paper) ...
 KPRUNE_CONFIGS = {
     "kprune": {},
     "kprune-no-tuning": {"weight_tuning": False},
@@ -36,14 +36,18 @@ KPRUNE_CONFIGS = {
     "kprune-sample-fisher": {"gradient_groups": "sample"},
     "kprune-bf16-2x": {"measure_dtype": "bfloat16"},
     "kprune-bf16": {"measure_dtype": "bfloat16"},
-    "kprune-default": None,
 }
+# ... or on top of this version's defaults (KPruneConfig())
+DEFAULT_CONFIGS = {"kprune-default": {}, "kprune-default-bf16": {"measure_dtype": "bfloat16"}}
 TOKEN_FACTOR = {"kprune-bf16-2x": 2}   # methods drawing a larger sample than --num-tokens
 CANDIDATE_METHODS = ["kprune-damping-search", "kprune-ridge-original", "kprune-head-refit",
                      "kprune-ridge-original-head-refit", "kprune-sample-fisher", "kprune-bf16-2x"]
 CANDIDATE_REDUCTIONS = [0.6, 0.7, 0.8]
 CANDIDATE_SEEDS = [0, 1, 2]
-BF16_METHODS = ["kprune", "kprune-bf16"]   # --study bf16: float32 against bfloat16 measurement, same samples
+# --study bf16: float32 against bfloat16 measurement, same samples; each bf16 method with its float32 base.
+# The paper's recipe was studied first (issue 15); the study now runs this version's defaults.
+BF16_PAIRS = {"kprune-bf16": "kprune", "kprune-default-bf16": "kprune-default"}
+BF16_METHODS = ["kprune-default", "kprune-default-bf16"]
 BF16_REDUCTIONS = [0.5, 0.8]
 MAIN_METHODS = ["kprune", "kwon"]
 OTHER_METHODS = ["kprune-no-tuning", "kprune-pred-only", "kprune-rep-only", "magnitude"]

@@ -38,7 +38,7 @@ sys.path.insert(0, str(REPO / "examples"))  # finetune.py, latency.py (tooling, 
 sys.path.insert(0, str(HERE))
 
 from json_results import locked, write_json_atomically  # noqa: E402
-from grid_spec import (BF16_METHODS, BF16_REDUCTIONS, CANDIDATE_METHODS, CANDIDATE_REDUCTIONS,  # noqa: E402
+from grid_spec import (BF16_METHODS, BF16_REDUCTIONS, CANDIDATE_METHODS, CANDIDATE_REDUCTIONS, DEFAULT_CONFIGS,  # noqa: E402
                        CANDIDATE_SEEDS, EXTRA_SEEDS,
                        KPRUNE_CONFIGS, LATENCY_SHAPES, MAIN_METHODS, METHODS, OTHER_METHODS, REDUCTIONS,
                        TASK_ORDER, TOKEN_FACTOR, canonical_command, cell_key, planned_cells)
@@ -76,9 +76,9 @@ def prune_with(method: str, model, samples, kind: str, reduction: float, seed: i
     from peers import prune_kwon, prune_magnitude
 
     if method in KPRUNE_CONFIGS:
-        switches = KPRUNE_CONFIGS[method]
-        config = kprune.KPruneConfig() if switches is None else kprune.KPruneConfig.paper(**switches)
-        return kprune.prune(model, samples, kind, reduction, config=config)
+        return kprune.prune(model, samples, kind, reduction, config=kprune.KPruneConfig.paper(**KPRUNE_CONFIGS[method]))
+    if method in DEFAULT_CONFIGS:
+        return kprune.prune(model, samples, kind, reduction, config=kprune.KPruneConfig(**DEFAULT_CONFIGS[method]))
     if method == "kwon":
         return prune_kwon(model, samples, kind, reduction, seed=seed)
     if method == "magnitude":
@@ -175,6 +175,7 @@ def run_cell(task: str, method: str, reduction: float, seed: int, data_dir: Path
         "heads_kept": report["heads_kept"], "neurons_kept": report["neurons_kept"],
         "prune_seconds": prune_seconds,
         "prune_phase_seconds": report.get("seconds", {}),
+        "config": report.get("config"),   # the KPruneConfig a K-prune method ran (the defaults change between versions)
         "peak_rss_mb": peak, "rss_before_prune_mb": rss_before, "peak_is_per_call": exact_peak,
         "eval_seconds": eval_seconds,
         "latency": latency,

@@ -312,3 +312,32 @@ def test_attention_runs_in_float32_under_cpu_autocast(monkeypatch):
 def test_unknown_measure_dtype_is_refused():
     with pytest.raises(ConfigError, match="measure_dtype='float16'"):
         kprune.KPruneConfig(measure_dtype="float16").validate()
+
+
+@pytest.mark.parametrize("flags,want", [({"avx512f", "avx512_bf16"}, "bfloat16"), ({"amx_bf16"}, "bfloat16"),
+                                        ({"avx512f", "avx2"}, "float32"), (set(), "float32")])
+def test_auto_measure_dtype_is_bfloat16_only_where_the_cpu_has_it(monkeypatch, flags, want):
+    import kprune.precision as precision
+    monkeypatch.setattr(precision, "cpu_flags", lambda: frozenset(flags))
+    model = tiny_model("bert", "classification", layers=2)
+    samples = random_samples(16, seed=3)
+    auto = KPruner(model, samples, "classification", 0.5, kprune.KPruneConfig(**FAST, measure_dtype="auto"))
+    auto_result = auto.run()
+    assert auto_result.report["config"]["measure_dtype"] == want   # the report says what ran
+    explicit = KPruner(model, samples, "classification", 0.5, kprune.KPruneConfig(**FAST, measure_dtype=want)).run()
+    for name, value in explicit.model.state_dict().items():
+        torch.testing.assert_close(auto_result.model.state_dict()[name], value, rtol=0, atol=0)
+
+
+def test_cpu_flags_are_read_from_proc_cpuinfo(tmp_path, monkeypatch):
+    import kprune.precision as precision
+    assert precision.resolve_measure_dtype("float32", "cpu") == "float32"
+    assert precision.resolve_measure_dtype("auto", "meta") == "float32"   # no native bf16 known: float32
+    precision.cpu_flags.cache_clear()
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nflags\t\t: fpu sse avx512f avx512_bf16\n")
+    monkeypatch.setattr(precision, "Path", lambda _: info)
+    try:
+        assert {"avx512_bf16", "avx512f"} <= precision.cpu_flags() and precision.native_bf16("cpu")
+    finally:
+        precision.cpu_flags.cache_clear()

@@ -57,9 +57,13 @@ def test_summary_counts_the_targets():
     theirs = {"mrpc/kprune-paper/0.50/0": cell("mrpc", "kprune-paper", 0.5, 0.80, 200.0, 2800.0),
               "sst2/kprune-paper/0.50/0": cell("sst2", "kprune-paper", 0.5, 0.85, 300.0, 2000.0)}
     text = side_by_side.summary(ours, theirs)
-    assert "in 1 of 2; below by more in MRPC 50% (-10.00" in text
+    assert "in 1 of 2; below by more in MRPC 50% (-10.00" in text and "(kprune, paper's recipe)" in text
     assert "met in 1 of 2)" in text and "0.25-0.50" in text and "2.0-6.0x" in text
     assert side_by_side.summary(ours, {}) == ""
+    # this version's defaults are paired with the paper's code on their own
+    defaults = {"mrpc/kprune-default/0.50/0": cell("mrpc", "kprune-default", 0.5, 0.81, 40.0, 700.0)}
+    text = side_by_side.summary({**ours, **defaults}, theirs, "kprune-default")
+    assert "Over the 1 paired cells (kprune, defaults)" in text and "in 1 of 1." in text and "5.0-5.0x" in text
 
 
 def test_bf16_speed_pairs_bf16_cells_with_the_paper_and_leaves_loaded_stsb_out():

@@ -6,10 +6,11 @@ import math
 from dataclasses import asdict, dataclass, replace
 
 from kprune.errors import ConfigError
+from kprune.precision import resolve_measure_dtype
 
 TASK_KINDS = ("classification", "regression", "qa", "embedding")
 GRADIENT_GROUPS = ("batch", "sample")
-MEASURE_DTYPES = ("float32", "bfloat16")
+MEASURE_DTYPES = ("float32", "bfloat16", "auto")
 RIDGE_PRIORS = ("zero", "original", "auto")
 
 
@@ -29,7 +30,7 @@ class KPruneConfig:
     weight_tuning: bool = True        # KPWT; False for the ablation
     recompute: bool = True            # backward one sublayer at a time (memory nearly flat in depth); False: one graph
     saved_mb: float = 256.0           # with recompute: MB of one batch's inner activations kept so their backward recomputes nothing
-    measure_dtype: str = "float32"    # "bfloat16": knowledge measured under autocast (faster, approximate)
+    measure_dtype: str = "float32"    # "bfloat16": knowledge measured under autocast (faster, approximate); "auto": bf16 where native (kprune.precision)
     use_pred: bool = True             # ablations: predictive / representational knowledge only
     use_rep: bool = True
     damping_search: bool | None = None   # KPWT damping per sublayer by 2-fold held-out error (kprune.heldout); None: on for task "embedding" only
@@ -89,15 +90,16 @@ class KPruneConfig:
         return cls.paper(**overrides) if name == "paper" else cls(**overrides)
 
     def for_task(self, task: str, head_size: int) -> "KPruneConfig":
-        """The settings with the task-dependent defaults resolved (``mu=None``, ``damping_search=None``,
-        ``ridge_prior="auto"``). A sentence-embedding model's heads weigh μ = 2·head size (the paper's 64 at
+        """The settings with the task- and device-dependent defaults resolved (``mu=None``,
+        ``damping_search=None``, ``ridge_prior="auto"``, ``measure_dtype="auto"``). A sentence-embedding model's heads weigh μ = 2·head size (the paper's 64 at
         MiniLM's head size 32, 128 for a base model's 64) and its re-fit is regularised by held-out error
         towards its own weights; the other tasks keep the paper's μ = 64 and KPWT unless asked."""
         embedding = task == "embedding"
         mu = (2.0 * head_size if embedding else 64.0) if self.mu is None else self.mu
         search = embedding if self.damping_search is None else self.damping_search
         prior = ("original" if embedding else "zero") if self.ridge_prior == "auto" else self.ridge_prior
-        return replace(self, mu=mu, damping_search=search, ridge_prior=prior)
+        dtype = resolve_measure_dtype(self.measure_dtype, self.device)
+        return replace(self, mu=mu, damping_search=search, ridge_prior=prior, measure_dtype=dtype)
 
     @property
     def compute_batch(self) -> int:
