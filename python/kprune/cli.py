@@ -255,7 +255,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="batch: the paper's batch gradients; sample: per-sample Fisher (default: the recipe's)")
     p.add_argument("--measure-dtype", choices=MEASURE_DTYPES, default=None,
                    help="precision of the knowledge measurement; bfloat16 is faster on CPUs and GPUs with bf16 "
-                        "matrix units, and approximate")
+                        "matrix units, and approximate; auto: bfloat16 where the device has them (AVX512-BF16, "
+                        "AMX, CUDA bf16), else float32 (default: the recipe's)")
     p.add_argument("--no-weight-tuning", action="store_true", help="skip the least-squares weight tuning")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
     p.add_argument("--workers", type=int, default=1,
