@@ -399,25 +399,36 @@ def render_larger_sample(grid: dict, larger: dict, source: str) -> str:
 
 def side_by_side_section() -> str:
     """Ours and the original implementations in one table (results/side_by_side.json, results/originals.json)."""
-    from side_by_side import BEGIN, BF16, END, ORIGINALS, OURS, against_paper, bf16_speed, cells_of, summary, table
+    from side_by_side import (BEGIN, BF16, END, METHODS, ORIGINALS, OURS_AGAINST_PAPER, against_paper, bf16_speed,
+                              cells_of, our_cells, summary, table)
+    ours, originals = our_cells(), cells_of(ORIGINALS)
+    paired = []
+    for method in OURS_AGAINST_PAPER:
+        if summary(ours, originals, method):
+            paired.append(f"{dict(METHODS)[method]} against the paper's code, cell by cell:\n\n"
+                          f"{against_paper(ours, originals, method)}\n\n{summary(ours, originals, method)}")
     return ("## Side by side with the original implementations\n\n"
             "From `python benchmarks/side_by_side.py` (`--run` runs the missing cells: ours through run_grid.py, "
             "the originals through run_originals.py, one cell at a time, one thread each, same checkpoint, sample "
-            "size and seed; pruning seconds and peak RSS taken by the same harness). How the originals are run, "
+            "size and seed; pruning seconds and peak RSS taken by the same harness). K-prune (kprune) runs with the "
+            "paper's recipe (`KPruneConfig.paper()`, the like-for-like comparison) and with this version's defaults "
+            "(`KPruneConfig()`, what a user gets), in float32 and with bf16 measurement (the seed-0 cells of "
+            "`python benchmarks/run_grid.py --study bf16`, results/grid-bf16.json). How the originals are run, "
             "and every replacement their code needs here, is in the next section. Timing conditions of the committed "
             "cells: SST-2 ran one cell at a time on the otherwise idle machine; STS-B while other jobs loaded the "
-            "2-core machine (seconds are upper bounds); MRPC, QQP and SQuAD one cell at a time beside exactly one "
-            "other single-threaded job (a grid runner) on the other core, ours and theirs alike.\n\n"
-            f"{BEGIN}\n{table(cells_of(OURS), cells_of(ORIGINALS))}\n{END}\n\n"
-            "kprune against the paper's code, cell by cell (dev-set noise: one standard deviation of the score "
-            "from the dev set's size; binomial for accuracy, 1.06 (1 - ρ²) / √(n - 3) for Spearman, and for "
-            "SQuAD's F1 its upper bound √(m (1 - m) / n), per-question scores lying in [0, 1]):\n\n"
-            f"{against_paper(cells_of(OURS), cells_of(ORIGINALS))}\n\n"
-            f"{summary(cells_of(OURS), cells_of(ORIGINALS))} Why 5x is out of reach in float32: a run needs "
+            "2-core machine (seconds are upper bounds); MRPC, QQP and SQuAD, and every cell of the defaults, one "
+            "cell at a time beside exactly one other single-threaded job (a grid runner) on the other core, ours "
+            "and theirs alike.\n\n"
+            f"{BEGIN}\n{table(ours, originals)}\n{END}\n\n"
+            "Dev-set noise below: one standard deviation of the score from the dev set's size; binomial for "
+            "accuracy, 1.06 (1 - ρ²) / √(n - 3) for Spearman, and for SQuAD's F1 its upper bound √(m (1 - m) / n), "
+            "per-question scores lying in [0, 1].\n\n"
+            + "\n\n".join(paired) +
+            " Why 5x is out of reach in float32: a run needs "
             "L + 1/2 passes with mask gradients over the sample, and a whole run already takes 1.11x that floor "
             "(section \"Floor\"), so 5x needs the paper's code to spend more than 5.5x that floor; the STS-B "
             "cells, the only ones above 5x, timed the paper's code on a loaded machine. "
-            f"{bf16_speed(cells_of(BF16), cells_of(ORIGINALS))}\n")
+            f"{bf16_speed(cells_of(BF16), originals)}\n")
 
 
 def embedding_recipe(record: dict) -> str:

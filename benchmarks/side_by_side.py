@@ -4,7 +4,8 @@
         [--tasks stsb mrpc sst2 squad qqp] [--reductions 0.5 0.8] [--num-tokens 20000]   # runs the missing cells, then renders
     python benchmarks/side_by_side.py                                     # renders the table from the JSON
 
-Ours run through run_grid.py (into results/side_by_side.json), the originals through run_originals.py
+Ours run through run_grid.py (into results/side_by_side.json; this version's defaults, in float32 and bf16,
+are the seed-0 cells of `run_grid.py --study bf16`), the originals through run_originals.py
 (into results/originals.json), on the same fine-tuned checkpoint, the same sample size and seed, one
 cell at a time, each timed and its peak RSS taken by the same harness. The table is printed and
 benchmarks/RESULTS.md re-rendered (report.py includes it).
@@ -27,14 +28,23 @@ RESULTS = HERE / "results"
 OURS, ORIGINALS, BF16 = RESULTS / "side_by_side.json", RESULTS / "originals.json", RESULTS / "grid-bf16.json"
 BEGIN, END = "<!-- side-by-side:begin -->", "<!-- side-by-side:end -->"
 METHODS = [("kprune", "K-prune (kprune, paper's recipe)"), ("kprune-default", "K-prune (kprune, defaults)"),
-           ("kprune-paper", "K-prune (paper's code)"),
+           ("kprune-default-bf16", "K-prune (kprune, defaults, bf16)"), ("kprune-paper", "K-prune (paper's code)"),
            ("kwon", "Kwon (ours)"), ("kwon-paper", "Kwon (their code)")]
-OURS_AGAINST_PAPER = ("kprune", "kprune-default")   # the paper's recipe, then this version's defaults
+# the paper's recipe, then this version's defaults in float32 and in bf16 (the bf16 study's seed-0 cells)
+OURS_AGAINST_PAPER = ("kprune", "kprune-default", "kprune-default-bf16")
 TASK_NAMES = {"stsb": "STS-B", "sst2": "SST-2", "mrpc": "MRPC", "qqp": "QQP", "squad": "SQuAD"}
 
 
 def cells_of(path: Path) -> dict:
     return json.loads(path.read_text()).get("cells", {}) if path.is_file() else {}
+
+
+def our_cells() -> dict:
+    """Our side: results/side_by_side.json (the paper's recipe, Kwon) and the bf16 study's seed-0 cells of this
+    version's defaults (same checkpoint, sample size and seed, timed under the same conditions)."""
+    defaults = {k: c for k, c in cells_of(BF16).items()
+                if c["method"] in ("kprune-default", "kprune-default-bf16") and c["seed"] == 0}
+    return {**cells_of(OURS), **defaults}
 
 
 def table(ours: dict, originals: dict) -> str:
@@ -155,20 +165,19 @@ def main() -> int:
     if args.run:
         common = ["--tasks", *args.tasks, "--reductions", *args.reductions, "--seeds", "0",
                   "--num-tokens", args.num_tokens, "--data-dir", args.data_dir, "--threads", args.threads]
-        subprocess.run([sys.executable, str(HERE / "run_grid.py"), *common, "--methods", "kprune", "kprune-default", "kwon",
+        subprocess.run([sys.executable, str(HERE / "run_grid.py"), *common, "--methods", "kprune", "kwon",
                         "--no-finetune", "--no-report", "--output", str(OURS)], check=True)
         if not (args.paper_code and args.kwon_code and args.python):
             parser.error("--run needs --paper-code, --kwon-code and --python for the originals")
         subprocess.run([sys.executable, str(HERE / "run_originals.py"), *common, "--paper-code", str(args.paper_code),
                         "--kwon-code", str(args.kwon_code), "--python", str(args.python),
                         "--output", str(ORIGINALS)], check=True)
-    print(table(cells_of(OURS), cells_of(ORIGINALS)))
-    print()
+    print(table(our_cells(), cells_of(ORIGINALS)))
     for method in OURS_AGAINST_PAPER:
         print(f"\n{method}:")
-        print(against_paper(cells_of(OURS), cells_of(ORIGINALS), method))
+        print(against_paper(our_cells(), cells_of(ORIGINALS), method))
         print()
-        print(summary(cells_of(OURS), cells_of(ORIGINALS), method))
+        print(summary(our_cells(), cells_of(ORIGINALS), method))
     if not args.no_write:   # RESULTS.md is rendered whole by report.py, which includes this table
         subprocess.run([sys.executable, str(HERE / "report.py")], check=True)
     return 0

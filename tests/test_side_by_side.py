@@ -77,3 +77,22 @@ def test_bf16_speed_pairs_bf16_cells_with_the_paper_and_leaves_loaded_stsb_out()
     text = side_by_side.bf16_speed(bf16, theirs)
     assert "takes 4.0-6.0x kprune's time in the 2 cells outside STS-B (5x or more in 1;" in text
     assert side_by_side.bf16_speed({}, theirs) == ""
+
+
+def test_our_side_takes_the_defaults_seed_0_cells_from_the_bf16_study(tmp_path, monkeypatch):
+    import json
+    ours = {"mrpc/kprune/0.50/0": cell("mrpc", "kprune", 0.5, 0.80, 100.0, 700.0)}
+    study = {"mrpc/kprune-default/0.50/0": cell("mrpc", "kprune-default", 0.5, 0.81, 90.0, 700.0),
+             "mrpc/kprune-default-bf16/0.50/0": cell("mrpc", "kprune-default-bf16", 0.5, 0.81, 40.0, 700.0),
+             "mrpc/kprune-default-bf16/0.50/1": dict(cell("mrpc", "kprune-default-bf16", 0.5, 0.7, 40.0, 700.0), seed=1),
+             "mrpc/kprune-bf16/0.50/0": cell("mrpc", "kprune-bf16", 0.5, 0.80, 45.0, 700.0)}
+    for name, cells in (("ours.json", ours), ("study.json", study)):
+        (tmp_path / name).write_text(json.dumps({"cells": cells}))
+    monkeypatch.setattr(side_by_side, "OURS", tmp_path / "ours.json")
+    monkeypatch.setattr(side_by_side, "BF16", tmp_path / "study.json")
+    assert set(side_by_side.our_cells()) == {"mrpc/kprune/0.50/0", "mrpc/kprune-default/0.50/0",
+                                             "mrpc/kprune-default-bf16/0.50/0"}
+    theirs = {"mrpc/kprune-paper/0.50/0": cell("mrpc", "kprune-paper", 0.5, 0.81, 200.0, 2100.0)}
+    table = side_by_side.table(side_by_side.our_cells(), theirs)
+    assert "| MRPC | 50% | K-prune (kprune, defaults, bf16) | accuracy 81.00 | 50.0% | 40 | 700 |" in table
+    assert "5.0-5.0x" in side_by_side.summary(side_by_side.our_cells(), theirs, "kprune-default-bf16")
