@@ -86,11 +86,23 @@ def summarise(grid: dict, method: str) -> dict:
             "passes": complete and gains and not losses and cheap, "losses": losses, "loss_keys": loss_keys, "gains": gains, "cheap": cheap}
 
 
+def default_switches() -> dict:
+    """The settings where this version's defaults (KPruneConfig(), resolved for a classifier) leave the
+    paper's recipe."""
+    from kprune.config import PAPER_RECIPE, KPruneConfig
+    default, paper = (c.for_task("classification", 32).to_dict() for c in (KPruneConfig(), KPruneConfig.paper()))
+    return {key: default[key] for key in PAPER_RECIPE if default[key] != paper[key]}
+
+
 def adopted(method: str) -> bool:
-    """Whether this version's defaults (KPruneConfig()) already switch the candidate on."""
-    from kprune.config import KPruneConfig
-    defaults = KPruneConfig()
-    return all(getattr(defaults, key) == value for key, value in KPRUNE_CONFIGS[method].items())
+    """Whether this version's defaults are exactly the paper's recipe plus this candidate's switches."""
+    return KPRUNE_CONFIGS[method] == default_switches()
+
+
+def within_default(method: str) -> bool:
+    """Whether the candidate's switches are all on by default, as part of a larger adopted candidate."""
+    defaults = default_switches()
+    return not adopted(method) and all(defaults.get(key) == value for key, value in KPRUNE_CONFIGS[method].items())
 
 
 def plot(grid: dict, methods: list[str], path: Path) -> None:
@@ -164,6 +176,9 @@ def render(grid: dict, plot_path: Path | None = None, plot_rel: str | None = Non
                    "seeds at every reduction: not decided")
         if adopted(method):
             verdict += "; **adopted: on by default** (`--recipe paper` / `KPruneConfig.paper()` turns it off)"
+        elif within_default(method):
+            verdict += "; its switches are on by default as part of " + ", ".join(
+                f"`{m}`" for m in CANDIDATE_METHODS if adopted(m))
         verdicts.append(f"- `{method}` ({METHODS[method]}): {verdict}.")
     verdicts += [f"- `{method}` ({METHODS[method]}): no cells yet (not measured on the grid)."
                  for method in CANDIDATE_METHODS if method not in methods]

@@ -72,8 +72,13 @@ def test_the_rule_for_a_new_default():
             cell["metric"] += 0.005
     assert candidates_report.summarise({"cells": cells}, "kprune-head-refit")["passes"]
     text = candidates_report.render({"cells": cells})
-    assert "| kprune-head-refit | sst2 | +1.00 (±1.00, 3 seeds) |" in text and "meets the rule; **adopted" in text
-    assert candidates_report.adopted("kprune-head-refit") and not candidates_report.adopted("kprune-ridge-original")
+    assert "| kprune-head-refit | sst2 | +1.00 (±1.00, 3 seeds) |" in text
+    assert "meets the rule; its switches are on by default as part of `kprune-ridge-original-head-refit`" in text
+    # the default is the paper plus both re-fits: that candidate is adopted, its parts are within the default
+    assert candidates_report.default_switches() == {"damping_search": True, "ridge_prior": "original", "head_refit": True}
+    assert candidates_report.adopted("kprune-ridge-original-head-refit")
+    assert not candidates_report.adopted("kprune-head-refit") and candidates_report.within_default("kprune-head-refit")
+    assert not candidates_report.within_default("kprune-sample-fisher")
     # the same gains on two tasks only: not decided
     partial = {k: c for k, c in cells.items() if c["task"] in ("sst2", "stsb")}
     assert not candidates_report.summarise({"cells": partial}, "kprune-head-refit")["passes"]

@@ -1,5 +1,6 @@
-"""Settings of a pruning run. Defaults are the paper's recipe plus the one improvement the candidate study
-adopted (``head_refit``, benchmarks/RESULTS.md "Beyond the paper"); :meth:`KPruneConfig.paper` is the paper's exactly."""
+"""Settings of a pruning run. Defaults are the paper's recipe plus the improvements the candidate study
+adopted (``damping_search``, ``ridge_prior="original"`` and ``head_refit``, benchmarks/RESULTS.md "Beyond the
+paper"); :meth:`KPruneConfig.paper` is the paper's exactly."""
 from __future__ import annotations
 
 import math
@@ -11,7 +12,7 @@ from kprune.precision import resolve_measure_dtype
 TASK_KINDS = ("classification", "regression", "qa", "embedding")
 GRADIENT_GROUPS = ("batch", "sample")
 MEASURE_DTYPES = ("float32", "bfloat16", "auto")
-RIDGE_PRIORS = ("zero", "original", "auto")
+RIDGE_PRIORS = ("zero", "original")
 
 
 @dataclass
@@ -33,8 +34,8 @@ class KPruneConfig:
     measure_dtype: str = "float32"    # "bfloat16": knowledge measured under autocast (faster, approximate); "auto": bf16 where native (kprune.precision)
     use_pred: bool = True             # ablations: predictive / representational knowledge only
     use_rep: bool = True
-    damping_search: bool | None = None   # KPWT damping per sublayer by 2-fold held-out error (kprune.heldout); None: on for task "embedding" only
-    ridge_prior: str = "auto"         # KPWT ridge pulls towards "zero" (paper) or the kept units' "original" weights; "auto": original for task "embedding" only
+    damping_search: bool = True       # KPWT damping per sublayer by 2-fold held-out error (kprune.heldout); the paper: False
+    ridge_prior: str = "original"     # KPWT ridge pulls towards the kept units' "original" weights, or "zero" (the paper)
     head_refit: bool = True           # last re-fit of the task head's output layer to the teacher (kprune.head_refit); the paper: False
     device: str = "cpu"
     progress: bool = True             # tqdm bars
@@ -68,8 +69,8 @@ class KPruneConfig:
             raise ConfigError(f"gradient_groups={self.gradient_groups!r}; accepted: {', '.join(GRADIENT_GROUPS)}")
         if self.measure_dtype not in MEASURE_DTYPES:
             raise ConfigError(f"measure_dtype={self.measure_dtype!r}; accepted: {', '.join(MEASURE_DTYPES)}")
-        if self.damping_search not in (None, True, False):
-            raise ConfigError(f"damping_search={self.damping_search!r} must be True, False or None (on for task 'embedding')")
+        if not isinstance(self.damping_search, bool):
+            raise ConfigError(f"damping_search={self.damping_search!r} must be True or False")
         if self.ridge_prior not in RIDGE_PRIORS:
             raise ConfigError(f"ridge_prior={self.ridge_prior!r}; accepted: {', '.join(RIDGE_PRIORS)}")
         if not (self.use_pred or self.use_rep):
@@ -91,15 +92,10 @@ class KPruneConfig:
 
     def for_task(self, task: str, head_size: int) -> "KPruneConfig":
         """The settings with the task- and device-dependent defaults resolved (``mu=None``,
-        ``damping_search=None``, ``ridge_prior="auto"``, ``measure_dtype="auto"``). A sentence-embedding model's heads weigh μ = 2·head size (the paper's 64 at
-        MiniLM's head size 32, 128 for a base model's 64) and its re-fit is regularised by held-out error
-        towards its own weights; the other tasks keep the paper's μ = 64 and KPWT unless asked."""
-        embedding = task == "embedding"
-        mu = (2.0 * head_size if embedding else 64.0) if self.mu is None else self.mu
-        search = embedding if self.damping_search is None else self.damping_search
-        prior = ("original" if embedding else "zero") if self.ridge_prior == "auto" else self.ridge_prior
-        dtype = resolve_measure_dtype(self.measure_dtype, self.device)
-        return replace(self, mu=mu, damping_search=search, ridge_prior=prior, measure_dtype=dtype)
+        ``measure_dtype="auto"``). A sentence-embedding model's heads weigh μ = 2·head size (the paper's 64
+        at MiniLM's head size 32, 128 for a base model's 64); the other tasks keep the paper's μ = 64."""
+        mu = (2.0 * head_size if task == "embedding" else 64.0) if self.mu is None else self.mu
+        return replace(self, mu=mu, measure_dtype=resolve_measure_dtype(self.measure_dtype, self.device))
 
     @property
     def compute_batch(self) -> int:
