@@ -249,7 +249,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the sample and of the gradient batches")
     p.add_argument("--batch-size", type=int, default=32, help="samples per batch of the gradients")
     p.add_argument("--recipe", choices=RECIPES, default="default",
-                   help="default: the paper's recipe plus the task head's re-fit to the teacher (head_refit); "
+                   help="default: the paper's recipe plus KPWT's damping by held-out error towards the kept weights and the "
+                        "task head's re-fit to the teacher (damping_search, ridge_prior=original, head_refit); "
                         "paper: the paper's recipe exactly (Park et al. 2024), whatever this version's defaults")
     p.add_argument("--gradient-groups", choices=GRADIENT_GROUPS, default=None,
                    help="batch: the paper's batch gradients; sample: per-sample Fisher (default: the recipe's)")
