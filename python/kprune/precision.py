@@ -6,8 +6,6 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
-import torch
-
 NATIVE_BF16_CPU_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
 
 
@@ -24,7 +22,9 @@ def cpu_flags() -> frozenset[str]:
     return frozenset()
 
 
-def native_bf16(device: str | torch.device) -> bool:
+def native_bf16(device) -> bool:
+    import torch   # here, not at import: the CLI's config import must not load torch (fast --help)
+
     device = torch.device(device)
     if device.type == "cuda":
         return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
@@ -33,7 +33,7 @@ def native_bf16(device: str | torch.device) -> bool:
     return False
 
 
-def resolve_measure_dtype(name: str, device: str | torch.device) -> str:
+def resolve_measure_dtype(name: str, device) -> str:
     """``name`` itself, or for "auto" the precision :func:`native_bf16` picks for ``device``."""
     if name != "auto":
         return name
