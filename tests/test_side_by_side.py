@@ -75,7 +75,10 @@ def test_bf16_speed_pairs_bf16_cells_with_the_paper_and_leaves_loaded_stsb_out()
               "sst2/kprune-paper/0.80/0": cell("sst2", "kprune-paper", 0.8, 0.80, 300.0, 2100.0),
               "stsb/kprune-paper/0.50/0": cell("stsb", "kprune-paper", 0.5, 0.84, 900.0, 2100.0)}
     text = side_by_side.bf16_speed(bf16, theirs)
-    assert "takes 4.0-6.0x kprune's time in the 2 cells outside STS-B (5x or more in 1;" in text
+    assert "takes 4.0-6.0x with the paper's recipe (5x or more in 1 of 2) kprune's time in the cells outside STS-B" in text
+    bf16["mrpc/kprune-default-bf16/0.50/0"] = cell("mrpc", "kprune-default-bf16", 0.5, 0.81, 32.0, 700.0)
+    assert "(5x or more in 1 of 2) and 5.0-5.0x with this version's defaults (5x or more in 1 of 1)" \
+        in side_by_side.bf16_speed(bf16, theirs)
     assert side_by_side.bf16_speed({}, theirs) == ""
 
 
