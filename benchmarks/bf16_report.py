@@ -42,16 +42,22 @@ def summarise(grid: dict, method: str = DECIDING) -> dict:
             seconds[0] += low_s
             seconds[1] += full_s
     tasks = [t for t in TASK_ORDER if any(key[0] == t for key in rows)]
-    losses = [f"{t} {int(round(100 * r))}%" for (t, r), row in rows.items() if row["diff"] < -row["float32_std"]]
+    losing = [(t, r) for (t, r), row in rows.items() if row["diff"] < -row["float32_std"]]
+    losses = [f"{t} {int(round(100 * r))}%" for t, r in losing]
+    # with fewer than three seeds the std is no noise estimate: such a loss does not decide yet
+    settled = [f"{t} {int(round(100 * r))}%" for t, r in losing if rows[(t, r)]["seeds"] >= 3]
     complete = all((t, r) in rows and rows[(t, r)]["seeds"] >= 3 for t in TASK_ORDER for r in BF16_REDUCTIONS)
-    return {"rows": rows, "tasks": tasks, "losses": losses, "complete": complete,
+    return {"rows": rows, "tasks": tasks, "losses": losses, "settled_losses": settled, "complete": complete,
             "time_ratio": sum(seconds[0]) / sum(seconds[1]) if seconds[1] else None,
             "adopt": complete and not losses}
 
 
 def verdict(s: dict) -> str:
+    if s["settled_losses"]:
+        return f"bf16 loses beyond float32's seed spread on {', '.join(s['settled_losses'])}: float32 stays the default."
     if s["losses"]:
-        return f"bf16 loses beyond float32's seed spread on {', '.join(s['losses'])}: float32 stays the default."
+        return (f"bf16 is below float32 on {', '.join(s['losses'])} with fewer than three seeds (not decided); "
+                "float32 stays the default until every task is in.")
     if not s["complete"]:
         missing = [t for t in TASK_ORDER if t not in s["tasks"]]
         return ("no loss beyond the seed spread so far, but the study is incomplete"
