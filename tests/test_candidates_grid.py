@@ -135,7 +135,7 @@ def test_the_bf16_rule_needs_every_task_and_no_loss_beyond_the_seed_spread(low_m
     assert summary["losses"] == ["sst2 50%"] and not summary["adopt"]
     assert "loses beyond float32's seed spread on sst2 50%" in bf16_report.render({"cells": cells})
     one_seed = {k: c for k, c in cells.items() if c["seed"] == 0}   # one seed's std is no noise estimate
-    assert "below float32 on sst2 50% with fewer than three seeds (not decided)" in bf16_report.render({"cells": one_seed})
+    assert "below float32 on sst2 50%, qqp 80% with fewer than three seeds (not decided)" in bf16_report.render({"cells": one_seed})
     incomplete = {k: c for k, c in cells.items() if c["task"] != "squad" and not (c["task"] == "sst2")}
     text = bf16_report.render({"cells": incomplete})
     assert "incomplete (no cells for sst2, squad)" in text and not bf16_report.summarise({"cells": incomplete}, low_method)["adopt"]
