@@ -223,8 +223,9 @@ def render_heldout(heldout: dict, selection: dict) -> str:
         there = "; on the selection grid " + ", ".join(
             f"{s_r[0]:+.2f} at {int(round(100 * r))}%" for r, s_r in sorted(chosen["by_reduction"].items())) \
             if chosen and chosen["by_reduction"] else ""
-        lines.append(f"- `{method}` held out: mean over {len(s['tasks'])} tasks " + ", ".join(
-            f"{s['by_reduction'][r][0]:+.2f} at {int(round(100 * r))}%" for r in reductions if r in s["by_reduction"])
+        lines.append(f"- `{method}` held out: mean " + ", ".join(
+            f"{s['by_reduction'][r][0]:+.2f} over {s['by_reduction'][r][1]} tasks at {int(round(100 * r))}%"
+            for r in reductions if r in s["by_reduction"])
             + (f"; loses beyond K-prune's seed std on {', '.join(s['losses'])}" if s["losses"] else "; no task below beyond "
                "K-prune's seed std") + there + ".")
     return "\n".join(out + [""] + lines + [""])

@@ -170,5 +170,9 @@ def test_heldout_check_links_finished_trials_only_and_the_report_compares_on_the
             "mrpc", "kprune-head-refit", 0.8, seed, cand, 90)
     text = candidates_report.render_heldout(grid, {"cells": {}})
     assert "| kprune-head-refit | mrpc | seed1 (79.00) | +2.00 (±2.00, 3 seeds) / 72.00 → 74.00 |" in text
-    assert "mean over 1 tasks +2.00 at 80%; no task below" in text
+    assert "held out: mean +2.00 over 1 tasks at 80%; no task below" in text
+    # a task with K-prune's cells only does not count towards the candidate's mean
+    grid["cells"][grid_spec.cell_key("qqp", "kprune", 0.8, 0)] = _cell("qqp", "kprune", 0.8, 0, 0.7, 90)
+    text = candidates_report.render_heldout(grid, {"cells": {}})
+    assert "held out: mean +2.00 over 1 tasks at 80%" in text and "| kprune-head-refit | qqp | ? (—) | — |" in text
     assert candidates_report.render_heldout({"cells": {}}, {"cells": {}}) == ""
