@@ -25,11 +25,18 @@ def test_each_kprune_method_runs_the_paper_recipe_plus_its_switch(method, monkey
     run_grid.prune_with(method, None, [], "classification", 0.8, 0)
     config = seen["c"].to_dict()
     switches = grid_spec.KPRUNE_CONFIGS[method]
-    want = kprune.KPruneConfig().to_dict() if switches is None else {**kprune.KPruneConfig().to_dict(), **PAPER_RECIPE,
-                                                                      **switches}
-    assert config == want
+    assert config == {**kprune.KPruneConfig().to_dict(), **PAPER_RECIPE, **switches}
     if method in grid_spec.CANDIDATE_METHODS:   # only the candidate's own settings differ from the paper's
         assert {k for k in PAPER_RECIPE if config[k] != PAPER_RECIPE[k]} == set(switches)
+
+
+@pytest.mark.parametrize("method", list(grid_spec.DEFAULT_CONFIGS))
+def test_each_defaults_method_runs_this_version_defaults_plus_its_switch(method, monkeypatch):
+    seen = {}
+    monkeypatch.setattr(kprune, "prune", lambda model, samples, kind, reduction, config: seen.setdefault("c", config))
+    run_grid.prune_with(method, None, [], "classification", 0.8, 0)
+    assert seen["c"].to_dict() == {**kprune.KPruneConfig().to_dict(), **grid_spec.DEFAULT_CONFIGS[method]}
+    assert not set(grid_spec.DEFAULT_CONFIGS) & set(grid_spec.KPRUNE_CONFIGS)
 
 
 def test_study_candidates_plans_every_seed_at_every_reduction(capsys, tmp_path):
