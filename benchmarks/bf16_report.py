@@ -20,7 +20,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from candidates_report import paired_row  # noqa: E402
+from candidates_report import losses_beyond_std, paired_row  # noqa: E402
 from grid_spec import BF16_PAIRS, BF16_REDUCTIONS, METHODS, TASK_ORDER  # noqa: E402
 
 DECIDING = "kprune-default-bf16"   # the recipe a new default would measure in bf16: this version's defaults
@@ -42,10 +42,7 @@ def summarise(grid: dict, method: str = DECIDING) -> dict:
             seconds[0] += low_s
             seconds[1] += full_s
     tasks = [t for t in TASK_ORDER if any(key[0] == t for key in rows)]
-    losing = [(t, r) for (t, r), row in rows.items() if row["diff"] < -row["float32_std"]]
-    losses = [f"{t} {int(round(100 * r))}%" for t, r in losing]
-    # with fewer than three seeds the std is no noise estimate: such a loss does not decide yet
-    settled = [f"{t} {int(round(100 * r))}%" for t, r in losing if rows[(t, r)]["seeds"] >= 3]
+    losses, settled = losses_beyond_std(rows, "float32_std")
     complete = all((t, r) in rows and rows[(t, r)]["seeds"] >= 3 for t in TASK_ORDER for r in BF16_REDUCTIONS)
     return {"rows": rows, "tasks": tasks, "losses": losses, "settled_losses": settled, "complete": complete,
             "time_ratio": sum(seconds[0]) / sum(seconds[1]) if seconds[1] else None,

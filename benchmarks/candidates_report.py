@@ -58,6 +58,15 @@ def paired_row(grid: dict, task: str, method: str, reduction: float, base: str =
             "seconds": ([c["prune_seconds"] for c, _ in pairs], [b["prune_seconds"] for _, b in pairs])}
 
 
+def losses_beyond_std(rows: dict, std_key: str) -> tuple[list[str], list[str]]:
+    """Labels ("task NN%") of the rows whose difference is below minus their base's seed std, and of those
+    with three seeds or more: a loss that stands whatever further cells give (one seed's std is no noise
+    estimate)."""
+    losing = [(t, r) for (t, r), row in rows.items() if row["diff"] < -row[std_key]]
+    label = [f"{t} {int(round(100 * r))}%" for t, r in losing]
+    return label, [name for name, key in zip(label, losing) if rows[key]["seeds"] >= 3]
+
+
 def summarise(grid: dict, method: str) -> dict:
     """Per (task, reduction): paired means, the difference and plain K-prune's seed std; per reduction the
     mean difference over tasks; the time ratio; and the verdict of the rule."""
@@ -78,12 +87,11 @@ def summarise(grid: dict, method: str) -> dict:
     # the median of per-seed time ratios: a cell that ran beside other jobs does not decide it
     ratio = statistics.median(ratios) if ratios else None
     gains = all(r in by_reduction and by_reduction[r][0] > 0 for r in RULE_REDUCTIONS)
-    loss_keys = [(t, r) for (t, r), row in rows.items() if row["diff"] < -row["base_std"]]
-    losses = [f"{t} {int(round(100 * r))}%" for t, r in loss_keys]
+    losses, settled = losses_beyond_std(rows, "base_std")
     cheap = ratio is not None and ratio <= MAX_COST
     complete = all(rows.get((t, r), {}).get("seeds", 0) >= 3 for t in TASK_ORDER for r in CANDIDATE_REDUCTIONS)
     return {"rows": rows, "by_reduction": by_reduction, "time_ratio": ratio, "tasks": tasks, "complete": complete,
-            "passes": complete and gains and not losses and cheap, "losses": losses, "loss_keys": loss_keys, "gains": gains, "cheap": cheap}
+            "passes": complete and gains and not losses and cheap, "losses": losses, "settled_losses": settled, "gains": gains, "cheap": cheap}
 
 
 def default_switches() -> dict:
@@ -167,8 +175,7 @@ def render(grid: dict, plot_path: Path | None = None, plot_rel: str | None = Non
                     + ([] if s["cheap"] else [f"time ratio {ratio}"]))
         covered = sum(all(s["rows"].get((t, r), {}).get("seeds", 0) >= 3 for r in CANDIDATE_REDUCTIONS) for t in TASK_ORDER)
         so_far = "does not meet the rule: " + "; ".join(failures) if failures else "meets the rule"
-        # a loss beyond the seed std on three seeds stands whatever the missing cells give
-        settled = [loss for loss, (t, r) in zip(s["losses"], s["loss_keys"]) if s["rows"][(t, r)]["seeds"] >= 3]
+        settled = s["settled_losses"]
         verdict = (so_far if s["complete"] else
                    f"{so_far} on the cells so far; decided by the three-seed loss on {', '.join(settled)}, whatever "
                    "the missing cells give" if settled else

@@ -22,7 +22,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from grid_spec import TASK_ORDER, scale  # noqa: E402
+from grid_spec import DEFAULT_CONFIGS, TASK_ORDER, scale  # noqa: E402
 
 RESULTS = HERE / "results"
 OURS, ORIGINALS, BF16 = RESULTS / "side_by_side.json", RESULTS / "originals.json", RESULTS / "grid-bf16.json"
@@ -42,8 +42,7 @@ def cells_of(path: Path) -> dict:
 def our_cells() -> dict:
     """Our side: results/side_by_side.json (the paper's recipe, Kwon) and the bf16 study's seed-0 cells of this
     version's defaults (same checkpoint, sample size and seed, timed under the same conditions)."""
-    defaults = {k: c for k, c in cells_of(BF16).items()
-                if c["method"] in ("kprune-default", "kprune-default-bf16") and c["seed"] == 0}
+    defaults = {k: c for k, c in cells_of(BF16).items() if c["method"] in DEFAULT_CONFIGS and c["seed"] == 0}
     return {**cells_of(OURS), **defaults}
 
 
