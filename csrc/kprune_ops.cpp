@@ -11,6 +11,7 @@
 #include <set>
 #include <string>
 
+#include "cpu/gemm.h"
 #include "cpu/isa.h"
 
 namespace {
@@ -73,6 +74,10 @@ TORCH_LIBRARY(kprune, m) {
         "-> (Tensor, Tensor)");
   // The shared host/device activation math, exposed for tests: f(x) or f'(x), float32/float64.
   m.def("activation_math(Tensor x, str activation, bool derivative) -> Tensor");
+  // x: [..., k]; w: [n, k]; bias: [n] -> x w^T + bias [..., n] (float32 CPU GEMMs through oneDNN, gemm.h)
+  m.def("linear(Tensor x, Tensor w, Tensor? bias=None) -> Tensor");
+  m.def("gemm_backend() -> str", &kprune::cpu::gemm_backend);
+  m.def("set_gemm_backend(str name) -> str", &kprune::cpu::set_gemm_backend);
   m.def("cpu_capability() -> str", &cpu_capability);
   m.def("cpu_threads_used() -> int", &cpu_threads_used);
   m.def("set_cpu_capability(str name) -> str", &set_cpu_capability);

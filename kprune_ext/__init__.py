@@ -16,11 +16,12 @@ from kprune_ext import ops, reference  # noqa: E402  (ops registers fake/autogra
 
 def backend_info() -> dict:
     """Which implementation runs: {'extension_loaded', 'disabled_by_env', 'reason', 'cpu_capability',
-    'cpu_threads', 'cuda_kernels'}.
+    'cpu_threads', 'gemm_backend', 'cuda_kernels'}.
 
     cpu_capability is the instruction set of the CPU kernels (avx512, avx2 or generic), chosen at run
     time from the CPU's features and capped by ``KPRUNE_CPU_CAPABILITY``; cpu_threads is how many
     threads a parallel CPU kernel uses now (torch.get_num_threads() when the build has OpenMP);
+    gemm_backend is what the ops' float32 CPU GEMMs run on ("onednn", or "aten" with ``KPRUNE_GEMM=aten``);
     cuda_kernels tells whether CUDA implementations are registered.
     """
     import torch
@@ -31,11 +32,13 @@ def backend_info() -> dict:
         "reason": EXTENSION_ERROR,
         "cpu_capability": None,
         "cpu_threads": None,
+        "gemm_backend": None,
         "cuda_kernels": False,
     }
     if EXTENSION_LOADED:
         info["cpu_capability"] = torch.ops.kprune.cpu_capability()
         info["cpu_threads"] = torch.ops.kprune.cpu_threads_used()
+        info["gemm_backend"] = torch.ops.kprune.gemm_backend()
         info["cuda_kernels"] = torch._C._dispatch_has_kernel_for_dispatch_key("kprune::masked_ffn", "CUDA")
     return info
 

@@ -26,9 +26,19 @@ OPS = (
     "masked_attention_output",
     "masked_attention_output_backward",
     "activation_math",
+    "linear",
+    "gemm_backend",
     "cpu_capability",
     "cpu_threads_used",
 )
+
+# oneDNN (torch's: the ops' float32 GEMMs and every bf16 matmul run on it) keeps a JIT-compiled primitive
+# per GEMM shape, about 0.5 MB each, and kprune's shapes change with every batch and step: uncapped, a
+# pruning run's peak RSS grew by 0.46 GB (MiniLM MRPC, benchmarks/bench_gemm.py). The caps apply when
+# set before the process's first oneDNN call; values already in the environment are kept.
+ONEDNN_CACHE_CAPACITY = "16"
+for _cache in ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "LRU_CACHE_CAPACITY"):
+    os.environ.setdefault(_cache, ONEDNN_CACHE_CAPACITY)
 
 
 #: Whether the compiled ops are in use, and why not (empty when they are); set by :func:`load`.

@@ -103,6 +103,27 @@ def solve_damped(
     return reference.solve_damped(gram, rhs, damping, max_tries)
 
 
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """x weight^T + bias, as F.linear (and differentiable in all three): the compiled op, whose float32
+    CPU GEMMs run through oneDNN (csrc/cpu/gemm.h), unless autocast is on, where F.linear casts."""
+    if _compiled("linear", x.device) and not torch.is_autocast_enabled(x.device.type):
+        return torch.ops.kprune.linear.default(x, weight, bias)
+    return reference.linear(x, weight, bias)
+
+
+def gemm_backend() -> str:
+    """The backend of the compiled ops' float32 CPU GEMMs: "onednn", or "aten" (torch's at::mm: MKL)."""
+    return torch.ops.kprune.gemm_backend() if _loader.EXTENSION_LOADED else "aten"
+
+
+def set_gemm_backend(name: str) -> str:
+    """Choose the float32 CPU GEMM backend ("onednn" or "aten"; KPRUNE_GEMM=aten at start does the
+    same); returns the one now in use ("aten" when this torch lacks oneDNN's matmul)."""
+    if name not in ("onednn", "aten"):
+        raise ValueError(f"gemm backend {name!r} is not supported; expected one of ('onednn', 'aten')")
+    return torch.ops.kprune.set_gemm_backend(name) if _loader.EXTENSION_LOADED else "aten"
+
+
 def masked_ffn(
     x: torch.Tensor,
     w_in: torch.Tensor,
@@ -304,6 +325,25 @@ def _register() -> None:
         return (grad_context if need_context else None, None, None, None, grad_mask if need_mask else None, None)
 
     torch.library.register_autograd(lib + "masked_attention_output", _attention_backward, setup_context=_attention_setup)
+
+    @torch.library.register_fake(lib + "linear")
+    def _(x, w, bias=None):
+        torch._check(w.dim() == 2 and x.dim() >= 1 and x.shape[-1] == w.shape[1], lambda: "linear: x [..., k], w [n, k]")
+        return x.new_empty((*x.shape[:-1], w.shape[0]))
+
+    def _linear_setup(ctx, inputs, output):
+        ctx.save_for_backward(inputs[0], inputs[1])
+
+    def _linear_backward(ctx, grad):
+        x, w = ctx.saved_tensors
+        need = ctx.needs_input_grad   # (x, w) or (x, w, bias): as the call passed them
+        flat = grad.flatten(0, -2) if grad.dim() > 1 else grad[None]
+        grad_x = torch.ops.kprune.linear.default(grad, w.t()) if need[0] else None
+        x_flat = x.flatten(0, -2) if x.dim() > 1 else x[None]
+        grad_w = torch.ops.kprune.linear.default(flat.t(), x_flat.t()) if need[1] else None
+        return (grad_x, grad_w, flat.sum(0) if need[2] else None) if len(need) == 3 else (grad_x, grad_w)
+
+    torch.library.register_autograd(lib + "linear", _linear_backward, setup_context=_linear_setup)
 
 
 if _loader.EXTENSION_LOADED:

@@ -24,6 +24,11 @@ def apply_activation(x: torch.Tensor, activation: str) -> torch.Tensor:
     raise ValueError(f"activation {activation!r} is not supported; expected one of {ACTIVATIONS}")
 
 
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """x weight^T + bias."""
+    return F.linear(x, weight, bias)
+
+
 def accumulate_importance(
     act: torch.Tensor,
     grad: torch.Tensor,

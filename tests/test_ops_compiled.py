@@ -33,6 +33,22 @@ def isa_variants():
     return order[: order.index(best) + 1]
 
 
+def gemm_backends():
+    """Both float32 GEMM backends where this torch has oneDNN's matmul, else "aten" alone."""
+    if not kprune_ext.EXTENSION_LOADED:
+        return ["aten"]
+    has_onednn = torch._C._dispatch_has_kernel_for_dispatch_key("mkldnn::_linear_pointwise", "CPU")
+    return ["onednn", "aten"] if has_onednn else ["aten"]
+
+
+@pytest.fixture(params=gemm_backends())
+def gemm(request):
+    previous = ops.gemm_backend()
+    assert ops.set_gemm_backend(request.param) == request.param
+    yield request.param
+    ops.set_gemm_backend(previous)
+
+
 @pytest.fixture(params=isa_variants())
 def isa(request):
     previous = ops.cpu_capability()
@@ -230,7 +246,7 @@ def test_accumulate_group_sums_rejects_bad_input(change, match):
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("units,columns", [(48, None), (48, [5, 0, 47, 3]), (3072, "half"), (768, []), (64, "transposed")])
-def test_gram_accumulate(device, dtype, units, columns):
+def test_gram_accumulate(device, dtype, units, columns, gemm):
     g = torch.Generator().manual_seed(units)
     a = torch.randn(40, units, generator=g).to(dtype)
     if columns == "transposed":
@@ -323,7 +339,7 @@ def ffn_case(tokens, d, units, kept, dtype, device="cpu", bias=True, seed=0):
 @pytest.mark.parametrize("dtype", DTYPES + [torch.float64])
 @pytest.mark.parametrize("activation", reference.ACTIVATIONS)
 @pytest.mark.parametrize("d,units", HIDDEN_UNITS)
-def test_masked_ffn(device, dtype, activation, d, units):
+def test_masked_ffn(device, dtype, activation, d, units, gemm):
     args = ffn_case(6, d, units, "half", dtype, device)
     got = ops.masked_ffn(*args, activation)
     want = reference.masked_ffn(*args, activation)
@@ -489,7 +505,7 @@ def attention_case(tokens, d, head_size, kept, dtype, device="cpu", bias=True, s
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", DTYPES + [torch.float64])
 @pytest.mark.parametrize("d,head_size", [(32, 8), (768, 64), (1024, 64)])
-def test_masked_attention_output(device, dtype, d, head_size):
+def test_masked_attention_output(device, dtype, d, head_size, gemm):
     args = attention_case(6, d, head_size, "half", dtype, device)
     got = ops.masked_attention_output(*args, head_size)
     want = reference.masked_attention_output(*args, head_size)
@@ -534,6 +550,72 @@ def test_masked_attention_output_gradcheck():
     assert torch.autograd.gradcheck(lambda c, m: ops.masked_attention_output(c, w_out, b_out, kept, m, 3), (context, mask))
 
 
+# ---- linear (the ops' GEMMs) --------------------------------------------------------------------
+
+def linear_case(shape, n, dtype, weight_layout="contiguous", seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(*shape, generator=g).to(dtype)
+    w = torch.randn(shape[-1], n, generator=g).to(dtype).t() if weight_layout == "transposed" \
+        else torch.randn(n, shape[-1], generator=g).to(dtype)
+    return x, w, torch.randn(n, generator=g).to(dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("shape,n", [((37, 384), 1536), ((3, 21, 96), 40), ((5, 1536), 384), ((0, 24), 8), ((6, 0), 8)])
+@pytest.mark.parametrize("weight_layout", ["contiguous", "transposed"])
+@pytest.mark.parametrize("bias", [True, False])
+def test_linear_matches_float64(dtype, shape, n, weight_layout, bias, gemm):
+    x, w, b = linear_case(shape, n, dtype, weight_layout)
+    got = ops.linear(x, w, b if bias else None)
+    want = x.double() @ w.double().t() + (b.double() if bias else 0)
+    assert got.dtype == dtype and got.shape == (*shape[:-1], n)
+    close(got, want, dtype)
+
+
+def test_linear_non_contiguous_input(gemm):
+    x, w, b = linear_case((64, 48), 32, torch.float32)
+    x_nc = x.t().contiguous().t()
+    close(ops.linear(x_nc, w, b), torch.nn.functional.linear(x.double(), w.double(), b.double()), torch.float32)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_linear_gradients_match_autograd_of_f_linear(bias, gemm):
+    x, w, b = linear_case((4, 9, 24), 16, torch.float32, seed=3)
+    leaves = [t.clone().requires_grad_() for t in (x, w, b)]
+    refs = [t.double().requires_grad_() for t in (x, w, b)]
+    grad = torch.randn(4, 9, 16, generator=torch.Generator().manual_seed(4))
+    ops.linear(leaves[0], leaves[1], leaves[2] if bias else None).backward(grad)
+    torch.nn.functional.linear(refs[0], refs[1], refs[2] if bias else None).backward(grad.double())
+    for got, want in zip(leaves[:3 if bias else 2], refs):
+        close(got.grad, want.grad, torch.float32)
+
+
+def test_linear_gradcheck():
+    x, w, b = (t.double().requires_grad_() for t in linear_case((3, 5, 4), 6, torch.float64, seed=5))
+    torch.autograd.gradcheck(ops.linear, (x, w, b))
+    torch.autograd.gradcheck(lambda x, w: ops.linear(x, w), (x, w))
+
+
+def test_linear_under_autocast_casts_like_f_linear():
+    x, w, b = linear_case((8, 32), 16, torch.float32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got, want = ops.linear(x, w, b), torch.nn.functional.linear(x, w, b)
+    assert got.dtype == want.dtype == torch.bfloat16
+    torch.testing.assert_close(got, want)
+
+
+def test_linear_rejects_mismatched_shapes():
+    with pytest.raises(ValueError, match="linear: x"):
+        torch.ops.kprune.linear(torch.randn(3, 4), torch.randn(5, 6))
+    with pytest.raises(ValueError, match="bias must be"):
+        torch.ops.kprune.linear(torch.randn(3, 4), torch.randn(5, 4), torch.randn(4))
+
+
+def test_set_gemm_backend_rejects_unknown_name():
+    with pytest.raises(ValueError, match="onednn"):
+        ops.set_gemm_backend("mkl")
+
+
 # ---- torch.library.opcheck --------------------------------------------------------------------
 
 def opcheck_cases():
@@ -552,11 +634,12 @@ def opcheck_cases():
         "masked_ffn_with_preact": (ffn[0], *ffn[1:6], ffn[6], "silu"),
         "masked_attention_output": (attention[0].requires_grad_(), *attention[1:4], attention[4].requires_grad_(), 2),
         "activation_backward": (*activation_case(5, 7, torch.float32), "gelu_tanh"),
+        "linear": (torch.randn(2, 3, 5).requires_grad_(), torch.randn(4, 5).requires_grad_(), torch.randn(4).requires_grad_()),
     }
 
 
 @pytest.mark.parametrize("name", ["accumulate_importance", "accumulate_group_sums", "gram_accumulate", "solve_damped", "masked_ffn",
-                                  "masked_ffn_with_preact", "masked_attention_output", "activation_backward"])
+                                  "masked_ffn_with_preact", "masked_attention_output", "activation_backward", "linear"])
 def test_opcheck(name):
     torch.library.opcheck(getattr(torch.ops.kprune, name).default, opcheck_cases()[name])
 

@@ -64,7 +64,7 @@ def test_missing_extension_falls_back_with_logged_reason():
 def test_backend_info_shape():
     info = kprune_ext.backend_info()
     assert set(info) == {"extension_loaded", "disabled_by_env", "reason", "cpu_capability", "cpu_threads",
-                         "cuda_kernels"}
+                         "gemm_backend", "cuda_kernels"}
     assert info["extension_loaded"] == kprune_ext.EXTENSION_LOADED
     if kprune_ext.EXTENSION_LOADED:
         assert info["cpu_capability"] in ("generic", "avx2", "avx512")
@@ -84,6 +84,18 @@ def test_kernels_use_the_threads_torch_is_given(threads):
         print(torch.get_num_threads(), kprune_ext.backend_info()["cpu_threads"])
     """)
     assert out.splitlines()[-1] == f"{threads} {threads}"
+
+
+def test_gemm_backend_env_and_onednn_cache_caps():
+    """KPRUNE_GEMM=aten selects torch's at::mm; importing kprune_ext caps oneDNN's caches unless set."""
+    if not kprune_ext.EXTENSION_LOADED:
+        return
+    code = ("import os, kprune_ext; print(kprune_ext.backend_info()['gemm_backend'], "
+            "os.environ['ONEDNN_PRIMITIVE_CACHE_CAPACITY'], os.environ['LRU_CACHE_CAPACITY'])")
+    assert run_python(code, KPRUNE_GEMM="aten").splitlines()[-1] == "aten 16 16"
+    has_onednn = torch._C._dispatch_has_kernel_for_dispatch_key("mkldnn::_linear_pointwise", "CPU")
+    want = "onednn" if has_onednn else "aten"
+    assert run_python(code, LRU_CACHE_CAPACITY="64").splitlines()[-1] == f"{want} 16 64"
 
 
 def test_cpu_capability_env_caps_the_instruction_set():

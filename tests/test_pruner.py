@@ -48,6 +48,28 @@ def test_same_samples_same_model(groups):
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
+@pytest.mark.skipif(not torch._C._dispatch_has_kernel_for_dispatch_key("mkldnn::_linear_pointwise", "CPU"),
+                    reason="this torch has no oneDNN matmul")
+def test_onednn_and_aten_gemms_prune_alike():
+    """The float32 GEMM backend is a kernel choice: same kept units, weights equal to float32 rounding."""
+    from kprune_ext import ops
+    if ops.gemm_backend() == "aten" and ops.set_gemm_backend("onednn") != "onednn":
+        pytest.skip("compiled extension not loaded")
+    model = tiny_model("bert", "classification", layers=2)
+    results = []
+    try:
+        for backend in ("onednn", "aten"):
+            assert ops.set_gemm_backend(backend) == backend
+            results.append(prune(model, "classification", 0.6))
+    finally:
+        ops.set_gemm_backend("onednn")
+    (a, b) = results
+    assert a.report["heads_kept"] == b.report["heads_kept"] and a.report["neurons_kept"] == b.report["neurons_kept"]
+    sa, sb = a.model.state_dict(), b.model.state_dict()
+    for name in sa:
+        torch.testing.assert_close(sa[name], sb[name], rtol=1e-4, atol=1e-5)
+
+
 def test_sample_gradient_groups_do_not_depend_on_batching():
     model = tiny_model("bert", "classification", layers=2)
     samples = random_samples(20, seed=4)

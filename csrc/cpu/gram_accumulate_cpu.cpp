@@ -30,23 +30,24 @@ at::Tensor gather_float(const at::Tensor& a, const at::Tensor& columns) {
   return out;
 }
 
-// gram: fp32 [k, k] += sel^T sel with sel: fp32 [T, k]. Only the blocks on and above the diagonal
-// are multiplied (the Gram matrix is symmetric): 3/4 of the GEMM work with 2 x 2 blocks; more,
+// gram: fp32 [k, k] += sel^T sel with sel: fp32 [T, k], through sel_t = sel^T made contiguous (the
+// GEMMs then read rows; one copy of sel, small beside the GEMM). Only the blocks on and above the
+// diagonal are multiplied (the Gram matrix is symmetric): 3/4 of the GEMM work with 2 x 2 blocks; more,
 // smaller blocks measured slower (the GEMMs become too thin for the BLAS to use all cores).
-void symmetric_gram_update(const at::Tensor& gram, const at::Tensor& sel) {
-  const int64_t k = sel.size(1);
+void symmetric_gram_update(const at::Tensor& gram, const at::Tensor& sel_t) {
+  const int64_t k = sel_t.size(0);
   const int64_t blocks = k >= 512 ? 2 : 1;
   if (blocks < 2) {
-    gram.addmm_(sel.t(), sel);
+    gram.add_(gemm_nt(sel_t, sel_t));
     return;
   }
   const int64_t width = (k + blocks - 1) / blocks;
   for (int64_t i = 0; i < k; i += width) {
     const int64_t wi = std::min(width, k - i);
-    const at::Tensor ai_t = sel.narrow(1, i, wi).t();
+    const at::Tensor ai = sel_t.narrow(0, i, wi);
     for (int64_t j = i; j < k; j += width) {
       const int64_t wj = std::min(width, k - j);
-      const at::Tensor block = at::mm(ai_t, sel.narrow(1, j, wj));  // [wi, wj]
+      const at::Tensor block = gemm_nt(ai, sel_t.narrow(0, j, wj));  // [wi, wj]
       gram.narrow(0, i, wi).narrow(1, j, wj).add_(block);
       if (j != i) gram.narrow(0, j, wj).narrow(1, i, wi).add_(block.t());
     }
@@ -59,9 +60,9 @@ void gram_accumulate_cpu(const at::Tensor& a, const at::Tensor& b, const std::op
   const int64_t k = check_gram(a, b, columns, gram, cross);
   const bool has_cols = columns.has_value() && columns->defined();
   if (a.size(0) == 0 || k == 0) return;
-  const at::Tensor sel = gather_float(a, has_cols ? *columns : at::Tensor());
-  symmetric_gram_update(gram, sel);
-  cross.addmm_(sel.t(), b.scalar_type() == at::kFloat ? b : b.to(at::kFloat));
+  const at::Tensor sel_t = gather_float(a, has_cols ? *columns : at::Tensor()).t().contiguous();  // [k, T]
+  symmetric_gram_update(gram, sel_t);
+  cross.add_(gemm_nt(sel_t, (b.scalar_type() == at::kFloat ? b : b.to(at::kFloat)).t()));  // sel^T b
 }
 
 }  // namespace

@@ -43,7 +43,7 @@ std::tuple<at::Tensor, at::Tensor> masked_attention_output_cpu(const at::Tensor&
     });
   }
   const at::Tensor w_k = select_kept(w_out, 1, kept_columns(heads, head_size));  // [d, k * hs]
-  at::Tensor out = b_out.has_value() ? at::addmm(*b_out, scaled, w_k.t()) : at::mm(scaled, w_k.t());
+  at::Tensor out = gemm_nt(scaled, w_k, b_out);
   return {out, act};
 }
 
@@ -58,7 +58,7 @@ std::tuple<at::Tensor, at::Tensor> masked_attention_output_backward_cpu(
   const auto dtype = context.scalar_type();
   const at::Tensor heads = kept_heads.contiguous();
   const at::Tensor w_k = select_kept(w_out, 1, kept_columns(heads, head_size));  // [d, k * hs]
-  const at::Tensor gs = at::mm(grad_out.to(dtype), w_k);                          // [T, k * hs]
+  const at::Tensor gs = gemm_nt(grad_out.to(dtype), w_k.t()).contiguous();         // [T, k * hs]
   const at::Tensor act_c = act.to(dtype).contiguous();
   const at::Tensor ga = grad_act.has_value() ? grad_act->to(dtype).contiguous() : at::Tensor();
   at::Tensor grad_context = need_context ? at::zeros(context.sizes(), context.options()) : at::empty({0}, context.options());

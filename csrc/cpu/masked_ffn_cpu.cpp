@@ -26,7 +26,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ffn_forward_impl(const at::Tensor
   const FfnShapes s = check_ffn(x, w_in, b_in, w_out, kept, mask);
   const int kind = parse_activation(std::string(activation));
   const at::Tensor w_in_k = select_kept(w_in, 0, kept);  // [k, d]
-  at::Tensor h = at::mm(x, w_in_k.t());                   // [T, k]; becomes act * mask
+  at::Tensor h = gemm_nt(x, w_in_k).contiguous();          // [T, k]; becomes act * mask
   at::Tensor preact = keep_preact ? h.clone() : at::Tensor();
   at::Tensor act = at::empty_like(h);
   const at::Tensor bias = bias_param(b_in, kept, param_dtype(x.scalar_type()));
@@ -45,7 +45,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ffn_forward_impl(const at::Tensor
     });
   }
   const at::Tensor w_out_k = select_kept(w_out, 1, kept);  // [d_out, k]
-  at::Tensor out = b_out.has_value() ? at::addmm(*b_out, h, w_out_k.t()) : at::mm(h, w_out_k.t());
+  at::Tensor out = gemm_nt(h, w_out_k, b_out);
   return {out, act, preact};
 }
 
@@ -75,7 +75,7 @@ std::tuple<at::Tensor, at::Tensor> masked_ffn_backward_cpu(
   check_ffn_backward(s, x, w_out, grad_out, act, preact, grad_act);
   const auto dtype = x.scalar_type();
   const at::Tensor w_out_k = select_kept(w_out, 1, kept);         // [d_out, k]
-  at::Tensor gs = at::mm(grad_out.to(dtype), w_out_k);            // [T, k]
+  at::Tensor gs = gemm_nt(grad_out.to(dtype), w_out_k.t()).contiguous();  // [T, k]
   const at::Tensor act_c = act.to(dtype).contiguous();
   at::Tensor grad_x = at::empty({0}, x.options());
   at::Tensor grad_mask = at::empty({0}, mask.options());
@@ -86,7 +86,7 @@ std::tuple<at::Tensor, at::Tensor> masked_ffn_backward_cpu(
   const at::Tensor w_in_k = select_kept(w_in, 0, kept);  // [k, d]
   // [T, k] without bias: saved by masked_ffn_with_preact, else recomputed
   const bool saved = preact.has_value() && preact->defined();
-  const at::Tensor h = saved ? preact->to(dtype).contiguous() : at::mm(x, w_in_k.t());
+  const at::Tensor h = saved ? preact->to(dtype).contiguous() : gemm_nt(x, w_in_k).contiguous();
   const at::Tensor ga = grad_act.has_value() ? grad_act->to(dtype).contiguous() : at::Tensor();
   const at::Tensor bias = bias_param(b_in, kept, param_dtype(x.scalar_type()));
   const at::Tensor mask_f = mask.to(param_dtype(x.scalar_type())).contiguous();
@@ -115,7 +115,7 @@ std::tuple<at::Tensor, at::Tensor> masked_ffn_backward_cpu(
       });
     });
   }
-  grad_x = at::mm(gs, w_in_k);  // gs now holds the pre-activation gradient
+  grad_x = gemm_nt(gs, w_in_k.t());  // gs now holds the pre-activation gradient
   if (need_mask) grad_mask = partial.sum(0).to(mask.scalar_type());
   return {grad_x, grad_mask};
 }

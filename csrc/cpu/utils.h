@@ -15,6 +15,7 @@
 #include <string>
 #include <utility>
 
+#include "gemm.h"
 #include "isa.h"
 #include "kprune/checks.h"
 #include "kprune/cpu_kernels.h"

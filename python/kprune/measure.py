@@ -21,6 +21,7 @@ from kprune.flops import head_flops, neuron_flops
 from kprune.knowledge import UnitStatistics, combine_scores, distillation_loss, unit_knowledge
 from kprune.masks import UnitMasks, masked
 from kprune.samples import GradientGroups, make_batches, normalise_samples
+from kprune_ext import ops
 
 
 @dataclass
@@ -86,7 +87,7 @@ class _Probe:
                 kept = weight.detach()
                 if columns.numel() != kept.shape[1]:   # only the computed units' columns
                     kept = kept.index_select(1, columns)
-                grad_in = grad_out[real] @ kept
+                grad_in = ops.linear(grad_out[real], kept.t())
                 self.add(sublayer, act[real], grad_in.to(act.dtype), columns)
             out.register_hook(hook)
         else:

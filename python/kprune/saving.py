@@ -13,7 +13,8 @@ from __future__ import annotations
 import torch
 
 from kprune.adapters import EncoderAdapter
-from kprune.sublayers import SublayerOutput, run_sublayer, sublayer_act
+from kprune.sublayers import SublayerOutput, project, run_sublayer, sublayer_act
+from kprune_ext import ops
 
 
 def saved_bytes(adapter: EncoderAdapter, k: int, x: torch.Tensor) -> int:
@@ -60,11 +61,11 @@ def run_sublayer_saving(adapter: EncoderAdapter, k: int, x: torch.Tensor, key_ma
             graph_act = sublayer_act(adapter, k, leaf, key_mask)
         act = graph_act.detach()
         out_proj, norm = (view.attn_out, view.attn_norm) if attention else (view.ffn_out, view.ffn_norm)
-        pre = x + out_proj(act)
+        pre = x + project(out_proj, act)
         return SublayerOutput(act, pre, norm(pre)), (leaf, graph_act)
-    preact = torch.mm(x.reshape(-1, x.shape[-1]), view.ffn_in.weight.t())
+    preact = ops.linear(x.reshape(-1, x.shape[-1]), view.ffn_in.weight)
     bias = view.ffn_in.bias
     act = view.ffn_act(preact if bias is None else preact + bias.to(preact.dtype))
     act = act.view(*x.shape[:-1], act.shape[-1])
-    pre = x + view.ffn_out(act)
+    pre = x + project(view.ffn_out, act)
     return SublayerOutput(act, pre, view.ffn_norm(pre)), preact

@@ -17,6 +17,13 @@ from kprune.adapters import EncoderAdapter, LayerView
 from kprune_ext import ops
 
 
+def project(module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """module(x); a plain nn.Linear through ``kprune_ext.ops.linear`` (float32 CPU GEMMs on oneDNN)."""
+    if type(module) is torch.nn.Linear:
+        return ops.linear(x, module.weight, module.bias)
+    return module(x)
+
+
 @dataclass
 class SublayerOutput:
     act: torch.Tensor        # [batch, seq, units * width] input of the output projection
@@ -36,9 +43,9 @@ def attention_context(view: LayerView, x: torch.Tensor, key_mask: torch.Tensor) 
         q, k, v, mask = view.attention_inputs(x, key_mask)
     else:
         shape = (batch, seq, heads, view.head_size)
-        q = view.query(x).view(shape).transpose(1, 2)
-        k = view.key(x).view(shape).transpose(1, 2)
-        v = view.value(x).view(shape).transpose(1, 2)
+        q = project(view.query, x).view(shape).transpose(1, 2)
+        k = project(view.key, x).view(shape).transpose(1, 2)
+        v = project(view.value, x).view(shape).transpose(1, 2)
         mask = key_mask[:, None, None, :]
     if view.position_bias is not None:   # an additive bias per head (the layer's slices of a shared table)
         bias = view.position_bias(seq).to(q.dtype)
@@ -62,7 +69,7 @@ def run_sublayer(adapter: EncoderAdapter, k: int, x: torch.Tensor, key_mask: tor
         out, act = fused_ffn(view, x, adapter.activation)
     else:
         act = sublayer_act(adapter, k, x, key_mask)
-        out = (view.attn_out if attention else view.ffn_out)(act)
+        out = project(view.attn_out if attention else view.ffn_out, act)
     pre = x + out
     return SublayerOutput(act, pre, (view.attn_norm if attention else view.ffn_norm)(pre))
 
@@ -77,9 +84,9 @@ def sublayer_act(adapter: EncoderAdapter, k: int, x: torch.Tensor, key_mask: tor
     if k % 2 == 0:
         return attention_context(view, x, key_mask)
     if view.gated:
-        value, gate = view.ffn_in(x).chunk(2, dim=-1)
+        value, gate = project(view.ffn_in, x).chunk(2, dim=-1)
         return view.ffn_act(value) * gate
-    return view.ffn_act(view.ffn_in(x))
+    return view.ffn_act(project(view.ffn_in, x))
 
 
 def sublayer_output(adapter: EncoderAdapter, k: int, pre_norm: torch.Tensor) -> torch.Tensor:
@@ -114,7 +121,7 @@ def sublayer_backward(adapter: EncoderAdapter, k: int, x: torch.Tensor, pre_norm
     attention = k % 2 == 0
     grad_pre = norm_backward(view.attn_norm if attention else view.ffn_norm, pre_norm, grad_output)
     out_proj = view.attn_out if attention else view.ffn_out
-    grad_act = grad_pre @ out_proj.weight
+    grad_act = ops.linear(grad_pre, out_proj.weight.t())
     if grad_act.shape[-1] == 0:        # no units left: the sublayer is residual + bias
         return grad_act, grad_act, grad_pre if need_input_grad else None
     if not need_input_grad:
@@ -126,10 +133,10 @@ def sublayer_backward(adapter: EncoderAdapter, k: int, x: torch.Tensor, pre_norm
             (grad_x,) = torch.autograd.grad(ctx, xg, grad_act)
         return ctx.detach(), grad_act, grad_pre + grad_x
     # the first GEMM again (no bias) unless saved, then the activation and its backward in one pass
-    preact = saved if saved is not None else torch.mm(x.reshape(-1, x.shape[-1]), view.ffn_in.weight.t())
+    preact = saved if saved is not None else ops.linear(x.reshape(-1, x.shape[-1]), view.ffn_in.weight)
     act, grad_h = ops.activation_backward(preact, view.ffn_in.bias, grad_act.reshape(preact.shape).to(preact.dtype),
                                           adapter.activation)
-    grad_x = torch.addmm(grad_pre.flatten(0, -2), grad_h, view.ffn_in.weight)
+    grad_x = ops.linear(grad_h, view.ffn_in.weight.t()).add_(grad_pre.flatten(0, -2))
     return act.view_as(grad_act), grad_act, grad_x.view_as(grad_pre)
 
 

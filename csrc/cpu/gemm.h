@@ -1,0 +1,27 @@
+// The CPU GEMMs of the kprune ops: gemm_nt(x, w) = x w^T (+ bias), float32 through oneDNN where torch has it.
+//
+// torch sends a float32 at::mm on the CPU to MKL's sgemm, whose AVX-512 kernels are reserved to
+// Intel CPUs: on the AMD EPYC this project is measured on it runs at 80-90 GFLOP/s on one core
+// against 180-200 for oneDNN's float32 matmul, which torch also ships (benchmarks/bench_gemm.py).
+// Same IEEE float32 arithmetic, another kernel; other dtypes and devices keep at::mm/at::addmm.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <optional>
+#include <string>
+
+namespace kprune {
+namespace cpu {
+
+// x: [..., k]; w: [n, k] (any strides) -> x w^T + bias, [..., n]
+at::Tensor gemm_nt(const at::Tensor& x, const at::Tensor& w, const std::optional<at::Tensor>& bias = std::nullopt);
+
+// "onednn" or "aten": the backend float32 CPU GEMMs use now (KPRUNE_GEMM sets the first one; onednn
+// when this torch has it).
+std::string gemm_backend();
+// Selects the backend ("onednn" falls back to "aten" when torch lacks it); returns the one in use.
+std::string set_gemm_backend(const std::string& name);
+
+}  // namespace cpu
+}  // namespace kprune
