@@ -4,8 +4,9 @@
         [--tasks stsb mrpc sst2 squad qqp] [--reductions 0.5 0.8] [--num-tokens 20000]   # runs the missing cells, then renders
     python benchmarks/side_by_side.py                                     # renders the table from the JSON
 
-Ours run through run_grid.py (into results/side_by_side.json; this version's defaults, in float32 and bf16,
-are the seed-0 cells of `run_grid.py --study bf16`), the originals through run_originals.py
+Ours run through run_grid.py (into results/side_by_side.json: the paper's recipe, this version's defaults
+in float32 and with bf16 measurement, and Kwon; a defaults cell missing there is taken from the seed-0 cells
+of `run_grid.py --study bf16`), the originals through run_originals.py
 (into results/originals.json), on the same fine-tuned checkpoint, the same sample size and seed, one
 cell at a time, each timed and its peak RSS taken by the same harness. The table is printed and
 benchmarks/RESULTS.md re-rendered (report.py includes it).
@@ -40,10 +41,10 @@ def cells_of(path: Path) -> dict:
 
 
 def our_cells() -> dict:
-    """Our side: results/side_by_side.json (the paper's recipe, Kwon) and the bf16 study's seed-0 cells of this
-    version's defaults (same checkpoint, sample size and seed, timed under the same conditions)."""
+    """Our side: results/side_by_side.json, and for a defaults cell missing there the bf16 study's seed-0 cell
+    (same checkpoint, sample size and seed)."""
     defaults = {k: c for k, c in cells_of(BF16).items() if c["method"] in DEFAULT_CONFIGS and c["seed"] == 0}
-    return {**cells_of(OURS), **defaults}
+    return {**defaults, **cells_of(OURS)}
 
 
 def table(ours: dict, originals: dict) -> str:
@@ -168,7 +169,7 @@ def main() -> int:
     if args.run:
         common = ["--tasks", *args.tasks, "--reductions", *args.reductions, "--seeds", "0",
                   "--num-tokens", args.num_tokens, "--data-dir", args.data_dir, "--threads", args.threads]
-        subprocess.run([sys.executable, str(HERE / "run_grid.py"), *common, "--methods", "kprune", "kwon",
+        subprocess.run([sys.executable, str(HERE / "run_grid.py"), *common, "--methods", *OURS_AGAINST_PAPER, "kwon",
                         "--no-finetune", "--no-report", "--output", str(OURS)], check=True)
         if not (args.paper_code and args.kwon_code and args.python):
             parser.error("--run needs --paper-code, --kwon-code and --python for the originals")

@@ -77,7 +77,8 @@ TORCH_LIBRARY(kprune, m) {
   // x: [..., k]; w: [n, k]; bias: [n] -> x w^T + bias [..., n] (float32 CPU GEMMs through oneDNN, gemm.h)
   m.def("linear(Tensor x, Tensor w, Tensor? bias=None) -> Tensor");
   m.def("gemm_backend() -> str", &kprune::cpu::gemm_backend);
-  m.def("set_gemm_backend(str name) -> str", &kprune::cpu::set_gemm_backend);
+  m.def("set_gemm_backend(str name, int min_macs=-1) -> str", &kprune::cpu::set_gemm_backend);
+  m.def("gemm_min_macs() -> int", &kprune::cpu::gemm_min_macs);
   m.def("cpu_capability() -> str", &cpu_capability);
   m.def("cpu_threads_used() -> int", &cpu_threads_used);
   m.def("set_cpu_capability(str name) -> str", &set_cpu_capability);

@@ -116,12 +116,22 @@ def gemm_backend() -> str:
     return torch.ops.kprune.gemm_backend() if _loader.EXTENSION_LOADED else "aten"
 
 
-def set_gemm_backend(name: str) -> str:
+def set_gemm_backend(name: str, min_macs: int | None = None) -> str:
     """Choose the float32 CPU GEMM backend ("onednn" or "aten"; KPRUNE_GEMM=aten at start does the
-    same); returns the one now in use ("aten" when this torch lacks oneDNN's matmul)."""
+    same) and, if given, the size (rows x k x n multiply-adds, default 2**25) from which a GEMM goes to
+    oneDNN; returns the backend now in use ("aten" when this torch lacks oneDNN's matmul)."""
     if name not in ("onednn", "aten"):
         raise ValueError(f"gemm backend {name!r} is not supported; expected one of ('onednn', 'aten')")
-    return torch.ops.kprune.set_gemm_backend(name) if _loader.EXTENSION_LOADED else "aten"
+    if min_macs is not None and (not isinstance(min_macs, int) or min_macs < 0):
+        raise ValueError(f"min_macs must be an int >= 0, got {min_macs!r}")
+    if not _loader.EXTENSION_LOADED:
+        return "aten"
+    return torch.ops.kprune.set_gemm_backend(name, -1 if min_macs is None else min_macs)
+
+
+def gemm_min_macs() -> int | None:
+    """The size (multiply-adds) from which a float32 CPU GEMM goes to oneDNN; None without the extension."""
+    return torch.ops.kprune.gemm_min_macs() if _loader.EXTENSION_LOADED else None
 
 
 def masked_ffn(

@@ -43,10 +43,11 @@ def gemm_backends():
 
 @pytest.fixture(params=gemm_backends())
 def gemm(request):
-    previous = ops.gemm_backend()
-    assert ops.set_gemm_backend(request.param) == request.param
+    """Every GEMM of the op on this backend (oneDNN from the smallest size on)."""
+    previous, min_macs = ops.gemm_backend(), ops.gemm_min_macs()
+    assert ops.set_gemm_backend(request.param, min_macs=0) == request.param
     yield request.param
-    ops.set_gemm_backend(previous)
+    ops.set_gemm_backend(previous, min_macs=min_macs)
 
 
 @pytest.fixture(params=isa_variants())
@@ -590,6 +591,15 @@ def test_linear_gradients_match_autograd_of_f_linear(bias, gemm):
         close(got.grad, want.grad, torch.float32)
 
 
+@pytest.mark.parametrize("shape", [(6, 8), (2, 3, 8)])
+def test_linear_output_can_be_written_in_place_under_autograd(shape, gemm):
+    """The result is a fresh tensor, never a view (sublayer_backward adds into it)."""
+    x, w = torch.randn(*shape, requires_grad=True), torch.randn(5, 8)
+    y = ops.linear(x, w)
+    y.add_(1.0).sum().backward()
+    torch.testing.assert_close(x.grad, torch.ones(*shape[:-1], 5) @ w)
+
+
 def test_linear_gradcheck():
     x, w, b = (t.double().requires_grad_() for t in linear_case((3, 5, 4), 6, torch.float64, seed=5))
     torch.autograd.gradcheck(ops.linear, (x, w, b))
@@ -611,9 +621,30 @@ def test_linear_rejects_mismatched_shapes():
         torch.ops.kprune.linear(torch.randn(3, 4), torch.randn(5, 4), torch.randn(4))
 
 
-def test_set_gemm_backend_rejects_unknown_name():
+def test_set_gemm_backend_rejects_unknown_name_and_size():
     with pytest.raises(ValueError, match="onednn"):
         ops.set_gemm_backend("mkl")
+    with pytest.raises(ValueError, match="min_macs"):
+        ops.set_gemm_backend("onednn", min_macs=-5)
+    with pytest.raises(ValueError, match="min_macs"):
+        torch.ops.kprune.set_gemm_backend("onednn", -5)
+
+
+def test_small_gemms_stay_on_aten_below_min_macs(monkeypatch):
+    """Below the size threshold a GEMM runs at::mm: its result is aten's, bit for bit."""
+    if "onednn" not in gemm_backends():
+        pytest.skip("this torch has no oneDNN matmul")
+    x, w, b = linear_case((37, 384), 1536, torch.float32)
+    previous, min_macs = ops.gemm_backend(), ops.gemm_min_macs()
+    try:
+        ops.set_gemm_backend("aten")
+        aten = ops.linear(x, w, b)
+        ops.set_gemm_backend("onednn", min_macs=37 * 384 * 1536 + 1)
+        assert torch.equal(ops.linear(x, w, b), aten)
+        ops.set_gemm_backend("onednn", min_macs=37 * 384 * 1536)
+        close(ops.linear(x, w, b), aten.double(), torch.float32)
+    finally:
+        ops.set_gemm_backend(previous, min_macs=min_macs)
 
 
 # ---- torch.library.opcheck --------------------------------------------------------------------

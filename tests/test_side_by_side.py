@@ -99,3 +99,7 @@ def test_our_side_takes_the_defaults_seed_0_cells_from_the_bf16_study(tmp_path, 
     table = side_by_side.table(side_by_side.our_cells(), theirs)
     assert "| MRPC | 50% | K-prune (kprune, defaults, bf16) | accuracy 81.00 | 50.0% | 40 | 700 |" in table
     assert "5.0-5.0x" in side_by_side.summary(side_by_side.our_cells(), theirs, "kprune-default-bf16")
+    # a defaults cell run for the side by side itself (results/side_by_side.json) wins over the study's
+    ours["mrpc/kprune-default-bf16/0.50/0"] = cell("mrpc", "kprune-default-bf16", 0.5, 0.82, 25.0, 650.0)
+    (tmp_path / "ours.json").write_text(json.dumps({"cells": ours}))
+    assert side_by_side.our_cells()["mrpc/kprune-default-bf16/0.50/0"]["prune_seconds"] == 25.0

@@ -3,7 +3,8 @@
 // torch sends a float32 at::mm on the CPU to MKL's sgemm, whose AVX-512 kernels are reserved to
 // Intel CPUs: on the AMD EPYC this project is measured on it runs at 80-90 GFLOP/s on one core
 // against 180-200 for oneDNN's float32 matmul, which torch also ships (benchmarks/bench_gemm.py).
-// Same IEEE float32 arithmetic, another kernel; other dtypes and devices keep at::mm/at::addmm.
+// Same IEEE float32 arithmetic, another kernel; GEMMs under a size threshold (set_gemm_backend's
+// min_macs, 2^25 multiply-adds by default), other dtypes and other devices keep at::mm/at::addmm.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -20,8 +21,10 @@ at::Tensor gemm_nt(const at::Tensor& x, const at::Tensor& w, const std::optional
 // "onednn" or "aten": the backend float32 CPU GEMMs use now (KPRUNE_GEMM sets the first one; onednn
 // when this torch has it).
 std::string gemm_backend();
-// Selects the backend ("onednn" falls back to "aten" when torch lacks it); returns the one in use.
-std::string set_gemm_backend(const std::string& name);
+// Selects the backend ("onednn" falls back to "aten" when torch lacks it) and, when min_macs >= 0, the
+// size (rows x k x n multiply-adds) from which a GEMM goes to oneDNN; returns the backend in use.
+std::string set_gemm_backend(const std::string& name, int64_t min_macs = -1);
+int64_t gemm_min_macs();
 
 }  // namespace cpu
 }  // namespace kprune

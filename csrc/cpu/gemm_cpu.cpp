@@ -4,6 +4,7 @@
 
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/core/stack.h>
+#include <ATen/ops/_unsafe_view.h>
 #include <ATen/ops/addmm.h>
 #include <ATen/ops/mm.h>
 #include <torch/library.h>
@@ -24,6 +25,9 @@ const c10::OperatorHandle* onednn_op() {
 }
 
 std::atomic<int> use_onednn{-1};  // -1: not chosen yet
+// Smaller GEMMs stay on at::mm: oneDNN JIT-compiles a kernel per new shape (0.4-1 ms here), which a
+// GEMM of fewer multiply-adds does not win back; pruned sublayers and tests make many such shapes.
+std::atomic<int64_t> onednn_min_macs{int64_t(1) << 25};
 
 bool onednn_enabled() {
   int v = use_onednn.load(std::memory_order_relaxed);
@@ -54,24 +58,33 @@ at::Tensor gemm_nt(const at::Tensor& x, const at::Tensor& w, const std::optional
   const bool defined_bias = bias.has_value() && bias->defined();
   int64_t rows = 1;
   for (int64_t i = 0; i + 1 < x.dim(); ++i) rows *= x.size(i);
-  if (x.device().is_cpu() && x.scalar_type() == at::kFloat && w.scalar_type() == at::kFloat && rows > 0 &&
-      x.size(-1) > 0 && w.size(0) > 0 && (!defined_bias || bias->scalar_type() == at::kFloat) && onednn_enabled()) {
-    return onednn_linear(x, w, defined_bias ? bias : std::nullopt);
+  const at::Tensor flat = x.dim() == 2 ? x : x.reshape({rows, x.size(-1)});
+  const int64_t macs = rows * x.size(-1) * w.size(0);
+  at::Tensor out;
+  if (x.device().is_cpu() && x.scalar_type() == at::kFloat && w.scalar_type() == at::kFloat && macs > 0 &&
+      macs >= onednn_min_macs.load(std::memory_order_relaxed) &&
+      (!defined_bias || bias->scalar_type() == at::kFloat) && onednn_enabled()) {
+    out = onednn_linear(flat, w, defined_bias ? bias : std::nullopt);
+  } else {
+    out = defined_bias ? at::addmm(*bias, flat, w.t()) : at::mm(flat, w.t());
   }
-  const at::Tensor flat = x.reshape({rows, x.size(-1)});
-  at::Tensor out = defined_bias ? at::addmm(*bias, flat, w.t()) : at::mm(flat, w.t());
+  if (x.dim() == 2) return out;
   std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
   shape.back() = w.size(0);
-  return out.view(shape);
+  return at::_unsafe_view(out, shape);  // not a view: callers may write into the result under autograd
 }
 
 std::string gemm_backend() { return onednn_enabled() ? "onednn" : "aten"; }
 
-std::string set_gemm_backend(const std::string& name) {
+std::string set_gemm_backend(const std::string& name, int64_t min_macs) {
   TORCH_CHECK_VALUE(name == "onednn" || name == "aten", "gemm backend must be one of onednn, aten; got '", name, "'");
+  TORCH_CHECK_VALUE(min_macs >= -1, "min_macs must be >= 0 (or -1 to keep it); got ", min_macs);
   use_onednn.store(name == "onednn" && onednn_op() != nullptr ? 1 : 0, std::memory_order_relaxed);
+  if (min_macs >= 0) onednn_min_macs.store(min_macs, std::memory_order_relaxed);
   return gemm_backend();
 }
+
+int64_t gemm_min_macs() { return onednn_min_macs.load(std::memory_order_relaxed); }
 
 namespace {
 at::Tensor linear_op(const at::Tensor& x, const at::Tensor& w, const std::optional<at::Tensor>& bias) {

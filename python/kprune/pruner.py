@@ -202,7 +202,7 @@ class KPruner:
                 if with_grad:
                     acts.append(out.act)
                 else:  # no gradients: take the statistics now rather than holding every act
-                    stats[j].add(out.act[real], None, *grouping)
+                    stats[j].add(batch.real_rows(out.act), None, *grouping)
                 hidden = out.output
             logits = self.student.head(hidden, real)
         self._check_logits(logits, k, index)
@@ -211,7 +211,7 @@ class KPruner:
         if with_grad:
             grads = torch.autograd.grad(self._loss(logits, index, batch), acts, allow_unused=True)
             for j, act, grad in zip(range(k, num_sub), acts, grads):
-                stats[j].add(act.detach()[real], None if grad is None else grad[real], *grouping)
+                stats[j].add(batch.real_rows(act.detach()), None if grad is None else batch.real_rows(grad), *grouping)
 
     def _recompute_pass(self, k, index, batch, x, with_grad, stats, grouping) -> None:
         """Forward without a graph keeping each sublayer's pre-LayerNorm sum, then backward one sublayer at
@@ -246,7 +246,7 @@ class KPruner:
             xj = x if j == k else None if inner is not None else sublayer_output(self.student, j - 1, saved[-1][0])
             act, grad_act, grad_hidden = sublayer_backward(self.student, j, xj, pre_norm, real, grad_hidden, act,
                                                            need_input_grad=j > k, saved=inner)
-            stats[j].add(act[real], grad_act[real], *grouping)
+            stats[j].add(batch.real_rows(act), batch.real_rows(grad_act), *grouping)
             del act, grad_act, inner   # not alive through the next sublayer's backward
 
     def _scores(self, k: int, stats: dict[int, UnitStatistics]) -> dict[int, torch.Tensor]:

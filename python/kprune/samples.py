@@ -21,6 +21,15 @@ class Batch:
     def num_tokens(self) -> int:
         return int(self.lengths.sum())
 
+    def real_rows(self, t: torch.Tensor) -> torch.Tensor:
+        """t[key_mask] for t: [batch, seq, ...]: the real tokens' rows, by index (several times faster
+        on the CPU than boolean indexing, which finds the positions anew on every call)."""
+        index = self.__dict__.get("_real_index")
+        if index is None or index.device != t.device:
+            index = self.key_mask.reshape(-1).nonzero().squeeze(1).to(t.device)
+            self.__dict__["_real_index"] = index
+        return t.reshape(-1, *t.shape[2:]).index_select(0, index)
+
     def token_offsets(self) -> torch.Tensor:
         """Offsets of each sample's tokens among the batch's real tokens: [batch + 1]."""
         return torch.cat([self.lengths.new_zeros(1), torch.cumsum(self.lengths, 0)])

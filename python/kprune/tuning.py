@@ -112,13 +112,13 @@ class SublayerTuner:
                 with torch.no_grad():
                     teacher_out = run_sublayer(self.teacher, sublayer, self.teacher_cache[index], real)
                     next_teacher.append(teacher_out.output)
-                    target = teacher_out.pre_norm[real] - self.student_cache[index][real]
+                    target = batch.real_rows(teacher_out.pre_norm) - batch.real_rows(self.student_cache[index])
                     if out_proj.bias is not None:
                         target -= out_proj.bias
                     totals[0] += target.double().square().sum()
                     totals[1] += int(real.sum())
                     if width:
-                        act = sublayer_act(self.student, sublayer, self.student_cache[index], real)[real]
+                        act = batch.real_rows(sublayer_act(self.student, sublayer, self.student_cache[index], real))
                         ops.gram_accumulate(act, target, columns, gram, cross)
                         if self.observer is not None:
                             self.observer(batch, act, target, columns)
