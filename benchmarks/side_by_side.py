@@ -134,24 +134,6 @@ def summary(ours: dict, originals: dict, method: str = "kprune") -> str:
             f"{sum(x >= 5 for x in speed)} of {n}).")
 
 
-def bf16_speed(bf16: dict, originals: dict) -> str:
-    """The paper's code's pruning seconds over kprune's with bfloat16 measurement (the bf16 study's seed-0
-    cells, same checkpoint, sample and seed), for the paper's recipe and for this version's defaults, outside
-    STS-B (whose paper's-code cells ran on a loaded machine)."""
-    parts = []
-    for method, recipe in (("kprune-bf16", "the paper's recipe"), ("kprune-default-bf16", "this version's defaults")):
-        pairs = [(mine, theirs) for mine, theirs in paired_with_paper(bf16, originals, method) if mine["task"] != "stsb"]
-        ratios = [theirs["prune_seconds"] / mine["prune_seconds"] for mine, theirs in pairs]
-        if ratios:
-            parts.append(f"{min(ratios):.1f}-{max(ratios):.1f}x with {recipe} (5x or more in {sum(r >= 5 for r in ratios)} "
-                         f"of {len(ratios)})")
-    if not parts:
-        return ""
-    return ("With bfloat16 measurement (`--measure-dtype bfloat16` or `auto`; opt-in, see the bf16 section), the "
-            f"paper's code takes {' and '.join(parts)} kprune's time in the cells outside STS-B (results/grid-bf16.json, "
-            "seed 0, ours at 1 thread beside one other job, theirs as above).")
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--run", action="store_true", help="run the missing cells first (ours, then the originals)")

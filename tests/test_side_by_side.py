@@ -66,22 +66,6 @@ def test_summary_counts_the_targets():
     assert "Over the 1 paired cells (kprune, defaults)" in text and "in 1 of 1." in text and "5.0-5.0x" in text
 
 
-def test_bf16_speed_pairs_bf16_cells_with_the_paper_and_leaves_loaded_stsb_out():
-    bf16 = {"mrpc/kprune-bf16/0.50/0": cell("mrpc", "kprune-bf16", 0.5, 0.80, 40.0, 700.0),
-            "sst2/kprune-bf16/0.80/0": cell("sst2", "kprune-bf16", 0.8, 0.82, 50.0, 700.0),
-            "stsb/kprune-bf16/0.50/0": cell("stsb", "kprune-bf16", 0.5, 0.85, 10.0, 700.0),   # loaded: out
-            "mrpc/kprune/0.50/0": cell("mrpc", "kprune", 0.5, 0.80, 90.0, 700.0)}          # float32: not bf16
-    theirs = {"mrpc/kprune-paper/0.50/0": cell("mrpc", "kprune-paper", 0.5, 0.81, 160.0, 2100.0),
-              "sst2/kprune-paper/0.80/0": cell("sst2", "kprune-paper", 0.8, 0.80, 300.0, 2100.0),
-              "stsb/kprune-paper/0.50/0": cell("stsb", "kprune-paper", 0.5, 0.84, 900.0, 2100.0)}
-    text = side_by_side.bf16_speed(bf16, theirs)
-    assert "takes 4.0-6.0x with the paper's recipe (5x or more in 1 of 2) kprune's time in the cells outside STS-B" in text
-    bf16["mrpc/kprune-default-bf16/0.50/0"] = cell("mrpc", "kprune-default-bf16", 0.5, 0.81, 32.0, 700.0)
-    assert "(5x or more in 1 of 2) and 5.0-5.0x with this version's defaults (5x or more in 1 of 1)" \
-        in side_by_side.bf16_speed(bf16, theirs)
-    assert side_by_side.bf16_speed({}, theirs) == ""
-
-
 def test_our_side_takes_the_defaults_seed_0_cells_from_the_bf16_study(tmp_path, monkeypatch):
     import json
     ours = {"mrpc/kprune/0.50/0": cell("mrpc", "kprune", 0.5, 0.80, 100.0, 700.0)}
