@@ -1,8 +1,8 @@
 // The CPU GEMMs of the kprune ops: gemm_nt(x, w) = x w^T (+ bias), float32 through oneDNN where torch has it.
 //
 // torch sends a float32 at::mm on the CPU to MKL's sgemm, whose AVX-512 kernels are reserved to
-// Intel CPUs: on the AMD EPYC this project is measured on it runs at 80-90 GFLOP/s on one core
-// against 180-200 for oneDNN's float32 matmul, which torch also ships (benchmarks/bench_gemm.py).
+// Intel CPUs: on the AMD EPYC this project is measured on it ran at 76-86 GFLOP/s on one core
+// against 168-197 for oneDNN's float32 matmul, which torch also ships (benchmarks/bench_gemm.py).
 // Same IEEE float32 arithmetic, another kernel; GEMMs under a size threshold (set_gemm_backend's
 // min_macs, 2^25 multiply-adds by default), other dtypes and other devices keep at::mm/at::addmm.
 #pragma once
