@@ -404,7 +404,7 @@ WHY_NOT_5X = (
     "their previous timings (STS-B's previous ones ran on a loaded machine and are left out). Such a run is 1.14x "
     "its floor of L + 1/2 passes with mask gradients (section \"Floor\"), so in float32 what remains is the floor: "
     "where the paper's code itself is quick (MRPC and SST-2 at 80%, 165-229 s) no float32 kprune run reaches 5x. "
-    "With bf16 measurement the passes' GEMMs run in bfloat16 and 5 of 10 cells reach 5x (QQP at 80%: 4.95x); bf16 "
+    "With bf16 measurement the passes' GEMMs run in bfloat16 and more cells reach 5x (its summary above); bf16 "
     "stays opt-in because its scores depend on the compute batching (section on bf16). This version's defaults add "
     "the held-out re-fit's float64 solves to the tuning (Discussion: the two re-fits together), so they are a "
     "little slower than the paper's recipe while scoring higher."

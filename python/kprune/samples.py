@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -16,6 +16,7 @@ class Batch:
     key_mask: torch.Tensor                # [batch, seq] bool, True on real tokens
     lengths: torch.Tensor                 # [batch] long
     sample_index: torch.Tensor | None = None   # [batch] long: each row's index in the sample list
+    _real_index: torch.Tensor | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def num_tokens(self) -> int:
@@ -24,11 +25,9 @@ class Batch:
     def real_rows(self, t: torch.Tensor) -> torch.Tensor:
         """t[key_mask] for t: [batch, seq, ...]: the real tokens' rows, by index (several times faster
         on the CPU than boolean indexing, which finds the positions anew on every call)."""
-        index = self.__dict__.get("_real_index")
-        if index is None or index.device != t.device:
-            index = self.key_mask.reshape(-1).nonzero().squeeze(1).to(t.device)
-            self.__dict__["_real_index"] = index
-        return t.reshape(-1, *t.shape[2:]).index_select(0, index)
+        if self._real_index is None or self._real_index.device != t.device:
+            self._real_index = self.key_mask.reshape(-1).nonzero().squeeze(1).to(t.device)
+        return t.reshape(-1, *t.shape[2:]).index_select(0, self._real_index)
 
     def token_offsets(self) -> torch.Tensor:
         """Offsets of each sample's tokens among the batch's real tokens: [batch + 1]."""
