@@ -63,11 +63,12 @@ def time_pass(model, samples, kind: str, config) -> tuple[float, float]:
     groups = pruner.groups.count if pruner.groups is not None else 0
     stats = {j: UnitStatistics.zeros(pruner._widths(j)[0], pruner.device, groups) for j in range(num_sub)}
     started, cpu = time.perf_counter(), time.process_time()
-    for index, batch in enumerate(pruner.batches):
-        offsets = batch.token_offsets()
-        rows = pruner.groups.of_rows(batch) if pruner.groups is not None else None
-        # k = 0 with gradients: every sublayer forward and backward
-        pruner._graph_pass(0, index, batch, pruner.tuner.student_cache[index], True, stats, (offsets, rows))
+    with pruner.measure_precision(1):   # the precision of a step with gradients
+        for index, batch in enumerate(pruner.batches):
+            offsets = batch.token_offsets()
+            rows = pruner.groups.of_rows(batch) if pruner.groups is not None else None
+            # k = 0 with gradients: every sublayer forward and backward
+            pruner._graph_pass(0, index, batch, pruner.tuner.student_cache[index], True, stats, (offsets, rows))
     for st in stats.values():
         st.finish()
     seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
@@ -143,6 +144,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", type=Path, default=RESULTS)
+    parser.add_argument("--measure-dtype", default="float32", help="KPruneConfig.measure_dtype of the pass and the run")
     parser.add_argument("--no-record", action="store_true", help="do not write the results file")
     args = parser.parse_args(argv)
 
@@ -153,10 +155,11 @@ def main(argv: list[str] | None = None) -> dict:
 
     torch.set_num_threads(args.threads)
     model, samples = load(args.model, args.data, args.task, args.num_tokens, args.seed)
-    config = kprune.KPruneConfig(progress=False, seed=args.seed)
+    config = kprune.KPruneConfig(progress=False, seed=args.seed, measure_dtype=args.measure_dtype)
     result = measure(model, samples, get_task(args.task).kind, args.flops_reduction, config)
     entry = {"case": f"{Path(args.model).name}, {args.task}, {args.num_tokens} tokens, "
-                     f"{args.flops_reduction:.0%}, {args.threads} thread(s)",
+                     f"{args.flops_reduction:.0%}, {args.threads} thread(s)"
+                     + ("" if args.measure_dtype == "float32" else f", {args.measure_dtype}"),
              "command": "python benchmarks/bench_floor.py " + " ".join(argv if argv is not None else sys.argv[1:]),
              "commit": _commit(), "threads": torch.get_num_threads(),
              "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), **result}

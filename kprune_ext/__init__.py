@@ -21,7 +21,7 @@ def backend_info() -> dict:
     cpu_capability is the instruction set of the CPU kernels (avx512, avx2 or generic), chosen at run
     time from the CPU's features and capped by ``KPRUNE_CPU_CAPABILITY``; cpu_threads is how many
     threads a parallel CPU kernel uses now (torch.get_num_threads() when the build has OpenMP);
-    gemm_backend is what the ops' float32 CPU GEMMs run on ("onednn", or "aten" with ``KPRUNE_GEMM=aten``);
+    gemm_backend is what the ops' float32 CPU GEMMs run on ("onednn" or "aten", ``kprune_ext.ops.gemm_backend``);
     cuda_kernels tells whether CUDA implementations are registered.
     """
     import torch

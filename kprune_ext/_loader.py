@@ -41,6 +41,12 @@ for _cache in ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "LRU_CACHE_CAPACITY"):
     os.environ.setdefault(_cache, ONEDNN_CACHE_CAPACITY)
 
 
+# KPRUNE_GEMM chooses the float32 CPU GEMM backend (read by the compiled core at its first GEMM)
+GEMM_ENV_VALUES = ("auto", "onednn", "aten")
+if os.environ.get("KPRUNE_GEMM", "auto") not in GEMM_ENV_VALUES:
+    raise ValueError(f"KPRUNE_GEMM={os.environ['KPRUNE_GEMM']!r} is not supported; expected one of {GEMM_ENV_VALUES}")
+
+
 #: Whether the compiled ops are in use, and why not (empty when they are); set by :func:`load`.
 EXTENSION_LOADED = False
 EXTENSION_ERROR = "kprune_ext._loader.load() has not run"

@@ -105,23 +105,29 @@ def solve_damped(
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """x weight^T + bias, as F.linear (and differentiable in all three): the compiled op, whose float32
-    CPU GEMMs run through oneDNN (csrc/cpu/gemm.h), unless autocast is on, where F.linear casts."""
+    CPU GEMMs run on the backend of :func:`gemm_backend` (csrc/cpu/gemm.h), unless autocast is on, where
+    F.linear casts."""
     if _compiled("linear", x.device) and not torch.is_autocast_enabled(x.device.type):
         return torch.ops.kprune.linear.default(x, weight, bias)
     return reference.linear(x, weight, bias)
 
 
+GEMM_BACKENDS = _loader.GEMM_ENV_VALUES
+
+
 def gemm_backend() -> str:
-    """The backend of the compiled ops' float32 CPU GEMMs: "onednn", or "aten" (torch's at::mm: MKL)."""
+    """The backend of the compiled ops' float32 CPU GEMMs: "onednn", or "aten" (torch's at::mm: MKL).
+    By default ("auto") oneDNN on x86 CPUs not made by Intel (there MKL's sgemm leaves AVX-512 unused),
+    MKL on Intel's; ``KPRUNE_GEMM=onednn|aten`` at start or :func:`set_gemm_backend` choose."""
     return torch.ops.kprune.gemm_backend() if _loader.EXTENSION_LOADED else "aten"
 
 
 def set_gemm_backend(name: str, min_macs: int | None = None) -> str:
-    """Choose the float32 CPU GEMM backend ("onednn" or "aten"; KPRUNE_GEMM=aten at start does the
+    """Choose the float32 CPU GEMM backend ("auto", "onednn" or "aten"; ``KPRUNE_GEMM`` at start does the
     same) and, if given, the size (rows x k x n multiply-adds, default 2**25) from which a GEMM goes to
     oneDNN; returns the backend now in use ("aten" when this torch lacks oneDNN's matmul)."""
-    if name not in ("onednn", "aten"):
-        raise ValueError(f"gemm backend {name!r} is not supported; expected one of ('onednn', 'aten')")
+    if name not in GEMM_BACKENDS:
+        raise ValueError(f"gemm backend {name!r} is not supported; expected one of {GEMM_BACKENDS}")
     if min_macs is not None and (not isinstance(min_macs, int) or min_macs < 0):
         raise ValueError(f"min_macs must be an int >= 0, got {min_macs!r}")
     if not _loader.EXTENSION_LOADED:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import platform
 import subprocess
 import sys
 import textwrap
@@ -86,16 +87,40 @@ def test_kernels_use_the_threads_torch_is_given(threads):
     assert out.splitlines()[-1] == f"{threads} {threads}"
 
 
+def cpu_vendor() -> str:
+    """The CPU's vendor string as the kernel reports it ("" where /proc/cpuinfo has none)."""
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("vendor_id"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
+
+
 def test_gemm_backend_env_and_onednn_cache_caps():
-    """KPRUNE_GEMM=aten selects torch's at::mm; importing kprune_ext caps oneDNN's caches unless set."""
+    """KPRUNE_GEMM picks the float32 GEMM backend (by default oneDNN on x86 CPUs not made by Intel, MKL on
+    Intel's); importing kprune_ext caps oneDNN's caches unless set."""
     if not kprune_ext.EXTENSION_LOADED:
         return
     code = ("import os, kprune_ext; print(kprune_ext.backend_info()['gemm_backend'], "
             "os.environ['ONEDNN_PRIMITIVE_CACHE_CAPACITY'], os.environ['LRU_CACHE_CAPACITY'])")
     assert run_python(code, KPRUNE_GEMM="aten").splitlines()[-1] == "aten 16 16"
     has_onednn = torch._C._dispatch_has_kernel_for_dispatch_key("mkldnn::_linear_pointwise", "CPU")
-    want = "onednn" if has_onednn else "aten"
-    assert run_python(code, LRU_CACHE_CAPACITY="64").splitlines()[-1] == f"{want} 16 64"
+    onednn = "onednn" if has_onednn else "aten"
+    assert run_python(code, KPRUNE_GEMM="onednn").splitlines()[-1] == f"{onednn} 16 16"
+    vendor = cpu_vendor()
+    if platform.machine() in ("x86_64", "AMD64") and vendor:
+        want = "aten" if vendor == "GenuineIntel" else onednn
+        assert run_python(code, LRU_CACHE_CAPACITY="64").splitlines()[-1] == f"{want} 16 64"
+        assert run_python(code, KPRUNE_GEMM="auto").splitlines()[-1] == f"{want} 16 16"
+
+
+def test_unknown_gemm_env_value_is_refused_by_name():
+    out = subprocess.run([sys.executable, "-c", "import kprune_ext"], env={**os.environ, "KPRUNE_GEMM": "mkl"},
+                         cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0
+    assert "ValueError: KPRUNE_GEMM='mkl' is not supported" in out.stderr and "'onednn'" in out.stderr
 
 
 def test_cpu_capability_env_caps_the_instruction_set():

@@ -56,13 +56,13 @@ def test_onednn_and_aten_gemms_prune_alike():
     if ops.gemm_backend() == "aten" and ops.set_gemm_backend("onednn") != "onednn":
         pytest.skip("compiled extension not loaded")
     model = tiny_model("bert", "classification", layers=2)
-    results, min_macs = [], ops.gemm_min_macs()
+    results, previous, min_macs = [], ops.gemm_backend(), ops.gemm_min_macs()
     try:
         for backend in ("onednn", "aten"):
             assert ops.set_gemm_backend(backend, min_macs=0) == backend   # every GEMM of the tiny model
             results.append(prune(model, "classification", 0.6))
     finally:
-        ops.set_gemm_backend("onednn", min_macs=min_macs)
+        ops.set_gemm_backend(previous, min_macs=min_macs)
     (a, b) = results
     assert a.report["heads_kept"] == b.report["heads_kept"] and a.report["neurons_kept"] == b.report["neurons_kept"]
     sa, sb = a.model.state_dict(), b.model.state_dict()

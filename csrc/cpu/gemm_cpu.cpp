@@ -1,5 +1,5 @@
 // kprune::cpu::gemm_nt: float32 CPU GEMMs through torch's oneDNN matmul (mkldnn::_linear_pointwise),
-// found in the dispatcher at first use; at::mm/at::addmm otherwise (see gemm.h).
+// found in the dispatcher at first use, on x86 CPUs other than Intel's; at::mm/at::addmm otherwise (see gemm.h).
 #include "gemm.h"
 
 #include <ATen/core/dispatch/Dispatcher.h>
@@ -12,7 +12,12 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdlib>
+#include <cstring>
 #include <vector>
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <cpuid.h>
+#endif
 
 namespace kprune {
 namespace cpu {
@@ -29,11 +34,42 @@ std::atomic<int> use_onednn{-1};  // -1: not chosen yet
 // GEMM of fewer multiply-adds does not win back; pruned sublayers and tests make many such shapes.
 std::atomic<int64_t> onednn_min_macs{int64_t(1) << 25};
 
+bool genuine_intel() {
+#if defined(__x86_64__) || defined(__i386__)
+  unsigned int eax = 0, ebx = 0, ecx = 0, edx = 0;
+  if (__get_cpuid(0, &eax, &ebx, &ecx, &edx) == 0) return false;
+  char vendor[13];
+  std::memcpy(vendor, &ebx, 4);
+  std::memcpy(vendor + 4, &edx, 4);
+  std::memcpy(vendor + 8, &ecx, 4);
+  vendor[12] = '\0';
+  return std::string(vendor) == "GenuineIntel";
+#else
+  return false;
+#endif
+}
+
+bool x86() {
+#if defined(__x86_64__) || defined(__i386__)
+  return true;
+#else
+  return false;
+#endif
+}
+
+}  // namespace
+
+bool onednn_by_default() { return x86() && !genuine_intel(); }
+
+namespace {
+
 bool onednn_enabled() {
   int v = use_onednn.load(std::memory_order_relaxed);
   if (v < 0) {
     const char* env = std::getenv("KPRUNE_GEMM");
-    v = (env == nullptr || std::string(env) != "aten") && onednn_op() != nullptr ? 1 : 0;
+    const std::string choice = env == nullptr ? "auto" : std::string(env);
+    const bool wanted = choice == "onednn" || (choice != "aten" && onednn_by_default());
+    v = wanted && onednn_op() != nullptr ? 1 : 0;
     use_onednn.store(v, std::memory_order_relaxed);
   }
   return v == 1;
@@ -77,9 +113,11 @@ at::Tensor gemm_nt(const at::Tensor& x, const at::Tensor& w, const std::optional
 std::string gemm_backend() { return onednn_enabled() ? "onednn" : "aten"; }
 
 std::string set_gemm_backend(const std::string& name, int64_t min_macs) {
-  TORCH_CHECK_VALUE(name == "onednn" || name == "aten", "gemm backend must be one of onednn, aten; got '", name, "'");
+  TORCH_CHECK_VALUE(name == "onednn" || name == "aten" || name == "auto",
+                    "gemm backend must be one of auto, onednn, aten; got '", name, "'");
   TORCH_CHECK_VALUE(min_macs >= -1, "min_macs must be >= 0 (or -1 to keep it); got ", min_macs);
-  use_onednn.store(name == "onednn" && onednn_op() != nullptr ? 1 : 0, std::memory_order_relaxed);
+  const bool wanted = name == "onednn" || (name == "auto" && onednn_by_default());
+  use_onednn.store(wanted && onednn_op() != nullptr ? 1 : 0, std::memory_order_relaxed);
   if (min_macs >= 0) onednn_min_macs.store(min_macs, std::memory_order_relaxed);
   return gemm_backend();
 }

@@ -150,12 +150,7 @@ class KPruner:
         groups = self.groups.count if grouped else 0
         stats = {j: UnitStatistics.zeros(self._widths(j)[0], self.device, groups) for j in range(k, num_sub)}
         pass_ = self._recompute_pass if with_grad and cfg.recompute else self._graph_pass
-        # lower precision only from k = 1: the teacher's outputs are taken at k = 0, in float32
-        low = k > 0 and cfg.measure_dtype != "float32"
-        # no cast cache: it would keep a bf16 copy of every leaf input that requires grad (the
-        # recompute backward's per-batch hidden states) until the whole pass ends
-        precision = torch.autocast(self.device.type, getattr(torch, cfg.measure_dtype), cache_enabled=False) \
-            if low else nullcontext()
+        precision = self.measure_precision(k)
         self.progress.phase("knowledge", len(self.batches))
         student, self.student = self.student, FixedViews(self.student)   # no surgery during the pass
         try:
@@ -169,6 +164,16 @@ class KPruner:
             self.student = student
         self.collective.all_reduce([tensor for st in stats.values() for tensor in st.sums()])
         return {j: st.finish() for j, st in stats.items()}
+
+    def measure_precision(self, k: int):
+        """The autocast context of step k's knowledge pass (``measure_dtype``), or a no-op in float32."""
+        dtype = self.config.measure_dtype
+        # lower precision only from k = 1: the teacher's outputs are taken at k = 0, in float32
+        if k == 0 or dtype == "float32":
+            return nullcontext()
+        # no cast cache: it would keep a bf16 copy of every leaf input that requires grad (the
+        # recompute backward's per-batch hidden states) until the whole pass ends
+        return torch.autocast(self.device.type, getattr(torch, dtype), cache_enabled=False)
 
     def _batch_done(self) -> None:
         self.progress.tick()
