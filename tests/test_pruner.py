@@ -1,5 +1,7 @@
+import contextvars
 import copy
 import math
+from contextlib import nullcontext
 
 import pytest
 import torch
@@ -329,6 +331,51 @@ def test_attention_runs_in_float32_under_cpu_autocast(monkeypatch):
                for lin in (view.query.to(torch.bfloat16), view.key.to(torch.bfloat16), view.value.to(torch.bfloat16)))
     want = real_sdpa(q, k, v, attn_mask=key_mask[:, None, None, :]).transpose(1, 2).reshape(2, 5, -1)
     torch.testing.assert_close(ctx.float(), want.bfloat16().float(), rtol=0, atol=0)
+    # without gradients (a forward that no backward follows) bf16 attention is the faster one: it runs in bf16
+    seen.clear()
+    with torch.autocast("cpu", torch.bfloat16), torch.no_grad():
+        ctx = sublayers.attention_context(view, x, key_mask)
+    assert seen == [torch.bfloat16] and ctx.dtype == torch.bfloat16
+    q, k, v = (t.bfloat16() for t in (q, k, v))
+    want = real_sdpa(q, k, v, attn_mask=key_mask[:, None, None, :]).transpose(1, 2).reshape(2, 5, -1)
+    torch.testing.assert_close(ctx, want, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("recompute", [True, False])
+def test_bfloat16_pass_casts_each_weight_once_with_the_same_result(monkeypatch, recompute):
+    """Under bf16 measurement a pass casts each weight once (kprune.precision.cached_casts), not at every GEMM
+    of every batch; the statistics are bit for bit those of casting at every GEMM."""
+    import kprune.precision as precision
+    model = tiny_model("bert", "classification", layers=3)
+    samples = random_samples(24, seed=3)
+    config = kprune.KPruneConfig(**FAST, measure_dtype="bfloat16", recompute=recompute, compute_batch_size=4)
+    results = []
+    for cached in (True, False):
+        pruner = KPruner(model, samples, "classification", 0.5, config)
+        pruner._setup()
+        pruner._measure(0)
+        casts = []
+        real_to = torch.Tensor.to
+        weights = {p.data_ptr() for p in pruner.student.model.parameters() if p.dim() == 2}
+
+        def counting_to(tensor, *args, **kwargs):
+            out = real_to(tensor, *args, **kwargs)
+            if tensor.data_ptr() in weights and out.dtype == torch.bfloat16:
+                casts.append(tensor.data_ptr())
+            return out
+
+        with monkeypatch.context() as m:
+            m.setattr(torch.Tensor, "to", counting_to)
+            if not cached:   # autocast casts the weight at every GEMM instead
+                m.setattr(precision, "_CASTS", contextvars.ContextVar("off", default=None))
+                m.setattr("kprune.pruner.cached_casts", nullcontext)
+            stats = pruner._measure(1)
+        results.append(({j: (s.grad_sq.clone(), s.act_sq.clone()) for j, s in stats.items()}, casts))
+    (cached_stats, cached_casts), (plain_stats, _) = results
+    assert cached_casts and len(cached_casts) == len(set(cached_casts))   # each weight once in the pass
+    for j in cached_stats:
+        for a, b in zip(cached_stats[j], plain_stats[j]):
+            assert torch.equal(a, b)
 
 
 def test_unknown_measure_dtype_is_refused():

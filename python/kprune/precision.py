@@ -3,7 +3,9 @@ computes it natively (a CPU with AVX512-BF16 or AMX-BF16, a CUDA GPU with bf16 s
 where bf16 would be emulated and slower."""
 from __future__ import annotations
 
+import contextvars
 import functools
+from contextlib import contextmanager
 from pathlib import Path
 
 NATIVE_BF16_CPU_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
@@ -38,3 +40,34 @@ def resolve_measure_dtype(name: str, device) -> str:
     if name != "auto":
         return name
     return "bfloat16" if native_bf16(device) else "float32"
+
+
+# weight -> its autocast-dtype copy, within a cached_casts() block (None outside one)
+_CASTS: contextvars.ContextVar[dict | None] = contextvars.ContextVar("kprune_cached_casts", default=None)
+
+
+@contextmanager
+def cached_casts():
+    """Within the block, :func:`autocast_weight` casts each weight to the autocast dtype once, not at every
+    GEMM: a knowledge pass runs every sublayer's weights forward and backward for every compute batch, and
+    its weights do not change during the pass (autocast's own cast cache is off: it would also keep a copy
+    of every batch's hidden states). The copies live until the block ends."""
+    token = _CASTS.set({})
+    try:
+        yield
+    finally:
+        _CASTS.reset(token)
+
+
+def autocast_weight(weight):
+    """``weight`` in the autocast dtype of its device, cast once per :func:`cached_casts` block; ``weight``
+    itself outside such a block, outside autocast, or when it is not float32."""
+    import torch
+
+    cache = _CASTS.get()
+    if cache is None or weight.dtype != torch.float32 or not torch.is_autocast_enabled(weight.device.type):
+        return weight
+    hit = cache.get(id(weight))
+    if hit is None or hit[0] is not weight:   # the original is kept in the entry, so its id stays its own
+        hit = cache[id(weight)] = (weight, weight.detach().to(torch.get_autocast_dtype(weight.device.type)))
+    return hit[1]

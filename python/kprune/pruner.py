@@ -15,7 +15,7 @@ import resource
 import time
 from collections import defaultdict
 from collections.abc import Iterator
-from contextlib import nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -29,6 +29,7 @@ from kprune.errors import ConfigError, NumericalError
 from kprune.flops import head_flops, model_flops, neuron_flops
 from kprune.head_refit import head_output_layer, refit_head
 from kprune.heap import HeapTrimmer
+from kprune.precision import cached_casts
 from kprune.heldout import refit_selecting_damping, sample_folds
 from kprune.knowledge import UnitStatistics, distillation_loss, unit_scores
 from kprune.progress import RunProgress, step_costs
@@ -165,15 +166,19 @@ class KPruner:
         self.collective.all_reduce([tensor for st in stats.values() for tensor in st.sums()])
         return {j: st.finish() for j, st in stats.items()}
 
+    @contextmanager
     def measure_precision(self, k: int):
-        """The autocast context of step k's knowledge pass (``measure_dtype``), or a no-op in float32."""
+        """Step k's knowledge pass runs within: autocast to ``measure_dtype`` with each weight cast once
+        (:func:`kprune.precision.cached_casts`), or nothing in float32."""
         dtype = self.config.measure_dtype
         # lower precision only from k = 1: the teacher's outputs are taken at k = 0, in float32
         if k == 0 or dtype == "float32":
-            return nullcontext()
-        # no cast cache: it would keep a bf16 copy of every leaf input that requires grad (the
+            yield
+            return
+        # not autocast's cast cache: it would keep a bf16 copy of every leaf input that requires grad (the
         # recompute backward's per-batch hidden states) until the whole pass ends
-        return torch.autocast(self.device.type, getattr(torch, dtype), cache_enabled=False)
+        with torch.autocast(self.device.type, getattr(torch, dtype), cache_enabled=False), cached_casts():
+            yield
 
     def _batch_done(self) -> None:
         self.progress.tick()

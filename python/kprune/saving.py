@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 
 from kprune.adapters import EncoderAdapter
+from kprune.precision import autocast_weight
 from kprune.sublayers import SublayerOutput, project, run_sublayer, sublayer_act
 from kprune_ext import ops
 
@@ -63,7 +64,7 @@ def run_sublayer_saving(adapter: EncoderAdapter, k: int, x: torch.Tensor, key_ma
         out_proj, norm = (view.attn_out, view.attn_norm) if attention else (view.ffn_out, view.ffn_norm)
         pre = x + project(out_proj, act)
         return SublayerOutput(act, pre, norm(pre)), (leaf, graph_act)
-    preact = ops.linear(x.reshape(-1, x.shape[-1]), view.ffn_in.weight)
+    preact = ops.linear(x.reshape(-1, x.shape[-1]), autocast_weight(view.ffn_in.weight))
     bias = view.ffn_in.bias
     act = view.ffn_act(preact if bias is None else preact + bias.to(preact.dtype))
     act = act.view(*x.shape[:-1], act.shape[-1])

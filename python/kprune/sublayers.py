@@ -14,13 +14,15 @@ import torch.nn.functional as F
 
 import kprune_ext
 from kprune.adapters import EncoderAdapter, LayerView
+from kprune.precision import autocast_weight
 from kprune_ext import ops
 
 
 def project(module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """module(x); a plain nn.Linear through ``kprune_ext.ops.linear`` (float32 CPU GEMMs on oneDNN)."""
+    """module(x); a plain nn.Linear through ``kprune_ext.ops.linear`` (under autocast with the weight's
+    cached cast, :func:`kprune.precision.autocast_weight`)."""
     if type(module) is torch.nn.Linear:
-        return ops.linear(x, module.weight, module.bias)
+        return ops.linear(x, autocast_weight(module.weight), module.bias)
     return module(x)
 
 
@@ -43,6 +45,9 @@ def attention_context(view: LayerView, x: torch.Tensor, key_mask: torch.Tensor) 
         q, k, v, mask = view.attention_inputs(x, key_mask)
     else:
         shape = (batch, seq, heads, view.head_size)
+        low = torch.is_autocast_enabled(x.device.type)
+        if low:   # one cast of the input for the three projections, not one each
+            x = x.to(torch.get_autocast_dtype(x.device.type))
         q = project(view.query, x).view(shape).transpose(1, 2)
         k = project(view.key, x).view(shape).transpose(1, 2)
         v = project(view.value, x).view(shape).transpose(1, 2)
@@ -50,9 +55,10 @@ def attention_context(view: LayerView, x: torch.Tensor, key_mask: torch.Tensor) 
     if view.position_bias is not None:   # an additive bias per head (the layer's slices of a shared table)
         bias = view.position_bias(seq).to(q.dtype)
         mask = bias.masked_fill(~mask, float("-inf"))
-    if x.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+    if x.device.type == "cpu" and torch.is_autocast_enabled("cpu") and torch.is_grad_enabled():
         # aten's bf16 flash attention backward on CPU is ~6x slower than float32 (measured, torch 2.13):
-        # under autocast the attention itself runs in float32, the projections stay in bf16
+        # under autocast an attention with gradients runs in float32, the projections stay in bf16
+        # (without gradients bf16 is the faster one: benchmarks/bench_attention.py)
         with torch.autocast("cpu", enabled=False):
             ctx = F.scaled_dot_product_attention(q.float(), k.float(), v.float(),
                                                  attn_mask=mask if mask.dtype == torch.bool else mask.float()).to(q.dtype)
@@ -121,7 +127,7 @@ def sublayer_backward(adapter: EncoderAdapter, k: int, x: torch.Tensor, pre_norm
     attention = k % 2 == 0
     grad_pre = norm_backward(view.attn_norm if attention else view.ffn_norm, pre_norm, grad_output)
     out_proj = view.attn_out if attention else view.ffn_out
-    grad_act = ops.linear(grad_pre, out_proj.weight.t())
+    grad_act = ops.linear(grad_pre, autocast_weight(out_proj.weight).t())
     if grad_act.shape[-1] == 0:        # no units left: the sublayer is residual + bias
         return grad_act, grad_act, grad_pre if need_input_grad else None
     if not need_input_grad:
@@ -133,10 +139,11 @@ def sublayer_backward(adapter: EncoderAdapter, k: int, x: torch.Tensor, pre_norm
             (grad_x,) = torch.autograd.grad(ctx, xg, grad_act)
         return ctx.detach(), grad_act, grad_pre + grad_x
     # the first GEMM again (no bias) unless saved, then the activation and its backward in one pass
-    preact = saved if saved is not None else ops.linear(x.reshape(-1, x.shape[-1]), view.ffn_in.weight)
+    w_in = autocast_weight(view.ffn_in.weight)
+    preact = saved if saved is not None else ops.linear(x.reshape(-1, x.shape[-1]), w_in)
     act, grad_h = ops.activation_backward(preact, view.ffn_in.bias, grad_act.reshape(preact.shape).to(preact.dtype),
                                           adapter.activation)
-    grad_x = ops.linear(grad_h, view.ffn_in.weight.t()).add_(grad_pre.flatten(0, -2))
+    grad_x = ops.linear(grad_h, w_in.t()).add_(grad_pre.flatten(0, -2))
     return act.view_as(grad_act), grad_act, grad_x.view_as(grad_pre)
 
 

@@ -1,0 +1,106 @@
+"""The attention kernel of a knowledge pass in float32 and bfloat16, forward alone and with its backward.
+
+    python benchmarks/bench_attention.py              # 1 thread; writes benchmarks/results/attention.json
+    python benchmarks/bench_attention.py --threads 2 --output /tmp/attention.json
+
+kprune's sublayers call ``F.scaled_dot_product_attention`` with a boolean key mask (aten's CPU flash
+attention). Under bf16 autocast (``measure_dtype="bfloat16"``) kprune runs an attention that needs
+gradients in float32 and one without in bf16 (``kprune.sublayers.attention_context``); this times both
+precisions at encoder shapes (12 heads of 32, padded batches of short to long sequences), milliseconds per
+call, median of repeats.
+"""
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from json_results import write_json_atomically  # noqa: E402
+
+RESULTS = HERE / "results" / "attention.json"
+# (sequences, padded length): about 500 tokens a batch, as kprune's compute batches, and one long case
+SHAPES = [(16, 32), (10, 50), (4, 128), (8, 384)]
+HEADS, HEAD_SIZE = 12, 32
+
+
+def cpu_model() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def time_call(fn, repeats: int) -> float:
+    for _ in range(3):
+        fn()
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times) * 1e3
+
+
+def case(sequences: int, length: int, dtype, backward: bool, repeats: int) -> float:
+    import torch
+    import torch.nn.functional as F
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(sequences, HEADS, length, HEAD_SIZE, generator=g).to(dtype).requires_grad_(backward)
+               for _ in range(3))
+    lengths = torch.randint(length // 2, length + 1, (sequences,), generator=g)
+    lengths[0] = length
+    mask = (torch.arange(length)[None, :] < lengths[:, None])[:, None, None, :]
+    grad = torch.randn(sequences, HEADS, length, HEAD_SIZE, generator=g).to(dtype)
+
+    def run():
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        if backward:
+            torch.autograd.grad(out, (q, k, v), grad)
+
+    with torch.set_grad_enabled(backward):
+        return time_call(run, repeats)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--output", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    rows = []
+    for sequences, length in SHAPES:
+        row = {"sequences": sequences, "length": length}
+        for name, dtype in (("float32", torch.float32), ("bfloat16", torch.bfloat16)):
+            row[f"{name}_forward_ms"] = round(case(sequences, length, dtype, False, args.repeats), 3)
+            row[f"{name}_forward_backward_ms"] = round(case(sequences, length, dtype, True, args.repeats), 3)
+        rows.append(row)
+    result = {"command": "python benchmarks/bench_attention.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+              "cpu_model": cpu_model(), "threads": args.threads, "torch": torch.__version__,
+              "heads": HEADS, "head_size": HEAD_SIZE, "ms": rows}
+    write_json_atomically(args.output, result)
+    print(f"attention ms per call, {args.threads} thread(s), {result['cpu_model']}:")
+    print("| sequences x length | fp32 fwd | bf16 fwd | fp32 fwd+bwd | bf16 fwd+bwd |")
+    print("|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['sequences']} x {r['length']} | {r['float32_forward_ms']:.2f} | {r['bfloat16_forward_ms']:.2f} | "
+              f"{r['float32_forward_backward_ms']:.2f} | {r['bfloat16_forward_backward_ms']:.2f} |")
+    print(f"wrote {args.output}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
