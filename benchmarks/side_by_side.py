@@ -40,11 +40,12 @@ def cells_of(path: Path) -> dict:
     return json.loads(path.read_text()).get("cells", {}) if path.is_file() else {}
 
 
-def our_cells() -> dict:
-    """Our side: results/side_by_side.json, and for a defaults cell missing there the bf16 study's seed-0 cell
-    (same checkpoint, sample size and seed)."""
-    defaults = {k: c for k, c in cells_of(BF16).items() if c["method"] in DEFAULT_CONFIGS and c["seed"] == 0}
-    return {**defaults, **cells_of(OURS)}
+def our_cells(results: Path = RESULTS) -> dict:
+    """Our side: side_by_side.json, and for a defaults cell missing there the bf16 study's seed-0 cell
+    (grid-bf16.json: same checkpoint, sample size and seed), both in ``results``."""
+    defaults = {k: c for k, c in cells_of(results / BF16.name).items()
+                if c["method"] in DEFAULT_CONFIGS and c["seed"] == 0}
+    return {**defaults, **cells_of(results / OURS.name)}
 
 
 def table(ours: dict, originals: dict) -> str:
@@ -147,23 +148,30 @@ def main() -> int:
     parser.add_argument("--data-dir", default=str(HERE.parent.parent / "shared" / "data"))
     parser.add_argument("--threads", default="1")
     parser.add_argument("--no-write", action="store_true", help="print the table only, leave RESULTS.md alone")
+    parser.add_argument("--results-dir", type=Path, default=RESULTS,
+                        help="where the cells' JSON files are (another machine's run: printed only, RESULTS.md "
+                             "keeps the default folder's table)")
     args = parser.parse_args()
+    ours_path, originals_path = args.results_dir / OURS.name, args.results_dir / ORIGINALS.name
+    if args.results_dir.resolve() != RESULTS.resolve():
+        args.no_write = True
     if args.run:
         common = ["--tasks", *args.tasks, "--reductions", *args.reductions, "--seeds", "0",
                   "--num-tokens", args.num_tokens, "--data-dir", args.data_dir, "--threads", args.threads]
         subprocess.run([sys.executable, str(HERE / "run_grid.py"), *common, "--methods", *OURS_AGAINST_PAPER, "kwon",
-                        "--no-finetune", "--no-report", "--output", str(OURS)], check=True)
+                        "--no-finetune", "--no-report", "--output", str(ours_path)], check=True)
         if not (args.paper_code and args.kwon_code and args.python):
             parser.error("--run needs --paper-code, --kwon-code and --python for the originals")
         subprocess.run([sys.executable, str(HERE / "run_originals.py"), *common, "--paper-code", str(args.paper_code),
                         "--kwon-code", str(args.kwon_code), "--python", str(args.python),
-                        "--output", str(ORIGINALS)], check=True)
-    print(table(our_cells(), cells_of(ORIGINALS)))
+                        "--output", str(originals_path)], check=True)
+    ours, originals = our_cells(args.results_dir), cells_of(originals_path)
+    print(table(ours, originals))
     for method in OURS_AGAINST_PAPER:
         print(f"\n{method}:")
-        print(against_paper(our_cells(), cells_of(ORIGINALS), method))
+        print(against_paper(ours, originals, method))
         print()
-        print(summary(our_cells(), cells_of(ORIGINALS), method))
+        print(summary(ours, originals, method))
     if not args.no_write:   # RESULTS.md is rendered whole by report.py, which includes this table
         subprocess.run([sys.executable, str(HERE / "report.py")], check=True)
     return 0

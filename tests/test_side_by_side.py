@@ -66,24 +66,23 @@ def test_summary_counts_the_targets():
     assert "Over the 1 paired cells (kprune, defaults)" in text and "in 1 of 1." in text and "5.0-5.0x" in text
 
 
-def test_our_side_takes_the_defaults_seed_0_cells_from_the_bf16_study(tmp_path, monkeypatch):
+def test_our_side_takes_the_defaults_seed_0_cells_from_the_bf16_study(tmp_path):
     import json
     ours = {"mrpc/kprune/0.50/0": cell("mrpc", "kprune", 0.5, 0.80, 100.0, 700.0)}
     study = {"mrpc/kprune-default/0.50/0": cell("mrpc", "kprune-default", 0.5, 0.81, 90.0, 700.0),
              "mrpc/kprune-default-bf16/0.50/0": cell("mrpc", "kprune-default-bf16", 0.5, 0.81, 40.0, 700.0),
              "mrpc/kprune-default-bf16/0.50/1": dict(cell("mrpc", "kprune-default-bf16", 0.5, 0.7, 40.0, 700.0), seed=1),
              "mrpc/kprune-bf16/0.50/0": cell("mrpc", "kprune-bf16", 0.5, 0.80, 45.0, 700.0)}
-    for name, cells in (("ours.json", ours), ("study.json", study)):
+    for name, cells in (("side_by_side.json", ours), ("grid-bf16.json", study)):
         (tmp_path / name).write_text(json.dumps({"cells": cells}))
-    monkeypatch.setattr(side_by_side, "OURS", tmp_path / "ours.json")
-    monkeypatch.setattr(side_by_side, "BF16", tmp_path / "study.json")
-    assert set(side_by_side.our_cells()) == {"mrpc/kprune/0.50/0", "mrpc/kprune-default/0.50/0",
-                                             "mrpc/kprune-default-bf16/0.50/0"}
+    assert set(side_by_side.our_cells(tmp_path)) == {"mrpc/kprune/0.50/0", "mrpc/kprune-default/0.50/0",
+                                                     "mrpc/kprune-default-bf16/0.50/0"}
     theirs = {"mrpc/kprune-paper/0.50/0": cell("mrpc", "kprune-paper", 0.5, 0.81, 200.0, 2100.0)}
-    table = side_by_side.table(side_by_side.our_cells(), theirs)
+    table = side_by_side.table(side_by_side.our_cells(tmp_path), theirs)
     assert "| MRPC | 50% | K-prune (kprune, defaults, bf16) | accuracy 81.00 | 50.0% | 40 | 700 |" in table
-    assert "5.0-5.0x" in side_by_side.summary(side_by_side.our_cells(), theirs, "kprune-default-bf16")
-    # a defaults cell run for the side by side itself (results/side_by_side.json) wins over the study's
+    assert "5.0-5.0x" in side_by_side.summary(side_by_side.our_cells(tmp_path), theirs, "kprune-default-bf16")
+    # a defaults cell run for the side by side itself (side_by_side.json) wins over the study's
     ours["mrpc/kprune-default-bf16/0.50/0"] = cell("mrpc", "kprune-default-bf16", 0.5, 0.82, 25.0, 650.0)
-    (tmp_path / "ours.json").write_text(json.dumps({"cells": ours}))
-    assert side_by_side.our_cells()["mrpc/kprune-default-bf16/0.50/0"]["prune_seconds"] == 25.0
+    (tmp_path / "side_by_side.json").write_text(json.dumps({"cells": ours}))
+    assert side_by_side.our_cells(tmp_path)["mrpc/kprune-default-bf16/0.50/0"]["prune_seconds"] == 25.0
+    assert side_by_side.our_cells(tmp_path / "empty") == {}
