@@ -107,8 +107,15 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     """x weight^T + bias, as F.linear (and differentiable in all three): the compiled op, whose float32
     CPU GEMMs run on the backend of :func:`gemm_backend` (csrc/cpu/gemm.h), unless autocast is on, where
     F.linear casts."""
-    if _compiled("linear", x.device) and not torch.is_autocast_enabled(x.device.type):
-        return torch.ops.kprune.linear.default(x, weight, bias)
+    if _compiled("linear", x.device):
+        if not torch.is_autocast_enabled(x.device.type):
+            return torch.ops.kprune.linear.default(x, weight, bias)
+        if x.device.type == "cpu" and torch.get_autocast_dtype("cpu") == torch.bfloat16:
+            # what autocast's F.linear computes (bf16 operands), through the op: its bf16 GEMMs run on rows
+            # padded to a few shapes, so oneDNN does not compile a kernel for every batch (csrc/cpu/gemm_cpu.cpp)
+            low = torch.bfloat16
+            with torch.autocast("cpu", enabled=False):
+                return torch.ops.kprune.linear.default(x.to(low), weight.to(low), None if bias is None else bias.to(low))
     return reference.linear(x, weight, bias)
 
 

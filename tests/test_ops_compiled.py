@@ -591,13 +591,16 @@ def test_linear_gradients_match_autograd_of_f_linear(bias, gemm):
         close(got.grad, want.grad, torch.float32)
 
 
-@pytest.mark.parametrize("shape", [(6, 8), (2, 3, 8)])
-def test_linear_output_can_be_written_in_place_under_autograd(shape, gemm):
-    """The result is a fresh tensor, never a view (sublayer_backward adds into it)."""
-    x, w = torch.randn(*shape, requires_grad=True), torch.randn(5, 8)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape", [(6, 8), (2, 3, 8), (70, 8)])
+def test_linear_output_can_be_written_in_place_under_autograd(shape, dtype, gemm):
+    """The result is a fresh tensor, never a view (sublayer_backward adds into it); in bf16 too, whose rows
+    are padded to a multiple of 64 for the GEMM."""
+    x, w = torch.randn(*shape, dtype=dtype, requires_grad=True), torch.randn(5, 8, dtype=dtype)
     y = ops.linear(x, w)
+    assert y._base is None and y.shape == (*shape[:-1], 5)
     y.add_(1.0).sum().backward()
-    torch.testing.assert_close(x.grad, torch.ones(*shape[:-1], 5) @ w)
+    torch.testing.assert_close(x.grad, torch.ones(*shape[:-1], 5, dtype=dtype) @ w)
 
 
 def test_linear_gradcheck():
@@ -606,12 +609,22 @@ def test_linear_gradcheck():
     torch.autograd.gradcheck(lambda x, w: ops.linear(x, w), (x, w))
 
 
-def test_linear_under_autocast_casts_like_f_linear():
-    x, w, b = linear_case((8, 32), 16, torch.float32)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        got, want = ops.linear(x, w, b), torch.nn.functional.linear(x, w, b)
-    assert got.dtype == want.dtype == torch.bfloat16
-    torch.testing.assert_close(got, want)
+@pytest.mark.parametrize("shape", [(8, 32), (3, 41, 32), (128, 32)])
+def test_linear_under_autocast_casts_like_f_linear(shape):
+    """Under bf16 autocast the op computes what autocast's F.linear does (bf16 operands; on CPU through the
+    op, whose bf16 GEMMs pad the rows to a multiple of 64), forward and backward."""
+    x, w, b = linear_case(shape, 16, torch.float32)
+    xs = [x.clone().requires_grad_() for _ in range(2)]
+    with torch.autocast("cpu", dtype=torch.bfloat16, cache_enabled=False):
+        got, want = ops.linear(xs[0], w, b), torch.nn.functional.linear(xs[1], w, b)
+    assert got.dtype == want.dtype == torch.bfloat16 and got.shape == want.shape
+    # equal here; bf16 rounding apart where a CPU's kernel sums a row otherwise for another row count
+    torch.testing.assert_close(got, want, rtol=1.6e-2, atol=1e-2)
+    grad = torch.randn(got.shape, generator=torch.Generator().manual_seed(1)).bfloat16()
+    got.backward(grad)
+    want.backward(grad)
+    assert xs[0].grad.dtype == torch.float32
+    torch.testing.assert_close(xs[0].grad, xs[1].grad, rtol=1.6e-2, atol=1e-2)
 
 
 def test_linear_rejects_mismatched_shapes():

@@ -6,6 +6,7 @@
 #include <ATen/core/stack.h>
 #include <ATen/ops/_unsafe_view.h>
 #include <ATen/ops/addmm.h>
+#include <ATen/ops/empty.h>
 #include <ATen/ops/mm.h>
 #include <torch/library.h>
 
@@ -90,6 +91,25 @@ at::Tensor onednn_linear(const at::Tensor& x, const at::Tensor& w, const std::op
 
 }  // namespace
 
+namespace {
+// bf16 GEMMs run on torch's oneDNN path, which JIT-compiles a kernel for every new shape (about 1 ms on
+// the Xeon measured) and keeps 16 (kprune's cap, _loader.py); every compute batch has its own row count,
+// so nearly every call compiled anew. Rows rounded up to a multiple of this leave a few shapes per pass.
+constexpr int64_t kBf16RowQuantum = 64;
+
+// x w^T (+ bias) on rows padded with zeros to a multiple of kBf16RowQuantum; the result holds the first
+// `rows` rows of the padded product in its storage (a tensor of its own, not a view).
+at::Tensor padded_rows_gemm(const at::Tensor& flat, const at::Tensor& w, const std::optional<at::Tensor>& bias) {
+  const int64_t rows = flat.size(0), k = flat.size(1), n = w.size(0);
+  const int64_t padded = (rows + kBf16RowQuantum - 1) / kBf16RowQuantum * kBf16RowQuantum;
+  at::Tensor xp = at::empty({padded, k}, flat.options());
+  xp.narrow(0, 0, rows).copy_(flat);
+  xp.narrow(0, rows, padded - rows).zero_();
+  const at::Tensor full = bias.has_value() ? at::addmm(*bias, xp, w.t()) : at::mm(xp, w.t());
+  return at::empty({0}, full.options()).set_(full.storage(), full.storage_offset(), {rows, n}, {n, 1});
+}
+}  // namespace
+
 at::Tensor gemm_nt(const at::Tensor& x, const at::Tensor& w, const std::optional<at::Tensor>& bias) {
   const bool defined_bias = bias.has_value() && bias->defined();
   int64_t rows = 1;
@@ -97,7 +117,10 @@ at::Tensor gemm_nt(const at::Tensor& x, const at::Tensor& w, const std::optional
   const at::Tensor flat = x.dim() == 2 ? x : x.reshape({rows, x.size(-1)});
   const int64_t macs = rows * x.size(-1) * w.size(0);
   at::Tensor out;
-  if (x.device().is_cpu() && x.scalar_type() == at::kFloat && w.scalar_type() == at::kFloat && macs > 0 &&
+  if (x.device().is_cpu() && x.scalar_type() == at::kBFloat16 && w.scalar_type() == at::kBFloat16 &&
+      (!defined_bias || bias->scalar_type() == at::kBFloat16) && rows % kBf16RowQuantum != 0 && macs > 0) {
+    out = padded_rows_gemm(flat, w, defined_bias ? bias : std::nullopt);
+  } else if (x.device().is_cpu() && x.scalar_type() == at::kFloat && w.scalar_type() == at::kFloat && macs > 0 &&
       macs >= onednn_min_macs.load(std::memory_order_relaxed) &&
       (!defined_bias || bias->scalar_type() == at::kFloat) && onednn_enabled()) {
     out = onednn_linear(flat, w, defined_bias ? bias : std::nullopt);
