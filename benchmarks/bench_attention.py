@@ -12,42 +12,20 @@ call, median of repeats.
 from __future__ import annotations
 
 import argparse
-import platform
-import statistics
 import sys
-import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+from bench_gemm import median_seconds  # noqa: E402
+from finetune_recipe import cpu_name  # noqa: E402
 from json_results import write_json_atomically  # noqa: E402
 
 RESULTS = HERE / "results" / "attention.json"
 # (sequences, padded length): about 500 tokens a batch, as kprune's compute batches, and one long case
 SHAPES = [(16, 32), (10, 50), (4, 128), (8, 384)]
 HEADS, HEAD_SIZE = 12, 32
-
-
-def cpu_model() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def time_call(fn, repeats: int) -> float:
-    for _ in range(3):
-        fn()
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times) * 1e3
 
 
 def case(sequences: int, length: int, dtype, backward: bool, repeats: int) -> float:
@@ -68,7 +46,7 @@ def case(sequences: int, length: int, dtype, backward: bool, repeats: int) -> fl
             torch.autograd.grad(out, (q, k, v), grad)
 
     with torch.set_grad_enabled(backward):
-        return time_call(run, repeats)
+        return median_seconds(run, repeats) * 1e3
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -89,7 +67,7 @@ def main(argv: list[str] | None = None) -> dict:
             row[f"{name}_forward_backward_ms"] = round(case(sequences, length, dtype, True, args.repeats), 3)
         rows.append(row)
     result = {"command": "python benchmarks/bench_attention.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-              "cpu_model": cpu_model(), "threads": args.threads, "torch": torch.__version__,
+              "cpu_model": cpu_name(), "threads": args.threads, "torch": torch.__version__,
               "heads": HEADS, "head_size": HEAD_SIZE, "ms": rows}
     write_json_atomically(args.output, result)
     print(f"attention ms per call, {args.threads} thread(s), {result['cpu_model']}:")

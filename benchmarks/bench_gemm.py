@@ -46,15 +46,20 @@ print(ops.gemm_backend(), round(peak() - start, 1))
 """
 
 
-def gflops(fn, flops: float, repeats: int) -> float:
-    for _ in range(3):
+def median_seconds(fn, repeats: int, warmup: int = 3) -> float:
+    """Median wall seconds of ``fn()`` over ``repeats`` calls, after ``warmup`` untimed ones."""
+    for _ in range(warmup):
         fn()
     times = []
     for _ in range(repeats):
         started = time.perf_counter()
         fn()
         times.append(time.perf_counter() - started)
-    return flops / statistics.median(times) / 1e9
+    return statistics.median(times)
+
+
+def gflops(fn, flops: float, repeats: int) -> float:
+    return flops / median_seconds(fn, repeats) / 1e9
 
 
 def time_backends(repeats: int) -> list[dict]:

@@ -398,7 +398,8 @@ def render_larger_sample(grid: dict, larger: dict, source: str) -> str:
 
 
 WHY_NOT_5X = (
-    "Where 5x is not reached. This version runs kprune's float32 GEMMs on oneDNN instead of MKL, whose AVX-512 "
+    "Where 5x is not reached. This table ran on the AMD EPYC (an Intel Xeon's MRPC cells are in the next section). "
+    "This version runs kprune's float32 GEMMs on oneDNN instead of MKL, whose AVX-512 "
     "kernels this AMD CPU does not get (2.1-2.4x the GFLOP/s, `python benchmarks/bench_gemm.py`); that took a "
     "defaults run on MRPC at 80% from 102.9 s to 65.1 s and the float32 K-prune cells of this table 1.2-1.7x below "
     "their previous timings (STS-B's previous ones ran on a loaded machine and are left out). Such a run is 1.14x "
@@ -538,6 +539,9 @@ def main(argv: list[str] | None = None) -> int:
     if scale.is_file():
         text += "\n" + scale.read_text()
     text += "\n" + side_by_side_section()
+    xeon = HERE / "results" / "xeon" / "side_by_side.md"   # MRPC side by side on an Intel Xeon, written up
+    if xeon.is_file():
+        text += "\n" + xeon.read_text()
     originals = HERE / "originals" / "RUNNING.md"   # how the original implementations were run
     if originals.is_file():
         text += "\n" + originals.read_text()
