@@ -368,7 +368,7 @@ def test_bfloat16_pass_casts_each_weight_once_with_the_same_result(monkeypatch, 
             m.setattr(torch.Tensor, "to", counting_to)
             if not cached:   # autocast casts the weight at every GEMM instead
                 m.setattr(precision, "_CASTS", contextvars.ContextVar("off", default=None))
-                m.setattr("kprune.pruner.cached_casts", nullcontext)
+                m.setattr("kprune.precision.cached_casts", nullcontext)
             stats = pruner._measure(1)
         results.append(({j: (s.grad_sq.clone(), s.act_sq.clone()) for j, s in stats.items()}, casts))
     (cached_stats, cached_casts), (plain_stats, _) = results

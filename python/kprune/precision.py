@@ -71,3 +71,17 @@ def autocast_weight(weight):
     if hit is None or hit[0] is not weight:   # the original is kept in the entry, so its id stays its own
         hit = cache[id(weight)] = (weight, weight.detach().to(torch.get_autocast_dtype(weight.device.type)))
     return hit[1]
+
+
+@contextmanager
+def measuring_in(dtype: str, device_type: str):
+    """A knowledge pass in ``dtype``: nothing to do in float32; otherwise autocast, with the weights cast once
+    (:func:`cached_casts`) instead of autocast's cast cache, which would also keep a low-precision copy of every
+    leaf input that requires grad (the recompute backward's per-batch hidden states) until the pass ends."""
+    if dtype == "float32":
+        yield
+        return
+    import torch
+
+    with torch.autocast(device_type, getattr(torch, dtype), cache_enabled=False), cached_casts():
+        yield

@@ -15,7 +15,6 @@ import resource
 import time
 from collections import defaultdict
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -29,7 +28,7 @@ from kprune.errors import ConfigError, NumericalError
 from kprune.flops import head_flops, model_flops, neuron_flops
 from kprune.head_refit import head_output_layer, refit_head
 from kprune.heap import HeapTrimmer
-from kprune.precision import cached_casts
+from kprune.precision import measuring_in
 from kprune.heldout import refit_selecting_damping, sample_folds
 from kprune.knowledge import UnitStatistics, distillation_loss, unit_scores
 from kprune.progress import RunProgress, step_costs
@@ -166,19 +165,10 @@ class KPruner:
         self.collective.all_reduce([tensor for st in stats.values() for tensor in st.sums()])
         return {j: st.finish() for j, st in stats.items()}
 
-    @contextmanager
     def measure_precision(self, k: int):
-        """Step k's knowledge pass runs within: autocast to ``measure_dtype`` with each weight cast once
-        (:func:`kprune.precision.cached_casts`), or nothing in float32."""
-        dtype = self.config.measure_dtype
-        # lower precision only from k = 1: the teacher's outputs are taken at k = 0, in float32
-        if k == 0 or dtype == "float32":
-            yield
-            return
-        # not autocast's cast cache: it would keep a bf16 copy of every leaf input that requires grad (the
-        # recompute backward's per-batch hidden states) until the whole pass ends
-        with torch.autocast(self.device.type, getattr(torch, dtype), cache_enabled=False), cached_casts():
-            yield
+        """Step k's knowledge pass runs within: :func:`kprune.precision.measuring_in` ``measure_dtype``, from
+        k = 1 (the teacher's outputs are taken at k = 0, in float32)."""
+        return measuring_in("float32" if k == 0 else self.config.measure_dtype, self.device.type)
 
     def _batch_done(self) -> None:
         self.progress.tick()
