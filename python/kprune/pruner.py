@@ -28,9 +28,9 @@ from kprune.errors import ConfigError, NumericalError
 from kprune.flops import head_flops, model_flops, neuron_flops
 from kprune.head_refit import head_output_layer, refit_head
 from kprune.heap import HeapTrimmer
-from kprune.precision import measuring_in
 from kprune.heldout import refit_selecting_damping, sample_folds
 from kprune.knowledge import UnitStatistics, distillation_loss, unit_scores
+from kprune.precision import measuring_in
 from kprune.progress import RunProgress, step_costs
 from kprune.samples import Batch, GradientGroups, normalise_samples
 from kprune.saving import SaveBudget, run_sublayer_saving, saved_bytes

@@ -45,8 +45,7 @@ def attention_context(view: LayerView, x: torch.Tensor, key_mask: torch.Tensor) 
         q, k, v, mask = view.attention_inputs(x, key_mask)
     else:
         shape = (batch, seq, heads, view.head_size)
-        low = torch.is_autocast_enabled(x.device.type)
-        if low:   # one cast of the input for the three projections, not one each
+        if torch.is_autocast_enabled(x.device.type):   # one cast of the input for the three projections
             x = x.to(torch.get_autocast_dtype(x.device.type))
         q = project(view.query, x).view(shape).transpose(1, 2)
         k = project(view.key, x).view(shape).transpose(1, 2)
