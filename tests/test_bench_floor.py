@@ -63,3 +63,25 @@ def test_the_timed_pass_leaves_the_model_unchanged(dirs):
     assert wall > 0 and cpu > 0
     for name, value in model.state_dict().items():
         assert torch.equal(value, before[name]), name
+
+
+def test_bf16_case_times_its_pass_in_bf16_and_is_its_own_entry(dirs, tmp_path, monkeypatch):
+    import kprune.knowledge as knowledge
+
+    model_dir, data_dir = dirs
+    output = tmp_path / "floor.json"
+    seen = []
+    real_op = knowledge.ops.accumulate_group_sums
+
+    def spy(act, grad, *args):
+        seen.append(act.dtype)
+        return real_op(act, grad, *args)
+
+    monkeypatch.setattr(knowledge.ops, "accumulate_group_sums", spy)
+    for dtype in ("float32", "bfloat16"):
+        seen.clear()
+        bench_floor.main(["--model", str(model_dir), "--data", str(data_dir), "--num-tokens", "300",
+                          "--flops-reduction", "0.6", "--measure-dtype", dtype, "--output", str(output)])
+        assert (torch.bfloat16 in seen) == (dtype == "bfloat16")
+    runs = json.loads(output.read_text())["runs"]
+    assert len(runs) == 2 and runs[1]["case"].endswith(", bfloat16") and "bfloat16" not in runs[0]["case"]
