@@ -32,7 +32,7 @@ OPS = (
     "cpu_threads_used",
 )
 
-# oneDNN (torch's: the ops' float32 GEMMs and every bf16 matmul run on it) keeps a JIT-compiled primitive
+# oneDNN (torch's: the ops' float32 GEMMs on non-Intel x86 CPUs and every bf16 matmul run on it) keeps a JIT-compiled primitive
 # per GEMM shape, about 1 MB each, and kprune's shapes change with every batch and step: uncapped, 500
 # shapes grew the peak RSS by 566 MB, capped by 26 MB (benchmarks/bench_gemm.py). The caps apply when
 # set before the process's first oneDNN call; values already in the environment are kept.
