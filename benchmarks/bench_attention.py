@@ -4,9 +4,8 @@
     python benchmarks/bench_attention.py --threads 2 --output /tmp/attention.json
 
 kprune's sublayers call ``F.scaled_dot_product_attention`` with a boolean key mask (aten's CPU flash
-attention). Under bf16 autocast (``measure_dtype="bfloat16"``) kprune runs an attention that needs
-gradients in float32 and one without in bf16 (``kprune.sublayers.attention_context``); this times both
-precisions at encoder shapes (12 heads of 32, padded batches of short to long sequences), milliseconds per
+attention). Under bf16 autocast (``measure_dtype="bfloat16"``) kprune runs the attention itself in float32
+(``kprune.sublayers.attention_context``); this times both precisions at encoder shapes (12 heads of 32, padded batches of short to long sequences), milliseconds per
 call, median of repeats.
 """
 from __future__ import annotations

@@ -54,10 +54,10 @@ def attention_context(view: LayerView, x: torch.Tensor, key_mask: torch.Tensor) 
     if view.position_bias is not None:   # an additive bias per head (the layer's slices of a shared table)
         bias = view.position_bias(seq).to(q.dtype)
         mask = bias.masked_fill(~mask, float("-inf"))
-    if x.device.type == "cpu" and torch.is_autocast_enabled("cpu") and torch.is_grad_enabled():
-        # aten's bf16 flash attention backward on CPU is ~6x slower than float32 (measured, torch 2.13):
-        # under autocast an attention with gradients runs in float32, the projections stay in bf16
-        # (without gradients bf16 is the faster one: benchmarks/bench_attention.py)
+    if x.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+        # under autocast the attention itself runs in float32, the projections stay in bf16: aten's bf16 flash
+        # attention backward on CPU is several times slower than float32, and its forward, no faster at GLUE
+        # lengths, sums a row otherwise for another padded length (benchmarks/bench_attention.py)
         with torch.autocast("cpu", enabled=False):
             ctx = F.scaled_dot_product_attention(q.float(), k.float(), v.float(),
                                                  attn_mask=mask if mask.dtype == torch.bool else mask.float()).to(q.dtype)
