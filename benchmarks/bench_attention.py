@@ -5,8 +5,8 @@
 
 kprune's sublayers call ``F.scaled_dot_product_attention`` with a boolean key mask (aten's CPU flash
 attention). Under bf16 autocast (``measure_dtype="bfloat16"``) kprune runs the attention itself in float32
-(``kprune.sublayers.attention_context``); this times both precisions at encoder shapes (12 heads of 32, padded batches of short to long sequences), milliseconds per
-call, median of repeats.
+(``kprune.sublayers.attention_context``); this times both precisions at encoder shapes (12 heads of 32,
+padded batches of short to long sequences), milliseconds per call, median of repeats.
 """
 from __future__ import annotations
 
@@ -17,8 +17,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from bench_gemm import median_seconds  # noqa: E402
-from finetune_recipe import cpu_name  # noqa: E402
+from bench_gemm import cpu_model, median_seconds  # noqa: E402
 from json_results import write_json_atomically  # noqa: E402
 
 RESULTS = HERE / "results" / "attention.json"
@@ -66,7 +65,7 @@ def main(argv: list[str] | None = None) -> dict:
             row[f"{name}_forward_backward_ms"] = round(case(sequences, length, dtype, True, args.repeats), 3)
         rows.append(row)
     result = {"command": "python benchmarks/bench_attention.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-              "cpu_model": cpu_name(), "threads": args.threads, "torch": torch.__version__,
+              "cpu_model": cpu_model(), "threads": args.threads, "torch": torch.__version__,
               "heads": HEADS, "head_size": HEAD_SIZE, "ms": rows}
     write_json_atomically(args.output, result)
     print(f"attention ms per call, {args.threads} thread(s), {result['cpu_model']}:")

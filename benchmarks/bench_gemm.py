@@ -46,6 +46,13 @@ print(ops.gemm_backend(), round(peak() - start, 1))
 """
 
 
+def cpu_model() -> str | None:
+    """The CPU's model name as Linux reports it (None elsewhere)."""
+    if not os.path.exists("/proc/cpuinfo"):
+        return None
+    return next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), None)
+
+
 def median_seconds(fn, repeats: int, warmup: int = 3) -> float:
     """Median wall seconds of ``fn()`` over ``repeats`` calls, after ``warmup`` untimed ones."""
     for _ in range(warmup):
@@ -125,8 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     record = {
         "command": "python benchmarks/bench_gemm.py" + (f" --threads {args.threads}" if args.threads != 1 else ""),
         "threads": args.threads, "torch": torch.__version__, "cpu": platform.processor() or platform.machine(),
-        "cpu_model": next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), None)
-        if os.path.exists("/proc/cpuinfo") else None,
+        "cpu_model": cpu_model(),
         "gflops": timings, "memory": memory, "cache_capacity": _loader.ONEDNN_CACHE_CAPACITY,
     }
     write_json_atomically(args.output, record)
