@@ -3,10 +3,11 @@
     python benchmarks/bench_attention.py              # 1 thread; writes benchmarks/results/attention.json
     python benchmarks/bench_attention.py --threads 2 --output /tmp/attention.json
 
-kprune's sublayers call ``F.scaled_dot_product_attention`` with a boolean key mask (aten's CPU flash
-attention). Under bf16 autocast (``measure_dtype="bfloat16"``) kprune runs the attention itself in float32
-(``kprune.sublayers.attention_context``); this times both precisions at encoder shapes (12 heads of 32,
-padded batches of short to long sequences), milliseconds per call, median of repeats.
+kprune's sublayers run the compiled ``kprune::attention`` (each sequence over its real keys, float32, also
+under bf16 autocast) where the extension is built, and ``F.scaled_dot_product_attention`` with a boolean key
+mask (aten's CPU flash attention) otherwise and for families with a position bias. This times aten's in
+float32 and bfloat16 and the compiled kernel (``kprune``, float32) at encoder shapes (12 heads of 32, padded
+batches of short to long sequences), milliseconds per call, median of repeats.
 """
 from __future__ import annotations
 
@@ -26,7 +27,8 @@ SHAPES = [(16, 32), (10, 50), (4, 128), (8, 384)]
 HEADS, HEAD_SIZE = 12, 32
 
 
-def case(sequences: int, length: int, dtype, backward: bool, repeats: int) -> float:
+def case(sequences: int, length: int, dtype, backward: bool, repeats: int, kernel: str = "aten") -> float:
+    """Milliseconds per call of aten's masked attention or (kernel="kprune") the compiled one, same inputs."""
     import torch
     import torch.nn.functional as F
 
@@ -39,7 +41,12 @@ def case(sequences: int, length: int, dtype, backward: bool, repeats: int) -> fl
     grad = torch.randn(sequences, HEADS, length, HEAD_SIZE, generator=g).to(dtype)
 
     def run():
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        if kernel == "kprune":   # [batch, seq, heads, head_size] views, as the pruner passes them
+            from kprune_ext import ops
+            out = ops.attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), lengths,
+                                HEAD_SIZE ** -0.5).transpose(1, 2)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         if backward:
             torch.autograd.grad(out, (q, k, v), grad)
 
@@ -60,20 +67,23 @@ def main(argv: list[str] | None = None) -> dict:
     rows = []
     for sequences, length in SHAPES:
         row = {"sequences": sequences, "length": length}
-        for name, dtype in (("float32", torch.float32), ("bfloat16", torch.bfloat16)):
-            row[f"{name}_forward_ms"] = round(case(sequences, length, dtype, False, args.repeats), 3)
-            row[f"{name}_forward_backward_ms"] = round(case(sequences, length, dtype, True, args.repeats), 3)
+        for name, dtype, kernel in (("float32", torch.float32, "aten"), ("bfloat16", torch.bfloat16, "aten"),
+                                    ("kprune", torch.float32, "kprune")):
+            row[f"{name}_forward_ms"] = round(case(sequences, length, dtype, False, args.repeats, kernel), 3)
+            row[f"{name}_forward_backward_ms"] = round(case(sequences, length, dtype, True, args.repeats, kernel), 3)
         rows.append(row)
     result = {"command": "python benchmarks/bench_attention.py " + " ".join(argv if argv is not None else sys.argv[1:]),
               "cpu_model": cpu_model(), "threads": args.threads, "torch": torch.__version__,
               "heads": HEADS, "head_size": HEAD_SIZE, "ms": rows}
     write_json_atomically(args.output, result)
     print(f"attention ms per call, {args.threads} thread(s), {result['cpu_model']}:")
-    print("| sequences x length | fp32 fwd | bf16 fwd | fp32 fwd+bwd | bf16 fwd+bwd |")
-    print("|---|---|---|---|---|")
+    print("| sequences x length | aten fp32 fwd | aten bf16 fwd | kprune fwd | aten fp32 fwd+bwd | aten bf16 fwd+bwd "
+          "| kprune fwd+bwd |")
+    print("|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['sequences']} x {r['length']} | {r['float32_forward_ms']:.2f} | {r['bfloat16_forward_ms']:.2f} | "
-              f"{r['float32_forward_backward_ms']:.2f} | {r['bfloat16_forward_backward_ms']:.2f} |")
+              f"{r['kprune_forward_ms']:.2f} | {r['float32_forward_backward_ms']:.2f} | "
+              f"{r['bfloat16_forward_backward_ms']:.2f} | {r['kprune_forward_backward_ms']:.2f} |")
     print(f"wrote {args.output}")
     return result
 

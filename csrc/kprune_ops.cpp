@@ -72,6 +72,12 @@ TORCH_LIBRARY(kprune, m) {
   m.def("masked_attention_output_backward(Tensor grad_out, Tensor? grad_act, Tensor context, Tensor w_out, "
         "Tensor kept_heads, Tensor mask, Tensor act, int head_size, bool need_context, bool need_mask) "
         "-> (Tensor, Tensor)");
+  // q, k, v: float32 [B, S, H, D] (stride 1 along D); lengths: int64 [B], the real keys of each sequence (a
+  // prefix) -> (out [B, S, H, D], lse [B, H, S]): softmax(scale q k^T) v over keys [0, lengths[b])
+  m.def("attention(Tensor q, Tensor k, Tensor v, Tensor lengths, float scale) -> (Tensor, Tensor)");
+  // -> (grad_q, grad_k, grad_v) [B, S, H, D]
+  m.def("attention_backward(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, Tensor lengths, "
+        "float scale) -> (Tensor, Tensor, Tensor)");
   // The shared host/device activation math, exposed for tests: f(x) or f'(x), float32/float64.
   m.def("activation_math(Tensor x, str activation, bool derivative) -> Tensor");
   // x: [..., k]; w: [n, k]; bias: [n] -> x w^T + bias [..., n] (float32 CPU GEMMs through oneDNN, gemm.h)

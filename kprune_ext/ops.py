@@ -75,7 +75,8 @@ def gram_accumulate(
     gram: torch.Tensor,
     cross: torch.Tensor,
 ) -> None:
-    """gram += A^T A, cross += A^T b in fp32 with A = a[:, columns] (see reference)."""
+    """gram += A^T A, cross += A^T b with A = a[:, columns], in the accumulators' type (float32 or float64; see
+    reference)."""
     if _compiled("gram_accumulate", a.device):
         torch.ops.kprune.gram_accumulate.default(a, b, columns, gram, cross)
     else:
@@ -117,6 +118,22 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
             with torch.autocast("cpu", enabled=False):
                 return torch.ops.kprune.linear.default(x.to(low), weight.to(low), None if bias is None else bias.to(low))
     return reference.linear(x, weight, bias)
+
+
+def attention_compiled(device: torch.device) -> bool:
+    """True when :func:`attention` runs the compiled kernel for tensors on ``device`` (else the reference)."""
+    return _compiled("attention", device)
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lengths: torch.Tensor,
+              scale: float) -> torch.Tensor:
+    """Softmax attention of each sequence over its real keys only (see reference): q, k, v float32
+    [batch, seq, heads, head_size] with stride 1 along head_size, lengths int64 [batch]. Differentiable in
+    q, k, v. The compiled kernel never reads a padded key and sums in an order set by the real length,
+    so a real token's output and gradients do not depend on the padded length of its batch."""
+    if _compiled("attention", q.device):
+        return torch.ops.kprune.attention.default(q, k, v, lengths, float(scale))[0]
+    return reference.attention(q, k, v, lengths, scale)
 
 
 GEMM_BACKENDS = _loader.GEMM_ENV_VALUES
@@ -348,6 +365,32 @@ def _register() -> None:
         return (grad_context if need_context else None, None, None, None, grad_mask if need_mask else None, None)
 
     torch.library.register_autograd(lib + "masked_attention_output", _attention_backward, setup_context=_attention_setup)
+
+    @torch.library.register_fake(lib + "attention")
+    def _(q, k, v, lengths, scale):
+        torch._check(q.dim() == 4 and k.shape == q.shape and v.shape == q.shape,
+                     lambda: "attention: q, k, v [batch, seq, heads, head_size] of one shape")
+        return q.new_empty(q.shape), q.new_empty((q.shape[0], q.shape[2], q.shape[1]))
+
+    @torch.library.register_fake(lib + "attention_backward")
+    def _(grad_out, q, k, v, out, lse, lengths, scale):
+        return q.new_empty(q.shape), q.new_empty(q.shape), q.new_empty(q.shape)
+
+    def _attention_core_setup(ctx, inputs, output):
+        q, k, v, lengths, scale = inputs
+        ctx.mark_non_differentiable(output[1])
+        ctx.save_for_backward(q, k, v, output[0], output[1], lengths)
+        ctx.scale = scale
+
+    def _attention_core_backward(ctx, grad_out, _grad_lse):
+        q, k, v, out, lse, lengths = ctx.saved_tensors
+        if grad_out is None or not any(ctx.needs_input_grad[:3]):
+            return (None,) * 5
+        dq, dk, dv = torch.ops.kprune.attention_backward.default(grad_out, q, k, v, out, lse, lengths, ctx.scale)
+        need = ctx.needs_input_grad
+        return (dq if need[0] else None, dk if need[1] else None, dv if need[2] else None, None, None)
+
+    torch.library.register_autograd(lib + "attention", _attention_core_backward, setup_context=_attention_core_setup)
 
     @torch.library.register_fake(lib + "linear")
     def _(x, w, bias=None):

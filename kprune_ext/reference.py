@@ -89,15 +89,16 @@ def gram_accumulate(
     gram: torch.Tensor,
     cross: torch.Tensor,
 ) -> None:
-    """Accumulate the least-squares statistics of one token chunk, in place, in fp32.
+    """Accumulate the least-squares statistics of one token chunk, in place, in the accumulators' type.
 
     a: [tokens, units]; b: [tokens, m]; columns: int64 [k] selecting units of a (None: all).
-    gram: fp32 [k, k] += A^T A; cross: fp32 [k, m] += A^T b, with A = a[:, columns].
+    gram: [k, k] += A^T A; cross: [k, m] += A^T b, with A = a[:, columns]; gram and cross both float32
+    or both float64.
     """
     sel = a if columns is None else a.index_select(1, columns)
-    sel = sel.float()
+    sel = sel.float().to(gram.dtype)
     gram.addmm_(sel.t(), sel)
-    cross.addmm_(sel.t(), b.float())
+    cross.addmm_(sel.t(), b.float().to(gram.dtype))
 
 
 def solve_damped(gram: torch.Tensor, rhs: torch.Tensor, damping: float = 1e-4, max_tries: int = 8) -> torch.Tensor:
@@ -183,3 +184,19 @@ def masked_attention_output(
     scaled = ctx * mask.repeat_interleave(head_size)
     out = F.linear(scaled, w_out.index_select(1, cols), b_out)
     return out, ctx
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lengths: torch.Tensor,
+              scale: float) -> torch.Tensor:
+    """softmax(scale q k^T) v per sequence over its real keys [0, lengths[b]) (a prefix); q, k, v:
+    [batch, seq, heads, head_size] -> [batch, seq, heads, head_size]. Every query row, padded ones too,
+    attends to the real keys; a sequence without keys gives zeros."""
+    out = q.new_zeros(q.shape)
+    for b in range(q.shape[0]):
+        n = int(lengths[b])
+        if n == 0:
+            continue
+        qb, kb, vb = (t[b].transpose(0, 1) for t in (q, k[:, :n], v[:, :n]))   # [heads, rows, head_size]
+        weights = torch.softmax(scale * (qb @ kb.transpose(-1, -2)), dim=-1)
+        out[b] = (weights @ vb).transpose(0, 1)
+    return out

@@ -220,9 +220,10 @@ def test_fold_statistics_equal_the_held_out_rows_gram():
         observer(batch, act, target, None)
         rows = torch.cat([torch.full((int(l),), bool(fold[i])) for i, l in zip(batch.sample_index, batch.lengths)])
         acts.append(act[rows]), targets.append(target[rows])
-    a, t = torch.cat(acts), torch.cat(targets)
-    torch.testing.assert_close(observer.gram, a.t() @ a, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(observer.cross, a.t() @ t, rtol=1e-5, atol=1e-5)
+    a, t = torch.cat(acts).double(), torch.cat(targets).double()
+    assert observer.gram.dtype == observer.cross.dtype == torch.float64   # as the tuner's sums
+    torch.testing.assert_close(observer.gram, a.t() @ a, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(observer.cross, a.t() @ t, rtol=1e-12, atol=1e-12)
 
 
 # -- head re-fit -----------------------------------------------------------------------------------

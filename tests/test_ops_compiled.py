@@ -265,6 +265,40 @@ def test_gram_accumulate(device, dtype, units, columns, gemm):
         close(x, y, torch.float32)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_gram_accumulate_float64_accumulators(dtype, gemm):
+    """float64 gram/cross: exact products, so the sums over two cuts of the tokens agree to float64
+    rounding (float32 accumulators differ by float32 rounding), and the op equals the reference."""
+    g = torch.Generator().manual_seed(7)
+    a = torch.randn(300, 64, generator=g).to(dtype)
+    b = torch.randn(300, 16, generator=g).to(dtype)
+    cols = torch.tensor([3, 0, 63, 10, 11])
+    sums = {}
+    for acc in (torch.float64, torch.float32):
+        for cut in ((0, 300), (0, 7, 150, 299, 300)):
+            got = [torch.zeros(5, 5, dtype=acc), torch.zeros(5, 16, dtype=acc)]
+            for lo, hi in zip(cut[:-1], cut[1:]):
+                ops.gram_accumulate(a[lo:hi], b[lo:hi], cols, *got)
+            sums[acc, len(cut)] = got
+        want = [torch.zeros(5, 5, dtype=acc), torch.zeros(5, 16, dtype=acc)]
+        reference.gram_accumulate(a, b, cols, *want)
+        for x, y in zip(sums[acc, 2], want):
+            torch.testing.assert_close(x, y, rtol=1e-12 if acc == torch.float64 else 1e-5,
+                                       atol=1e-9 if acc == torch.float64 else 1e-3)
+    exact = [(a.double()[:, cols].t() @ a.double()[:, cols]), (a.double()[:, cols].t() @ b.double())]
+    for one, many, truth in zip(sums[torch.float64, 2], sums[torch.float64, 5], exact):
+        torch.testing.assert_close(one, many, rtol=1e-14, atol=1e-12)
+        torch.testing.assert_close(one, truth, rtol=1e-14, atol=1e-12)
+
+
+def test_gram_accumulate_rejects_mixed_accumulators():
+    a = torch.randn(4, 3)
+    with pytest.raises(RuntimeError, match="cross must be Double"):
+        ops.gram_accumulate(a, a, None, torch.zeros(3, 3, dtype=torch.float64), torch.zeros(3, 3))
+    with pytest.raises(RuntimeError, match="gram must be float32 or float64"):
+        ops.gram_accumulate(a, a, None, torch.zeros(3, 3, dtype=torch.float16), torch.zeros(3, 3, dtype=torch.float16))
+
+
 def test_gram_accumulate_rejects_bad_columns():
     a = torch.randn(4, 3)
     with pytest.raises(RuntimeError, match="columns"):

@@ -1,4 +1,5 @@
-// gram_accumulate on the CPU: one fused gather + fp32 conversion pass, then two fp32 GEMMs.
+// gram_accumulate on the CPU: one fused gather + conversion pass to the accumulators' type (float32 or
+// float64), then two GEMMs in that type.
 #include <torch/library.h>
 
 #include "utils.h"
@@ -7,30 +8,32 @@ namespace kprune {
 namespace cpu {
 namespace {
 
-// a: [T, U] -> fp32 [T, k] holding a[:, columns] (all columns when columns is undefined)
-at::Tensor gather_float(const at::Tensor& a, const at::Tensor& columns) {
-  if (!columns.defined()) return a.scalar_type() == at::kFloat ? a : a.to(at::kFloat);
+// a: [T, U] -> [T, k] of type acc_t holding a[:, columns] (all columns when columns is undefined)
+template <typename acc_t>
+at::Tensor gather_as(const at::Tensor& a, const at::Tensor& columns) {
+  const auto type = c10::CppTypeToScalarType<acc_t>::value;
+  if (!columns.defined()) return a.scalar_type() == type ? a : a.to(type);
   const at::Tensor cols = columns.contiguous();
   const int64_t rows = a.size(0), k = cols.numel();
-  at::Tensor out = at::empty({rows, k}, a.options().dtype(at::kFloat));
+  at::Tensor out = at::empty({rows, k}, a.options().dtype(type));
   if (rows == 0 || k == 0) return out;
   const int64_t* c = cols.data_ptr<int64_t>();
   const int64_t s0 = a.stride(0), s1 = a.stride(1);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.scalar_type(), "gram_gather", [&] {
     const scalar_t* src = a.data_ptr<scalar_t>();
-    float* dst = out.data_ptr<float>();
+    acc_t* dst = out.data_ptr<acc_t>();
     at::parallel_for(0, rows, 64, [&](int64_t r0, int64_t r1) {
       for (int64_t t = r0; t < r1; ++t) {
         const scalar_t* row = src + t * s0;
-        float* o = dst + t * k;
-        for (int64_t j = 0; j < k; ++j) o[j] = static_cast<float>(row[c[j] * s1]);
+        acc_t* o = dst + t * k;
+        for (int64_t j = 0; j < k; ++j) o[j] = static_cast<acc_t>(static_cast<float>(row[c[j] * s1]));
       }
     });
   });
   return out;
 }
 
-// gram: fp32 [k, k] += sel^T sel with sel: fp32 [T, k], through sel_t = sel^T made contiguous (the
+// gram [k, k] += sel^T sel with sel [T, k] of gram's type, through sel_t = sel^T made contiguous (the
 // GEMMs then read rows; one copy of sel, small beside the GEMM). Only the blocks on and above the
 // diagonal are multiplied (the Gram matrix is symmetric): 3/4 of the GEMM work with 2 x 2 blocks; more,
 // smaller blocks measured slower (the GEMMs become too thin for the BLAS to use all cores).
@@ -54,15 +57,19 @@ void symmetric_gram_update(const at::Tensor& gram, const at::Tensor& sel_t) {
   }
 }
 
-// a: [T, U]; b: [T, M]; columns: int64 [k] or None; gram: fp32 [k, k] += A^T A; cross: fp32 [k, M] += A^T b
+// a: [T, U]; b: [T, M]; columns: int64 [k] or None; gram [k, k] += A^T A; cross [k, M] += A^T b, both float32 or
+// both float64 (the products of float32 data are then exact and only the sums round: a sum over another cut of
+// the tokens into calls differs by float64 rounding alone)
 void gram_accumulate_cpu(const at::Tensor& a, const at::Tensor& b, const std::optional<at::Tensor>& columns,
                          const at::Tensor& gram, const at::Tensor& cross) {
   const int64_t k = check_gram(a, b, columns, gram, cross);
   const bool has_cols = columns.has_value() && columns->defined();
   if (a.size(0) == 0 || k == 0) return;
-  const at::Tensor sel_t = gather_float(a, has_cols ? *columns : at::Tensor()).t().contiguous();  // [k, T]
-  symmetric_gram_update(gram, sel_t);
-  cross.add_(gemm_nt(sel_t, (b.scalar_type() == at::kFloat ? b : b.to(at::kFloat)).t()));  // sel^T b
+  const at::Tensor cols = has_cols ? *columns : at::Tensor();
+  const auto type = gram.scalar_type();
+  const at::Tensor sel_t = (type == at::kDouble ? gather_as<double>(a, cols) : gather_as<float>(a, cols)).t().contiguous();
+  symmetric_gram_update(gram, sel_t);   // sel_t: [k, T]
+  cross.add_(gemm_nt(sel_t, (b.scalar_type() == type ? b : b.to(type)).t()));  // sel^T b
 }
 
 }  // namespace

@@ -5,6 +5,7 @@
 
 #include <cstdint>
 
+#include "kprune/attention_kernels.h"
 #include "kprune/cpu_kernels.h"
 
 namespace kprune {
@@ -44,6 +45,13 @@ struct KernelTable {
                                    int64_t r1, int64_t k, const float* bias, int kind);
   // l: [n, n] lower; x: [n, m] (ldx), solved in place
   void (*cholesky_solve_f64)(const double* l, int64_t n, double* x, int64_t m, int64_t ldx);
+  // one (sequence, head) of attention over its n real keys (kprune/attention_kernels.h)
+  void (*attention_forward_f32)(const float* q, int64_t ldq, const float* k, const float* v, int64_t ldk, int64_t rows,
+                                int64_t n, int64_t d, float scale, float* out, int64_t ldo, float* lse, float* scratch);
+  void (*attention_backward_f32)(const float* q, int64_t ldq, const float* k, const float* v, int64_t ldk,
+                                 const float* out, const float* grad_out, int64_t ldo, const float* lse, int64_t rows,
+                                 int64_t n, int64_t d, float scale, float* dq, int64_t ldq_out, float* dk, float* dv,
+                                 int64_t ld_kv_out, float* scratch);
 };
 
 // Best instruction set this CPU supports, capped by KPRUNE_CPU_CAPABILITY (generic|avx2|avx512).

@@ -41,12 +41,25 @@ namespace {
   ATTR void cholesky_solve_##SUFFIX(const double* l, int64_t n, double* x, int64_t m, int64_t ldx) {          \
     math::cholesky_solve_lower<double>(l, n, n, x, m, ldx);                                                   \
   }                                                                                                           \
+  ATTR void attention_forward_##SUFFIX(const float* q, int64_t ldq, const float* k, const float* v, int64_t ldk, \
+                                       int64_t rows, int64_t n, int64_t d, float scale, float* out, int64_t ldo,  \
+                                       float* lse, float* scratch) {                                          \
+    attention_forward_any(q, ldq, k, v, ldk, rows, n, d, scale, out, ldo, lse, scratch);                      \
+  }                                                                                                           \
+  ATTR void attention_backward_##SUFFIX(const float* q, int64_t ldq, const float* k, const float* v, int64_t ldk, \
+                                        const float* out, const float* grad_out, int64_t ldo, const float* lse,  \
+                                        int64_t rows, int64_t n, int64_t d, float scale, float* dq,              \
+                                        int64_t ldq_out, float* dk, float* dv, int64_t ld_kv_out,               \
+                                        float* scratch) {                                                     \
+    attention_backward_any(q, ldq, k, v, ldk, out, grad_out, ldo, lse, rows, n, d, scale, dq, ldq_out, dk, dv,   \
+                           ld_kv_out, scratch);                                                               \
+  }                                                                                                           \
   const KernelTable table_##SUFFIX = {                                                                        \
       importance_##SUFFIX<float>,  importance_##SUFFIX<Bf16>,    group_sums_##SUFFIX<float>,                  \
       group_sums_##SUFFIX<Bf16>,   ffn_forward_##SUFFIX<float>,                                               \
       ffn_forward_##SUFFIX<Bf16>,  ffn_backward_##SUFFIX<float>, ffn_backward_##SUFFIX<Bf16>,                 \
       activation_backward_##SUFFIX<float>, activation_backward_##SUFFIX<Bf16>,                                \
-      cholesky_solve_##SUFFIX,                                                                                \
+      cholesky_solve_##SUFFIX,     attention_forward_##SUFFIX,   attention_backward_##SUFFIX,                  \
   };
 
 KPRUNE_DEFINE_KERNELS(generic, )

@@ -1,4 +1,5 @@
-// gram_accumulate on the GPU: one gather + fp32 conversion kernel, then two cuBLAS GEMMs.
+// gram_accumulate on the GPU: one gather + fp32 conversion kernel, then two cuBLAS GEMMs in the
+// accumulators' type (float32, or float64).
 #include "utils.cuh"
 
 namespace kprune {
@@ -57,8 +58,9 @@ void gram_accumulate_cuda(const at::Tensor& a, const at::Tensor& b, const std::o
     });
     KPRUNE_CHECK_LAUNCH();
   }
+  if (gram.scalar_type() != at::kFloat) sel = sel.to(gram.scalar_type());   // float64 accumulators: exact products
   gram.addmm_(sel.t(), sel);
-  cross.addmm_(sel.t(), b.to(at::kFloat));
+  cross.addmm_(sel.t(), b.to(gram.scalar_type()));
 }
 
 }  // namespace

@@ -84,8 +84,8 @@ class FoldStatistics:
     def __call__(self, batch, act: torch.Tensor, target: torch.Tensor, columns: torch.Tensor | None) -> None:
         width = act.shape[1] if columns is None else columns.numel()
         if self.gram is None:
-            self.gram = act.new_zeros(width, width, dtype=torch.float32)
-            self.cross = act.new_zeros(width, target.shape[1], dtype=torch.float32)
+            self.gram = act.new_zeros(width, width, dtype=torch.float64)   # as the tuner's (kprune.tuning)
+            self.cross = act.new_zeros(width, target.shape[1], dtype=torch.float64)
         rows = torch.repeat_interleave(self.fold[batch.sample_index], batch.lengths).to(act.device)
         if bool(rows.any()):
             ops.gram_accumulate(act[rows], target[rows], columns, self.gram, self.cross)

@@ -33,6 +33,14 @@ class SublayerOutput:
     output: torch.Tensor     # [batch, seq, d] after LayerNorm
 
 
+def prefix_lengths(key_mask: torch.Tensor) -> torch.Tensor | None:
+    """Real tokens per sequence [batch] when every row of key_mask [batch, seq] is a prefix (right
+    padding, as kprune's batches are), else None."""
+    lengths = key_mask.sum(1)
+    prefix = torch.arange(key_mask.shape[1], device=key_mask.device)[None, :] < lengths[:, None]
+    return lengths if torch.equal(prefix, key_mask) else None
+
+
 def attention_context(view: LayerView, x: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
     """Concatenated head contexts [batch, seq, heads * head_size]; key_mask: [batch, seq] bool."""
     batch, seq, _ = x.shape
@@ -41,16 +49,25 @@ def attention_context(view: LayerView, x: torch.Tensor, key_mask: torch.Tensor) 
         return x.new_zeros(batch, seq, 0)
     if view.context is not None:   # the family's own attention maths (DeBERTa's disentangled attention)
         return view.context(x, key_mask)
+    lengths = None
     if view.attention_inputs is not None:   # the family's own (ModernBERT: fused QKV, rotary, local window)
         q, k, v, mask = view.attention_inputs(x, key_mask)
     else:
         shape = (batch, seq, heads, view.head_size)
         if torch.is_autocast_enabled(x.device.type):   # one cast of the input for the three projections
             x = x.to(torch.get_autocast_dtype(x.device.type))
-        q = project(view.query, x).view(shape).transpose(1, 2)
-        k = project(view.key, x).view(shape).transpose(1, 2)
-        v = project(view.value, x).view(shape).transpose(1, 2)
-        mask = key_mask[:, None, None, :]
+        q, k, v = (project(proj, x).view(shape) for proj in (view.query, view.key, view.value))
+        if view.position_bias is None and ops.attention_compiled(x.device):
+            lengths = prefix_lengths(key_mask)
+        if lengths is None:
+            q, k, v = (t.transpose(1, 2) for t in (q, k, v))
+            mask = key_mask[:, None, None, :]
+    if lengths is not None:
+        # the compiled kernel over each sequence's real keys: [batch, seq, heads, head_size] in and out (no
+        # transposes), float32 under autocast too, and a real token's rows do not depend on its batch's padding
+        with torch.autocast(x.device.type, enabled=False):
+            ctx = ops.attention(q.float(), k.float(), v.float(), lengths, view.head_size ** -0.5)
+        return ctx.to(q.dtype).view(batch, seq, heads * view.head_size)
     if view.position_bias is not None:   # an additive bias per head (the layer's slices of a shared table)
         bias = view.position_bias(seq).to(q.dtype)
         mask = bias.masked_fill(~mask, float("-inf"))

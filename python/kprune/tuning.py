@@ -28,7 +28,8 @@ from kprune_ext import ops
 
 @dataclass
 class LeastSquaresStats:
-    """Sums over the real tokens of one sublayer: AᵀA [k, k], Aᵀ(Y − X − b) [k, d], Σ‖Y − X − b‖² and the count."""
+    """Sums over the real tokens of one sublayer: AᵀA [k, k], Aᵀ(Y − X − b) [k, d] (float64), Σ‖Y − X − b‖² and
+    the count."""
 
     gram: torch.Tensor
     cross: torch.Tensor
@@ -102,8 +103,10 @@ class SublayerTuner:
         columns = kept_columns(self.student, sublayer, kept, device)
         width = out_proj.in_features if columns is None else columns.numel()
         d = self.student.hidden_size
-        gram = torch.zeros(width, width, device=device)
-        cross = torch.zeros(width, d, device=device)
+        # float64 sums of exact products: the tuned weights do not depend on how the sample is cut into compute
+        # batches or processes (a float32 sum's rounding would, and a bf16 pass amplifies that at its next cast)
+        gram = torch.zeros(width, width, device=device, dtype=torch.float64)
+        cross = torch.zeros(width, d, device=device, dtype=torch.float64)
         totals = torch.zeros(2, dtype=torch.float64, device=device)   # Σ‖target‖², tokens
         next_teacher = []
         with self.collective.guard(f"accumulating the least-squares statistics of sublayer {sublayer}"):

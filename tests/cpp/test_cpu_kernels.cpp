@@ -1,4 +1,5 @@
 // The raw CPU kernels of every instruction set this machine supports, against naive float64 loops.
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -162,6 +163,63 @@ static void test_cholesky_solve(const KernelTable& t) {
   for (int64_t i = 0; i < n * m; ++i) KP_CHECK_NEAR(b[i], x[i], 1e-10);
 }
 
+// Attention of one (sequence, head) over n real keys, rows >= n query rows (padded ones attend too), against
+// float64 loops: forward, log-sum-exp and the three gradients, for the tiled head sizes and a generic one.
+static void test_attention(const KernelTable& t) {
+  for (int64_t d : {5, 32, 64})
+    for (int64_t n : {0, 1, 23}) {
+      const int64_t rows = n + 3, ld = 3 * d + 1;  // strided rows, as heads of a fused projection
+      const auto q = pseudo_random(rows * ld, 11), k = pseudo_random(rows * ld, 12), v = pseudo_random(rows * ld, 13);
+      const auto go = pseudo_random(rows * d, 14);
+      const float scale = 1.0f / std::sqrt(float(d));
+      std::vector<float> out(rows * d), lse(rows), dq(rows * d), dk(rows * d, -7.0f), dv(rows * d, -7.0f);
+      std::vector<float> scratch(attention_scratch(rows, d));
+      t.attention_forward_f32(q.data(), ld, k.data(), v.data(), ld, rows, n, d, scale, out.data(), d, lse.data(),
+                              scratch.data());
+      t.attention_backward_f32(q.data(), ld, k.data(), v.data(), ld, out.data(), go.data(), d, lse.data(), rows, n, d,
+                               scale, dq.data(), d, dk.data(), dv.data(), d, scratch.data());
+      std::vector<double> wdk(n * d, 0.0), wdv(n * d, 0.0);
+      for (int64_t i = 0; i < rows; ++i) {
+        std::vector<double> p(n);
+        double m = -1e300, l = 0.0;
+        for (int64_t j = 0; j < n; ++j) {
+          double s = 0.0;
+          for (int64_t c = 0; c < d; ++c) s += double(q[i * ld + c]) * k[j * ld + c];
+          p[j] = s * scale;
+          m = std::max(m, p[j]);
+        }
+        for (int64_t j = 0; j < n; ++j) l += (p[j] = std::exp(p[j] - m));
+        for (int64_t j = 0; j < n; ++j) p[j] /= l;
+        if (n > 0) KP_CHECK_NEAR(lse[i], m + std::log(l), 1e-5);
+        std::vector<double> o(d, 0.0), dp(n, 0.0);
+        for (int64_t j = 0; j < n; ++j)
+          for (int64_t c = 0; c < d; ++c) {
+            o[c] += p[j] * v[j * ld + c];
+            dp[j] += double(go[i * d + c]) * v[j * ld + c];
+          }
+        double delta = 0.0;
+        for (int64_t c = 0; c < d; ++c) delta += o[c] * go[i * d + c];
+        std::vector<double> wdq(d, 0.0);
+        for (int64_t j = 0; j < n; ++j) {
+          const double ds = p[j] * (dp[j] - delta) * scale;
+          for (int64_t c = 0; c < d; ++c) {
+            wdq[c] += ds * k[j * ld + c];
+            wdk[j * d + c] += ds * q[i * ld + c];
+            wdv[j * d + c] += p[j] * go[i * d + c];
+          }
+        }
+        for (int64_t c = 0; c < d; ++c) {
+          KP_CHECK_NEAR(out[i * d + c], o[c], 1e-5);
+          KP_CHECK_NEAR(dq[i * d + c], wdq[c], 1e-4);
+        }
+      }
+      for (int64_t x = 0; x < rows * d; ++x) {   // rows >= n of dk, dv are left alone
+        KP_CHECK_NEAR(dk[x], x < n * d ? wdk[x] : -7.0, 1e-4);
+        KP_CHECK_NEAR(dv[x], x < n * d ? wdv[x] : -7.0, 1e-4);
+      }
+    }
+}
+
 int main() {
   std::printf("detected: %s\n", isa_name(detected_isa()));
   const char* cap = std::getenv("KPRUNE_CPU_CAPABILITY");
@@ -175,6 +233,7 @@ int main() {
     test_ffn(t);
     test_activation_backward(t);
     test_cholesky_solve(t);
+    test_attention(t);
   }
   return KP_REPORT();
 }

@@ -107,11 +107,13 @@ inline int64_t check_gram(const at::Tensor& a, const at::Tensor& b, const std::o
   const bool has_cols = columns.has_value() && columns->defined();
   if (has_cols) check_index(*columns, a.size(1), "columns", a.device(), "a");
   const int64_t k = has_cols ? columns->numel() : a.size(1);
-  TORCH_CHECK(gram.dim() == 2 && gram.size(0) == k && gram.size(1) == k && gram.scalar_type() == at::kFloat,
-              "gram must be float32 [", k, ", ", k, "], got ", gram.sizes(), " ", gram.scalar_type());
+  const bool accumulator_type = gram.scalar_type() == at::kFloat || gram.scalar_type() == at::kDouble;
+  TORCH_CHECK(gram.dim() == 2 && gram.size(0) == k && gram.size(1) == k && accumulator_type,
+              "gram must be float32 or float64 [", k, ", ", k, "], got ", gram.sizes(), " ", gram.scalar_type());
   TORCH_CHECK(cross.dim() == 2 && cross.size(0) == k && cross.size(1) == b.size(1) &&
-                  cross.scalar_type() == at::kFloat,
-              "cross must be float32 [", k, ", ", b.size(1), "], got ", cross.sizes(), " ", cross.scalar_type());
+                  cross.scalar_type() == gram.scalar_type(),
+              "cross must be ", gram.scalar_type(), " [", k, ", ", b.size(1), "] like gram, got ", cross.sizes(), " ",
+              cross.scalar_type());
   check_device(gram, a.device(), "gram", "a");
   check_device(cross, a.device(), "cross", "a");
   return k;
