@@ -406,7 +406,7 @@ WHY_NOT_5X = (
     "its floor of L + 1/2 passes with mask gradients (section \"Floor\"), so in float32 what remains is the floor: "
     "where the paper's code itself is quick (MRPC and SST-2 at 80%, 165-229 s) no float32 kprune run reaches 5x. "
     "With bf16 measurement the passes' GEMMs run in bfloat16 and more cells reach 5x (its summary above); bf16 "
-    "stays opt-in because its scores depend on the compute batching (section on bf16). This version's defaults add "
+    "stays opt-in until its accuracy study is re-run at this version (section on bf16). This version's defaults add "
     "the held-out re-fit's float64 solves to the tuning (Discussion: the two re-fits together), so they are a "
     "little slower than the paper's recipe while scoring higher."
 )
@@ -539,9 +539,10 @@ def main(argv: list[str] | None = None) -> int:
     if scale.is_file():
         text += "\n" + scale.read_text()
     text += "\n" + side_by_side_section()
-    xeon = HERE / "results" / "xeon" / "side_by_side.md"   # MRPC side by side on an Intel Xeon, written up
-    if xeon.is_file():
-        text += "\n" + xeon.read_text()
+    for machine in ("xeon", "zen4"):   # side by side on an Intel Xeon and a second AMD EPYC (Zen 4), written up
+        written = HERE / "results" / machine / "side_by_side.md"
+        if written.is_file():
+            text += "\n" + written.read_text()
     originals = HERE / "originals" / "RUNNING.md"   # how the original implementations were run
     if originals.is_file():
         text += "\n" + originals.read_text()
