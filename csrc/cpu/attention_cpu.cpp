@@ -28,19 +28,24 @@ void check_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor&
   }
 }
 
-// Row-contiguous heads: stride 1 along head_size (a [batch, seq, heads * head_size] tensor viewed as 4-D).
-at::Tensor rows_of_heads(const at::Tensor& t) { return t.stride(3) == 1 ? t : t.contiguous(); }
+// q, k, v with stride 1 along head_size (a [batch, seq, heads * head_size] tensor viewed as 4-D stays as it
+// is) and k, v with one stride (the kernels take one row stride for both).
+std::tuple<at::Tensor, at::Tensor, at::Tensor> rows_of_heads(const at::Tensor& q, const at::Tensor& k,
+                                                            const at::Tensor& v) {
+  auto unit = [](const at::Tensor& t) { return t.stride(3) == 1 ? t : t.contiguous(); };
+  at::Tensor ku = unit(k), vu = unit(v);
+  if (ku.strides() != vu.strides()) {
+    ku = ku.contiguous();
+    vu = vu.contiguous();
+  }
+  return {unit(q), ku, vu};
+}
 
 // q, k, v: float32 [B, S, H, D]; lengths: int64 [B] -> (out [B, S, H, D], lse [B, H, S])
 std::tuple<at::Tensor, at::Tensor> attention_cpu(const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in,
                                                  const at::Tensor& lengths, double scale) {
   check_attention(q_in, k_in, v_in, lengths);
-  const at::Tensor q = rows_of_heads(q_in);
-  at::Tensor k = rows_of_heads(k_in), v = rows_of_heads(v_in);
-  if (k.strides() != v.strides()) {
-    k = k.contiguous();
-    v = v.contiguous();
-  }
+  const auto [q, k, v] = rows_of_heads(q_in, k_in, v_in);
   const int64_t B = q.size(0), S = q.size(1), H = q.size(2), D = q.size(3);
   at::Tensor out = at::empty({B, S, H, D}, q.options());
   at::Tensor lse = at::empty({B, H, S}, q.options());
@@ -76,12 +81,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_backward_cpu(const at::
   const int64_t B = q_in.size(0), S = q_in.size(1), H = q_in.size(2), D = q_in.size(3);
   TORCH_CHECK_VALUE(lse_in.dim() == 3 && lse_in.size(0) == B && lse_in.size(1) == H && lse_in.size(2) == S,
                     "attention_backward: lse must be [", B, ", ", H, ", ", S, "], got ", lse_in.sizes());
-  const at::Tensor q = rows_of_heads(q_in);
-  at::Tensor k = rows_of_heads(k_in), v = rows_of_heads(v_in);
-  if (k.strides() != v.strides()) {
-    k = k.contiguous();
-    v = v.contiguous();
-  }
+  const auto [q, k, v] = rows_of_heads(q_in, k_in, v_in);
   const at::Tensor go = grad_out_in.to(at::kFloat).contiguous(), out = out_in.contiguous(), lse = lse_in.contiguous();
   at::Tensor dq = at::empty({B, S, H, D}, q.options());
   at::Tensor dk = at::zeros({B, S, H, D}, q.options()), dv = at::zeros({B, S, H, D}, q.options());

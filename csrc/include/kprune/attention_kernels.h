@@ -47,6 +47,22 @@ KPRUNE_ATTN_INLINE void transpose_rows(const float* __restrict src, int64_t ld, 
     for (int64_t c = 0; c < d; ++c) dst[c * n + j] = src[j * ld + c];
 }
 
+// s[j] = exp(s[j] - m) for j < n and 0 for j in [n, width), m = max_{j < n} s[j] (n >= 1); returns the sum. Both
+// reductions run in an order set by n and width alone.
+KPRUNE_ATTN_INLINE float softmax_row(float* __restrict s, int64_t n, int64_t width, float* max_out) {
+  float m = s[0];
+#pragma omp simd reduction(max : m)
+  for (int64_t j = 0; j < n; ++j) m = s[j] > m ? s[j] : m;
+  float l = 0.0f;
+#pragma omp simd reduction(+ : l)
+  for (int64_t j = 0; j < width; ++j) {
+    s[j] = j < n ? math::exp_f(s[j] - m) : 0.0f;
+    l += s[j];
+  }
+  *max_out = m;
+  return l;
+}
+
 // q: [rows, d] (ldq); k, v: [n, d] (ldk); out: [rows, d] (ldo); lse: [rows] log-sum-exp of the scaled
 // scores (the backward recomputes the probabilities from it). n == 0: zero output, lse 0.
 template <int D>
@@ -64,15 +80,8 @@ KPRUNE_ATTN_INLINE void attention_head_forward(const float* __restrict q, int64_
     lse[i] = 0.0f;
     if (n == 0) continue;
     attention_scores<D>(q + i * ldq, kt, n, d, scale, p);
-    float m = p[0];
-#pragma omp simd reduction(max : m)
-    for (int64_t j = 0; j < n; ++j) m = p[j] > m ? p[j] : m;
-    float l = 0.0f;
-#pragma omp simd reduction(+ : l)
-    for (int64_t j = 0; j < n; ++j) {
-      p[j] = math::exp_f(p[j] - m);
-      l += p[j];
-    }
+    float m;
+    const float l = softmax_row(p, n, n, &m);
     for (int64_t j = 0; j < n; ++j) {
       const float w = p[j];
       const float* __restrict vj = v + j * ldk;
@@ -247,18 +256,9 @@ KPRUNE_ATTN_INLINE void pack_rows(const float* __restrict src, int64_t ld, int64
 KPRUNE_ATTN_INLINE void tile_softmax(float* __restrict s, int64_t n, int64_t n16, float* __restrict lse,
                                      float* __restrict sum) {
   for (int64_t r = 0; r < kAttnRows; ++r) {
-    float* __restrict sr = s + r * n16;
-    float m = sr[0];
-#pragma omp simd reduction(max : m)
-    for (int64_t j = 0; j < n; ++j) m = sr[j] > m ? sr[j] : m;
-    float l = 0.0f;
-#pragma omp simd reduction(+ : l)
-    for (int64_t j = 0; j < n16; ++j) {
-      sr[j] = j < n ? math::exp_f(sr[j] - m) : 0.0f;
-      l += sr[j];
-    }
-    sum[r] = l;
-    lse[r] = m + std::log(l);
+    float m;
+    sum[r] = softmax_row(s + r * n16, n, n16, &m);
+    lse[r] = m + std::log(sum[r]);
   }
 }
 
