@@ -3,6 +3,7 @@ damping_search (KPWT damping by held-out error), head_refit (the head's output l
 teacher); the paper's recipe one call / one flag away. Each checked against an independent computation."""
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 
@@ -208,22 +209,47 @@ def test_damping_search_lowers_the_error_on_unseen_samples():
     assert errors[True] < errors[False]
 
 
-def test_fold_statistics_equal_the_held_out_rows_gram():
+def test_fold_statistics_take_the_held_out_rows_and_return_the_others():
     from kprune.samples import make_batches
     batches = make_batches(random_samples(10, seed=2), 4)
     fold = heldout.sample_folds(10, seed=0)
     observer = heldout.FoldStatistics(fold)
-    acts, targets = [], []
+    acts, targets, rest_acts, rest_targets = [], [], [], []
     for batch in batches:
         n = batch.num_tokens
         act, target = torch.randn(n, 5), torch.randn(n, 3)
-        observer(batch, act, target, None)
+        rest_act, rest_target = observer.take(batch, act, target, None)
         rows = torch.cat([torch.full((int(l),), bool(fold[i])) for i, l in zip(batch.sample_index, batch.lengths)])
         acts.append(act[rows]), targets.append(target[rows])
+        torch.testing.assert_close(rest_act, act[~rows], rtol=0, atol=0)
+        torch.testing.assert_close(rest_target, target[~rows], rtol=0, atol=0)
     a, t = torch.cat(acts).double(), torch.cat(targets).double()
+    assert 0 < a.shape[0] < sum(b.num_tokens for b in batches)
     assert observer.gram.dtype == observer.cross.dtype == torch.float64   # as the tuner's sums
     torch.testing.assert_close(observer.gram, a.t() @ a, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(observer.cross, a.t() @ t, rtol=1e-12, atol=1e-12)
+
+
+def test_statistics_with_a_held_out_half_are_the_whole_sample_sums():
+    """The tuner sums the rows the held-out half leaves it; the two halves together are the whole sample's
+    Gram and cross term, as without the split, and the held-out half's are its rows' alone."""
+    from kprune.tuning import tuner_for
+    teacher = tiny_model("bert", "classification", layers=2)
+    student = copy.deepcopy(teacher)
+    samples = random_samples(14, seed=3)
+    kept = [0, 2, 5, 7]
+    whole = tuner_for(student, teacher, samples, batch_size=4)
+    whole.advance(0)
+    expected = whole.statistics(1, kept)
+    split = tuner_for(student, teacher, samples, batch_size=4)
+    split.advance(0)
+    observer = heldout.FoldStatistics(heldout.sample_folds(14, seed=1))
+    split.held_out = observer
+    got = split.statistics(1, kept)
+    torch.testing.assert_close(got.gram, expected.gram, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(got.cross, expected.cross, rtol=1e-12, atol=1e-12)
+    assert got.num_tokens == expected.num_tokens and got.target_sq == pytest.approx(expected.target_sq, rel=1e-12)
+    assert 0 < float(observer.gram.trace()) < float(got.gram.trace())
 
 
 # -- head re-fit -----------------------------------------------------------------------------------

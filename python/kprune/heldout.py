@@ -74,21 +74,36 @@ def choose_damping(gram: torch.Tensor, cross: torch.Tensor, gram_out: torch.Tens
 
 
 class FoldStatistics:
-    """Observer of :class:`kprune.tuning.SublayerTuner`: the Gram and cross term of the held-out half only."""
+    """The held-out half's share of a statistics pass (:attr:`kprune.tuning.SublayerTuner.held_out`): its rows'
+    Gram and cross term; the tuner sums the other rows, so every row's products are computed once."""
 
     def __init__(self, fold: torch.Tensor):
         self.fold = fold
         self.gram: torch.Tensor | None = None
         self.cross: torch.Tensor | None = None
 
-    def __call__(self, batch, act: torch.Tensor, target: torch.Tensor, columns: torch.Tensor | None) -> None:
-        width = act.shape[1] if columns is None else columns.numel()
-        if self.gram is None:
-            self.gram = act.new_zeros(width, width, dtype=torch.float64)   # as the tuner's (kprune.tuning)
-            self.cross = act.new_zeros(width, target.shape[1], dtype=torch.float64)
+    def take(self, batch, act: torch.Tensor, target: torch.Tensor,
+             columns: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Add the held-out rows of act [tokens, units] and target [tokens, d]; return the other rows."""
+        self._allocate(act.shape[1] if columns is None else columns.numel(), target.shape[1], act.device)
         rows = torch.repeat_interleave(self.fold[batch.sample_index], batch.lengths).to(act.device)
-        if bool(rows.any()):
-            ops.gram_accumulate(act[rows], target[rows], columns, self.gram, self.cross)
+        if not bool(rows.any()):
+            return act, target
+        ops.gram_accumulate(act[rows], target[rows], columns, self.gram, self.cross)
+        rest = ~rows
+        return act[rest], target[rest]
+
+    def reduce(self, collective, gram: torch.Tensor, cross: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The held-out sums over every rank (zeros shaped as ``gram``/``cross`` where this rank saw no rows)."""
+        if self.gram is None:
+            self.gram, self.cross = torch.zeros_like(gram), torch.zeros_like(cross)
+        collective.all_reduce([self.gram, self.cross])
+        return self.gram, self.cross
+
+    def _allocate(self, width: int, dims: int, device) -> None:
+        if self.gram is None:   # float64, as the tuner's sums (kprune.tuning)
+            self.gram = torch.zeros(width, width, dtype=torch.float64, device=device)
+            self.cross = torch.zeros(width, dims, dtype=torch.float64, device=device)
 
 
 def refit_selecting_damping(tuner, sublayer: int, fold: torch.Tensor, default: float,
@@ -107,16 +122,15 @@ def refit_selecting_damping(tuner, sublayer: int, fold: torch.Tensor, default: f
     chosen: dict = {"sublayer": sublayer}
 
     def pick(stats, prior) -> float | None:
-        if observer.gram is None:   # this rank saw no held-out rows
+        if observer.gram is None:   # no units: nothing was summed
             observer.gram, observer.cross = torch.zeros_like(stats.gram), torch.zeros_like(stats.cross)
-        tuner.collective.all_reduce([observer.gram, observer.cross])
         best, errors = choose_damping(stats.gram, stats.cross, observer.gram, observer.cross, candidates, prior)
         chosen.update(damping=best, errors={str(d): e for d, e in errors.items()})
         return best
 
-    tuner.observer = observer
+    tuner.held_out = observer
     try:
         solution = tuner.refit(sublayer, kept, damping=pick, ridge_prior=ridge_prior)
     finally:
-        tuner.observer = None
+        tuner.held_out = None
     return solution, chosen

@@ -84,7 +84,9 @@ class SublayerTuner:
                 else [self.student.embed(b.input_ids, b.token_type_ids) for b in batches]
         self._next_teacher: list[torch.Tensor] | None = None
         self.on_batch = None   # called after each batch of a statistics pass (progress bars)
-        self.observer = None   # observer(batch, act, target, columns) per batch of a statistics pass (kprune.heldout)
+        # sums the held-out half's rows itself (kprune.heldout.FoldStatistics): take(batch, act, target, columns)
+        # returns the other rows, reduce() its sums across ranks; the whole sample's sums are the two halves'
+        self.held_out = None
 
     @property
     def num_sublayers(self) -> int:
@@ -108,6 +110,7 @@ class SublayerTuner:
         gram = torch.zeros(width, width, device=device, dtype=torch.float64)
         cross = torch.zeros(width, d, device=device, dtype=torch.float64)
         totals = torch.zeros(2, dtype=torch.float64, device=device)   # Σ‖target‖², tokens
+        held = self.held_out
         next_teacher = []
         with self.collective.guard(f"accumulating the least-squares statistics of sublayer {sublayer}"):
             for index, batch in enumerate(self.batches):
@@ -122,12 +125,16 @@ class SublayerTuner:
                     totals[1] += int(real.sum())
                     if width:
                         act = batch.real_rows(sublayer_act(self.student, sublayer, self.student_cache[index], real))
+                        if held is not None:   # each row's products are summed once, into one half or the other
+                            act, target = held.take(batch, act, target, columns)
                         ops.gram_accumulate(act, target, columns, gram, cross)
-                        if self.observer is not None:
-                            self.observer(batch, act, target, columns)
                 if self.on_batch is not None:
                     self.on_batch()
         self.collective.all_reduce([gram, cross, totals])
+        if held is not None and width:
+            held_gram, held_cross = held.reduce(self.collective, gram, cross)
+            gram += held_gram
+            cross += held_cross
         self._next_teacher = next_teacher     # the teacher's next hidden states come free with the targets
         return LeastSquaresStats(gram, cross, float(totals[0]), int(totals[1]))
 
