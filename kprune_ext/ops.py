@@ -127,10 +127,12 @@ def attention_compiled(device: torch.device) -> bool:
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lengths: torch.Tensor,
               scale: float) -> torch.Tensor:
-    """Softmax attention of each sequence over its real keys only (see reference): q, k, v float32
-    [batch, seq, heads, head_size] with stride 1 along head_size, lengths int64 [batch]. Differentiable in
-    q, k, v. The compiled kernel never reads a padded key and sums in an order set by the real length,
-    so a real token's output and gradients do not depend on the padded length of its batch."""
+    """Softmax attention of each sequence over its real keys only (see reference): q, k, v all float32 or all
+    bfloat16 [batch, seq, heads, head_size] with stride 1 along head_size, lengths int64 [batch]; the output is
+    float32 and the sums run in float32 either way (bf16 inputs are widened exactly, their gradients come back
+    in bf16, rounded as a cast would). Differentiable in q, k, v. The compiled kernel never reads a padded key
+    and sums in an order set by the real length, so a real token's output and gradients do not depend on the
+    padded length of its batch."""
     if _compiled("attention", q.device):
         return torch.ops.kprune.attention.default(q, k, v, lengths, float(scale))[0]
     return reference.attention(q, k, v, lengths, scale)
@@ -370,7 +372,10 @@ def _register() -> None:
     def _(q, k, v, lengths, scale):
         torch._check(q.dim() == 4 and k.shape == q.shape and v.shape == q.shape,
                      lambda: "attention: q, k, v [batch, seq, heads, head_size] of one shape")
-        return q.new_empty(q.shape), q.new_empty((q.shape[0], q.shape[2], q.shape[1]))
+        torch._check(q.dtype in (torch.float32, torch.bfloat16) and k.dtype == q.dtype and v.dtype == q.dtype,
+                     lambda: "attention: q, k, v all float32 or all bfloat16")
+        return q.new_empty(q.shape, dtype=torch.float32), q.new_empty((q.shape[0], q.shape[2], q.shape[1]),
+                                                                       dtype=torch.float32)
 
     @torch.library.register_fake(lib + "attention_backward")
     def _(grad_out, q, k, v, out, lse, lengths, scale):

@@ -189,8 +189,9 @@ def masked_attention_output(
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lengths: torch.Tensor,
               scale: float) -> torch.Tensor:
     """softmax(scale q k^T) v per sequence over its real keys [0, lengths[b]) (a prefix); q, k, v:
-    [batch, seq, heads, head_size] -> [batch, seq, heads, head_size]. Every query row, padded ones too,
-    attends to the real keys; a sequence without keys gives zeros."""
+    [batch, seq, heads, head_size] -> [batch, seq, heads, head_size], float32 (bf16 inputs are widened). Every
+    query row, padded ones too, attends to the real keys; a sequence without keys gives zeros."""
+    q, k, v = q.float(), k.float(), v.float()
     out = q.new_zeros(q.shape)
     for b in range(q.shape[0]):
         n = int(lengths[b])

@@ -55,6 +55,26 @@ def test_attention_matches_reference_and_aten(batch, seq, heads, head_size, leng
     torch.testing.assert_close(grad_got, grad_want, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("batch,seq,heads,head_size,lengths", CASES)
+def test_bfloat16_inputs_give_what_widened_inputs_give(batch, seq, heads, head_size, lengths, isa):
+    """bf16 q, k, v (as autocast's projections make them) are widened inside the kernel: the output is the
+    float32 kernel's on the widened values, bit for bit, and the gradients are its gradients rounded to bf16,
+    as autograd's cast back would round them; the reference agrees."""
+    fused, _, _, _ = qkv(batch, seq, heads, head_size)
+    low = fused.detach().bfloat16().requires_grad_()
+    q, k, v = (t.view(batch, seq, heads, head_size) for t in low.split(heads * head_size, -1))
+    wide = low.detach().float().requires_grad_()
+    qw, kw, vw = (t.view(batch, seq, heads, head_size) for t in wide.split(heads * head_size, -1))
+    lengths = torch.tensor(lengths)
+    got, want = ops.attention(q, k, v, lengths, 0.25), ops.attention(qw, kw, vw, lengths, 0.25)
+    assert got.dtype == torch.float32 and torch.equal(got, want)
+    torch.testing.assert_close(reference.attention(q, k, v, lengths, 0.25), want, rtol=1e-5, atol=1e-5)
+    g = torch.randn(got.shape, generator=torch.Generator().manual_seed(3))
+    (grad_low,) = torch.autograd.grad(got, low, g)
+    (grad_wide,) = torch.autograd.grad(want, wide, g)
+    assert grad_low.dtype == torch.bfloat16 and torch.equal(grad_low, grad_wide.bfloat16())
+
+
 def test_attention_gradcheck_in_float64_reference_agrees():
     """The compiled float32 gradients against the reference's in float64 (an independent check of the
     backward formulas, not only of two float32 implementations)."""
@@ -120,10 +140,13 @@ def test_attention_opcheck():
     args = (q.detach().clone().requires_grad_(), k.detach().clone().requires_grad_(),
             v.detach().clone().requires_grad_(), torch.tensor([6, 3]), 0.3)
     torch.library.opcheck(torch.ops.kprune.attention.default, args)
+    low = tuple(t.detach().bfloat16().requires_grad_() for t in args[:3])
+    torch.library.opcheck(torch.ops.kprune.attention.default, (*low, *args[3:]))
 
 
 @pytest.mark.parametrize("change,error,match", [
-    (lambda q, lengths: (q.double(), lengths), TypeError, "float32"),
+    (lambda q, lengths: (q.double(), lengths), TypeError, "all float32 or all bfloat16"),
+    (lambda q, lengths: (q.bfloat16(), lengths), TypeError, "all float32 or all bfloat16"),   # k, v float32
     (lambda q, lengths: (q[:, :3], lengths), ValueError, "one shape"),
     (lambda q, lengths: (q, lengths[:1]), ValueError, "lengths must be int64"),
     (lambda q, lengths: (q, lengths.int()), ValueError, "lengths must be int64"),
