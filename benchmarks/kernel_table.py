@@ -20,16 +20,26 @@ ROWS = {
                                                    "dense masked"),
     "solve_damped ffn 1x3072 (768 right-hand sides)": ("damped least squares, 1 system of 3,072", "lstsq", "lstsq"),
     "solve_damped heads 12x64 (768 right-hand sides)": ("damped least squares, 12 systems of 64", "lstsq", "lstsq"),
-    "gram_accumulate (1,536 of 3,072 columns)": ("Gram AᵀA + AᵀB, 1,536 of 3,072 columns", None, ""),
+    "gram_accumulate (1,536 of 3,072 columns, float64 sums)": ("Gram AᵀA + AᵀB, 1,536 of 3,072 columns, float64 sums",
+                                                               None, ""),
+    "gram_accumulate (1,536 of 3,072 columns, float32 sums)": ("Gram AᵀA + AᵀB, 1,536 of 3,072 columns, float32 sums",
+                                                               None, ""),
     "activation_backward (gelu, 16,384 x 3,072)": ("GELU recomputed with its backward", None, ""),
+    "attention forward (12 heads of 64, 64-128 of 128 tokens real)": (
+        "softmax attention over real keys, forward", "aten", "aten SDPA, key mask"),
+    "attention forward+backward (12 heads of 64, 64-128 of 128 tokens real)": (
+        "softmax attention over real keys, forward + backward", "aten", "aten SDPA, key mask"),
 }
+
+
+IMPLS = ("ext", "ref", "dense", "lstsq", "aten")   # the implementation's id among a case's parameters
 
 
 def medians(path: Path) -> dict[str, dict[str, float]]:
     out: dict[str, dict[str, float]] = {}
     for bench in json.loads(path.read_text())["benchmarks"]:
-        impl = bench["name"].split("[", 1)[1].rstrip("]").split("-")
-        impl = impl[-1] if bench["group"].startswith("solve") else impl[0]
+        ids = bench["name"].split("[", 1)[1].rstrip("]").split("-")
+        impl = next(i for i in ids if i in IMPLS)
         out.setdefault(bench["group"], {})[impl] = bench["stats"]["median"] * 1000
     return out
 

@@ -8,6 +8,8 @@ compiled op ("ext") with its reference ("ref") and with the baseline the kernel 
   masked_ffn / masked_attention  "dense" = full sublayer, 0/1 mask multiplied in, 50% kept  target >= 1.5x
   solve        "lstsq" = torch.linalg.lstsq on the same damped normal equations            target >= 1.5x
   activation_backward  ref = F.gelu under autograd and its backward (no target; it feeds the run)
+  attention    "aten" = F.scaled_dot_product_attention with a key mask (what the sublayers ran before; no
+               target: the op is there for batch invariance, speed is checked not to regress)
 Run: pytest benchmarks/test_bench_kernels.py --benchmark-only --benchmark-group-by=group
 """
 from __future__ import annotations
@@ -176,24 +178,66 @@ def test_masked_attention_output(benchmark, attention_inputs, impl):
     benchmark.pedantic(run, **ROUNDS)
 
 
+# ---- softmax attention over each sequence's real keys ------------------------------------------
+
+@pytest.fixture(scope="module")
+def qkv_inputs():
+    """128 sequences of 128 positions (16,384 tokens) with 64-128 real tokens each, the rest padding; q, k, v
+    as views of one projection output, as the sublayers pass them."""
+    g = torch.Generator().manual_seed(5)
+    batch = TOKENS // SAMPLE_LEN
+    fused = torch.randn(batch, SAMPLE_LEN, 3 * HIDDEN, generator=g)
+    return fused, torch.randint(SAMPLE_LEN // 2, SAMPLE_LEN + 1, (batch,), generator=g)
+
+
+def aten_attention(q, k, v, lengths, scale):
+    """What the sublayers ran before the compiled op: aten's attention with a key mask, on [b, h, s, d] views."""
+    mask = (torch.arange(q.shape[1])[None, :] < lengths[:, None])[:, None, None, :]
+    out = F.scaled_dot_product_attention(*(t.transpose(1, 2) for t in (q, k, v)), attn_mask=mask, scale=scale)
+    return out.transpose(1, 2)
+
+
+ATTENTION = {"ext": ops.attention, "ref": reference.attention, "aten": aten_attention}
+
+
+@pytest.mark.parametrize("impl", ["ext", "ref", "aten"])
+@pytest.mark.parametrize("passes", ["forward", "forward+backward"])
+def test_attention(benchmark, qkv_inputs, impl, passes):
+    fused, lengths = qkv_inputs
+
+    def run(fn=ATTENTION[impl]):
+        leaf = fused.detach().requires_grad_(passes != "forward")
+        q, k, v = (t.view(*fused.shape[:2], HEADS, HEAD_SIZE) for t in leaf.split(HIDDEN, -1))
+        out = fn(q, k, v, lengths, HEAD_SIZE ** -0.5)
+        if passes == "forward":
+            return out
+        return out, torch.autograd.grad(out, leaf, torch.ones_like(out))[0]
+
+    assert_close(run(), run(reference.attention))
+    benchmark.group = f"attention {passes} (12 heads of 64, 64-128 of 128 tokens real)"
+    benchmark.pedantic(run, **ROUNDS)
+
+
 # ---- least squares ----------------------------------------------------------------------------
 
 @pytest.mark.parametrize("impl", ["ext", "ref"])
-def test_gram_accumulate(benchmark, importance_inputs, impl):
+@pytest.mark.parametrize("sums", ["float64", "float32"])
+def test_gram_accumulate(benchmark, importance_inputs, impl, sums):
+    """float64 sums are the tuner's (kprune.tuning); the target is a column slice of act (strided, which
+    oneDNN's float32 matmul once read element by element)."""
     act, _ = importance_inputs
     target = act[:, :HIDDEN]
     columns = torch.arange(0, NEURONS, 2)
     fn = ops.gram_accumulate if impl == "ext" else reference.gram_accumulate
+    dtype = getattr(torch, sums)
 
-    def run():
-        out = (torch.zeros(columns.numel(), columns.numel()), torch.zeros(columns.numel(), HIDDEN))
-        fn(act, target, columns, *out)
+    def run(impl_fn=fn):
+        out = (torch.zeros(columns.numel(), columns.numel(), dtype=dtype), torch.zeros(columns.numel(), HIDDEN, dtype=dtype))
+        impl_fn(act, target, columns, *out)
         return out
 
-    want = (torch.zeros(columns.numel(), columns.numel()), torch.zeros(columns.numel(), HIDDEN))
-    reference.gram_accumulate(act, target, columns, *want)
-    assert_close(run(), want)
-    benchmark.group = "gram_accumulate (1,536 of 3,072 columns)"
+    assert_close(run(), run(reference.gram_accumulate))
+    benchmark.group = f"gram_accumulate (1,536 of 3,072 columns, {sums} sums)"
     benchmark.pedantic(run, **ROUNDS)
 
 

@@ -590,14 +590,18 @@ def test_masked_attention_output_gradcheck():
 def linear_case(shape, n, dtype, weight_layout="contiguous", seed=0):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(*shape, generator=g).to(dtype)
-    w = torch.randn(shape[-1], n, generator=g).to(dtype).t() if weight_layout == "transposed" \
-        else torch.randn(n, shape[-1], generator=g).to(dtype)
+    if weight_layout == "transposed":
+        w = torch.randn(shape[-1], n, generator=g).to(dtype).t()
+    elif weight_layout == "sliced":   # the transpose of a column slice: neither row-major nor a transpose
+        w = torch.randn(shape[-1], n + 3, generator=g).to(dtype)[:, :n].t()
+    else:
+        w = torch.randn(n, shape[-1], generator=g).to(dtype)
     return x, w, torch.randn(n, generator=g).to(dtype)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
 @pytest.mark.parametrize("shape,n", [((37, 384), 1536), ((3, 21, 96), 40), ((5, 1536), 384), ((0, 24), 8), ((6, 0), 8)])
-@pytest.mark.parametrize("weight_layout", ["contiguous", "transposed"])
+@pytest.mark.parametrize("weight_layout", ["contiguous", "transposed", "sliced"])
 @pytest.mark.parametrize("bias", [True, False])
 def test_linear_matches_float64(dtype, shape, n, weight_layout, bias, gemm):
     x, w, b = linear_case(shape, n, dtype, weight_layout)
