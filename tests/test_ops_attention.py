@@ -159,3 +159,24 @@ def test_attention_rejects_bad_input(change, error, match):
     bad_q, lengths = change(q, torch.tensor([5, 2]))
     with pytest.raises(error, match=match):
         torch.ops.kprune.attention(bad_q, k, v, lengths, 0.5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16])
+def test_sublayer_attention_of_a_model_in_another_dtype(dtype):
+    """kprune.sublayers hands the kernel float32 or bf16 projections as they are and widens any other dtype
+    (a float64 or float16 model), giving the context back in the model's dtype."""
+    from conftest import tiny_model
+    from kprune.adapters import EncoderAdapter
+    from kprune.sublayers import attention_context
+    model = tiny_model("bert", "classification", layers=1).to(dtype)
+    view = EncoderAdapter(model).layer(0)
+    x = torch.randn(2, 5, model.config.hidden_size, generator=torch.Generator().manual_seed(7)).to(dtype)
+    key_mask = torch.tensor([[True] * 5, [True] * 3 + [False] * 2])
+    got = attention_context(view, x, key_mask)
+    heads, size = view.num_heads, view.head_size
+    q, k, v = (torch.nn.functional.linear(x.double(), p.weight.double(), p.bias.double()).view(2, 5, heads, size)
+               .transpose(1, 2) for p in (view.query, view.key, view.value))
+    want = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask[:, None, None, :]).transpose(1, 2).reshape(2, 5, -1)
+    assert got.dtype == dtype
+    tol = {torch.float64: 1e-6, torch.float16: 1e-2, torch.bfloat16: 5e-2}[dtype]
+    torch.testing.assert_close(got.double(), want, rtol=tol, atol=tol)

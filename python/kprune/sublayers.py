@@ -66,8 +66,9 @@ def attention_context(view: LayerView, x: torch.Tensor, key_mask: torch.Tensor) 
         # the compiled kernel over each sequence's real keys: [batch, seq, heads, head_size] in and out (no
         # transposes), float32 sums under autocast too (it widens the bf16 projections itself, without copies),
         # and a real token's rows do not depend on its batch's padding
+        wide = (q, k, v) if q.dtype in (torch.float32, torch.bfloat16) else (q.float(), k.float(), v.float())
         with torch.autocast(x.device.type, enabled=False):
-            ctx = ops.attention(q, k, v, lengths, view.head_size ** -0.5)
+            ctx = ops.attention(*wide, lengths, view.head_size ** -0.5)
         return ctx.to(q.dtype).view(batch, seq, heads * view.head_size)
     if view.position_bias is not None:   # an additive bias per head (the layer's slices of a shared table)
         bias = view.position_bias(seq).to(q.dtype)
