@@ -317,7 +317,9 @@ def test_bfloat16_measurement_runs_in_bfloat16_and_agrees(monkeypatch, recompute
 def test_attention_runs_in_float32_under_cpu_autocast(monkeypatch):
     """bf16 measurement keeps the projections in bf16 but the attention in float32 (aten's bf16 flash
     attention backward is much slower on CPU); the result is that attention on the bf16 projections. With
-    the compiled kernel a real token's rows are bit-identical whatever the padded length of the batch."""
+    the compiled kernel a real token's rows are bit-identical whatever the padded length of the batch.
+    ``seen``: the precision each attention call computes in (aten's: its inputs'; the kernel widens bf16
+    inputs itself and returns float32)."""
     import kprune.sublayers as sublayers
     from kprune_ext import reference
     seen = []
@@ -328,8 +330,9 @@ def test_attention_runs_in_float32_under_cpu_autocast(monkeypatch):
         return real_sdpa(q, k, v, **kwargs)
 
     def spy_attention(q, k, v, lengths, scale):
-        seen.append(q.dtype)
-        return real_attention(q, k, v, lengths, scale)
+        out = real_attention(q, k, v, lengths, scale)
+        seen.append(out.dtype)
+        return out
 
     monkeypatch.setattr(sublayers.F, "scaled_dot_product_attention", spy_sdpa)
     monkeypatch.setattr(sublayers.ops, "attention", spy_attention)
