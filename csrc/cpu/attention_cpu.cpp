@@ -45,15 +45,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rows_of_heads(const at::Tensor& q
 // One head of q, k or v as the float32 kernels read it: rows [rows, D] at stride ld. float32 data is read in
 // place; bfloat16 is widened (exactly) into `buffer`, so both give the kernels the same values and the same
 // results.
-template <typename scalar_t>
 struct HeadRows {
   const float* rows;
   int64_t ld;
 };
 
-inline HeadRows<float> head_rows(const float* src, int64_t ld, int64_t, int64_t, float*) { return {src, ld}; }
+inline HeadRows head_rows(const float* src, int64_t ld, int64_t, int64_t, float*) { return {src, ld}; }
 
-inline HeadRows<at::BFloat16> head_rows(const at::BFloat16* src, int64_t ld, int64_t rows, int64_t d, float* buffer) {
+inline HeadRows head_rows(const at::BFloat16* src, int64_t ld, int64_t rows, int64_t d, float* buffer) {
   for (int64_t i = 0; i < rows; ++i)
     for (int64_t c = 0; c < d; ++c) buffer[i * d + c] = static_cast<float>(src[i * ld + c]);
   return {buffer, d};
