@@ -1,14 +1,19 @@
 """What keeps a run's memory down: a student sharing the model's weights, the recomputed pass keeping
-only pre-LayerNorm sums, and the heap trimmer."""
+only pre-LayerNorm sums, hidden-state caches advanced in place, and the heap trimmer."""
+import copy
+import gc
 import platform
+import weakref
 
 import pytest
 import torch
 
 import kprune
 import kprune.heap as heap
+import kprune.tuning
 from conftest import random_samples, tiny_model
 from kprune.adapters import EncoderAdapter
+from kprune.errors import ConfigError
 from kprune.sharing import own_parameters, shared_copy
 from kprune.sublayers import run_sublayer, sublayer_output
 
@@ -49,6 +54,66 @@ def test_pruned_model_owns_its_weights_and_the_input_model_is_untouched(family, 
     # the embeddings were shared during the run and are copied at its end
     assert torch.equal(result.model.base_model.embeddings.word_embeddings.weight,
                        before[[k for k in before if k.endswith("word_embeddings.weight")][0]])
+
+
+def _tuners(layers: int = 2):
+    teacher = tiny_model("bert", "classification", layers=layers)
+    student = kprune.apply_masks(copy.deepcopy(teacher), kprune.UnitMasks.from_kept(
+        teacher, [[0, 2], [1, 2, 3]][:layers], [range(0, 37, 2), range(25)][:layers]))
+    samples = random_samples(13, seed=5)
+    return (kprune.tuner_for(student, teacher, samples, batch_size=4),
+            kprune.tuner_for(student, teacher, samples, batch_size=4), student)
+
+
+def test_teacher_advanced_in_place_gives_the_same_statistics_and_states():
+    """The pruner's tuner writes the teacher's next states over its inputs during the statistics pass and
+    advances the student batch by batch: same sums and states as the tuner that keeps both copies, the
+    replaced tensors freed as it goes, and a second statistics call of the sublayer refused."""
+    keep, lean, student = _tuners()
+    lean.teacher_in_place = True
+    out_projs = [EncoderAdapter(student).layer(k // 2).attn_out if k % 2 == 0 else
+                 EncoderAdapter(student).layer(k // 2).ffn_out for k in range(4)]
+    for k in range(4):
+        old_teacher = [weakref.ref(x) for x in lean.teacher_cache]
+        old_student = [weakref.ref(x) for x in lean.student_cache]
+        want, got = keep.statistics(k), lean.statistics(k)
+        assert torch.equal(want.gram, got.gram) and torch.equal(want.cross, got.cross)
+        assert want.target_sq == got.target_sq and want.num_tokens == got.num_tokens
+        gc.collect()
+        if k > 0:   # at sublayer 0 the student's cache holds the teacher's embeddings too
+            assert all(ref() is None for ref in old_teacher), "the teacher's inputs outlived the statistics pass"
+        with pytest.raises(ConfigError, match=f"moved past sublayer {k}"):
+            lean.statistics(k)
+        keep.statistics(k)   # the default tuner takes them any number of times
+        with torch.no_grad():   # the student changes between the statistics and the advance, as a re-fit does
+            out_projs[k].weight.mul_(0.5)
+        keep.advance(k)
+        lean.advance(k)
+        gc.collect()
+        assert all(ref() is None for ref in old_student), "the student's old states outlived the advance"
+        assert all(torch.equal(a, b) for a, b in zip(keep.teacher_cache + keep.student_cache,
+                                                     lean.teacher_cache + lean.student_cache))
+    assert not torch.equal(keep.teacher_cache[0], keep.student_cache[0])
+
+
+def test_teacher_pass_cut_short_is_not_advanced_silently(monkeypatch):
+    _, lean, _ = _tuners()
+    lean.teacher_in_place = True
+    lean.advance(0)
+    calls = []
+
+    def failing(adapter, k, x, real, _run=run_sublayer):
+        calls.append(k)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return _run(adapter, k, x, real)
+
+    monkeypatch.setattr(kprune.tuning, "run_sublayer", failing)
+    with pytest.raises(KeyboardInterrupt):
+        lean.statistics(1)
+    monkeypatch.undo()
+    with pytest.raises(ConfigError, match="cut short"):
+        lean.advance(1)
 
 
 def test_sublayer_output_is_what_the_forward_made():

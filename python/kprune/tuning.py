@@ -67,14 +67,21 @@ class SublayerTuner:
     :meth:`advance` (k) to move both on, in order k = 0, 1, ..., 2L − 1. The student may change (pruned,
     re-fitted) between calls; the teacher must not.
 
+    teacher_in_place: the first :meth:`statistics` call of a sublayer replaces each batch's teacher hidden
+    states by their successors as it goes (the pruner's one call per sublayer: one copy of the teacher's
+    states held instead of two); a second call for the same sublayer is then refused. Both caches advance
+    batch by batch in :meth:`advance` either way.
+
     collective (:class:`kprune.distributed.Collective`): with several ranks, ``batches`` are this rank's
     shard; the statistics are summed across ranks and rank 0's solution is used by all.
     """
 
-    def __init__(self, student, teacher, batches: list[Batch], collective: Collective | None = None):
+    def __init__(self, student, teacher, batches: list[Batch], collective: Collective | None = None,
+                 teacher_in_place: bool = False):
         self.student, self.teacher = _adapter(student), _adapter(teacher)
         self.batches = batches
         self.collective = collective or Collective()
+        self.teacher_in_place = teacher_in_place
         self.next = 0
         with torch.no_grad():
             self.teacher_cache = [self.teacher.embed(b.input_ids, b.token_type_ids) for b in batches]
@@ -82,7 +89,8 @@ class SublayerTuner:
             # embeddings are never pruned: a copy of the teacher starts from the teacher's hidden states
             self.student_cache = list(self.teacher_cache) if same or _same_embeddings(self.student, self.teacher) \
                 else [self.student.embed(b.input_ids, b.token_type_ids) for b in batches]
-        self._next_teacher: list[torch.Tensor] | None = None
+        self._next_teacher: list[torch.Tensor] | None = None   # the teacher's states past sublayer `next`, once known
+        self._teacher_past = False   # teacher_cache itself already holds them (teacher_in_place)
         self.on_batch = None   # called after each batch of a statistics pass (progress bars)
         # sums the held-out half's rows itself (kprune.heldout.FoldStatistics): take(batch, act, target, columns)
         # returns the other rows, reduce() its sums across ranks; the whole sample's sums are the two halves'
@@ -96,6 +104,13 @@ class SublayerTuner:
         if sublayer != self.next:
             raise ConfigError(f"sublayer {sublayer} asked for, but the tuner stands at sublayer {self.next}; "
                               "sublayers are tuned in order, bottom to top")
+
+    def _teacher_input(self, sublayer: int) -> list[torch.Tensor]:
+        """The teacher's hidden states at the input of ``sublayer`` (the tuner's current one)."""
+        if self._teacher_past:
+            raise ConfigError(f"the teacher's hidden states have moved past sublayer {sublayer}: with "
+                              "teacher_in_place=True its statistics are taken once (advance to the next sublayer)")
+        return self.teacher_cache
 
     def statistics(self, sublayer: int, kept: Sequence[int] | torch.Tensor | None = None) -> LeastSquaresStats:
         """AᵀA and Aᵀ(Y − X − b) of sublayer k's (kept) units against the teacher, over every batch."""
@@ -111,13 +126,16 @@ class SublayerTuner:
         cross = torch.zeros(width, d, device=device, dtype=torch.float64)
         totals = torch.zeros(2, dtype=torch.float64, device=device)   # Σ‖target‖², tokens
         held = self.held_out
-        next_teacher = []
+        teacher_in = self._teacher_input(sublayer)
+        # the teacher's next hidden states come free with the targets: kept, or written over its inputs
+        next_teacher = teacher_in if self.teacher_in_place else [None] * len(self.batches)
+        self._teacher_past = self.teacher_in_place   # set first: a pass cut short leaves no usable inputs
         with self.collective.guard(f"accumulating the least-squares statistics of sublayer {sublayer}"):
             for index, batch in enumerate(self.batches):
                 real = batch.key_mask
                 with torch.no_grad():
-                    teacher_out = run_sublayer(self.teacher, sublayer, self.teacher_cache[index], real)
-                    next_teacher.append(teacher_out.output)
+                    teacher_out = run_sublayer(self.teacher, sublayer, teacher_in[index], real)
+                    next_teacher[index] = teacher_out.output
                     target = batch.real_rows(teacher_out.pre_norm) - batch.real_rows(self.student_cache[index])
                     if out_proj.bias is not None:
                         target -= out_proj.bias
@@ -135,7 +153,7 @@ class SublayerTuner:
             held_gram, held_cross = held.reduce(self.collective, gram, cross)
             gram += held_gram
             cross += held_cross
-        self._next_teacher = next_teacher     # the teacher's next hidden states come free with the targets
+        self._next_teacher = next_teacher
         return LeastSquaresStats(gram, cross, float(totals[0]), int(totals[1]))
 
     def refit(self, sublayer: int, kept: Sequence[int] | torch.Tensor | None = None,
@@ -184,17 +202,25 @@ class SublayerTuner:
     def advance(self, sublayer: int) -> None:
         """Move both hidden states through sublayer k (the student as it is now)."""
         self._check(sublayer)
+        # batch by batch in place: one batch's old states at a time besides the caches
         with torch.no_grad():
             if self._next_teacher is None:
-                self._next_teacher = [run_sublayer(self.teacher, sublayer, x, b.key_mask).output
-                                      for x, b in zip(self.teacher_cache, self.batches)]
-            self.student_cache = [run_sublayer(self.student, sublayer, x, b.key_mask).output
-                                  for x, b in zip(self.student_cache, self.batches)]
-        self.teacher_cache, self._next_teacher = self._next_teacher, None
+                if self._teacher_past:
+                    raise ConfigError(f"the statistics pass of sublayer {sublayer} was cut short after overwriting "
+                                      "some of the teacher's hidden states (teacher_in_place=True): start a new tuner")
+                for index, batch in enumerate(self.batches):
+                    self.teacher_cache[index] = run_sublayer(self.teacher, sublayer, self.teacher_cache[index],
+                                                             batch.key_mask).output
+            else:
+                self.teacher_cache = self._next_teacher
+            for index, batch in enumerate(self.batches):
+                self.student_cache[index] = run_sublayer(self.student, sublayer, self.student_cache[index],
+                                                         batch.key_mask).output
+        self._next_teacher, self._teacher_past = None, False
         self.next += 1
 
     def release(self) -> None:
-        self.teacher_cache = self.student_cache = []
+        self.teacher_cache, self.student_cache = [], []
         self._next_teacher = None
 
 
