@@ -96,7 +96,7 @@ def test_teacher_advanced_in_place_gives_the_same_statistics_and_states():
     assert not torch.equal(keep.teacher_cache[0], keep.student_cache[0])
 
 
-def test_teacher_pass_cut_short_is_not_advanced_silently(monkeypatch):
+def test_a_pass_cut_short_is_not_advanced_silently(monkeypatch):
     _, lean, _ = _tuners()
     lean.teacher_in_place = True
     lean.advance(0)
@@ -112,8 +112,17 @@ def test_teacher_pass_cut_short_is_not_advanced_silently(monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         lean.statistics(1)
     monkeypatch.undo()
-    with pytest.raises(ConfigError, match="cut short"):
-        lean.advance(1)
+    for retry in (lean.advance, lean.statistics):
+        with pytest.raises(ConfigError, match="statistics pass of sublayer 1 was cut short"):
+            retry(1)
+    _, lean, _ = _tuners()   # the same for an advance cut short, in either mode
+    calls.clear()
+    monkeypatch.setattr(kprune.tuning, "run_sublayer", failing)
+    with pytest.raises(KeyboardInterrupt):
+        lean.advance(0)
+    monkeypatch.undo()
+    with pytest.raises(ConfigError, match="advancing past sublayer 0 was cut short"):
+        lean.statistics(0)
 
 
 def test_sublayer_output_is_what_the_forward_made():

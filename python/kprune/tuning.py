@@ -91,6 +91,7 @@ class SublayerTuner:
                 else [self.student.embed(b.input_ids, b.token_type_ids) for b in batches]
         self._next_teacher: list[torch.Tensor] | None = None   # the teacher's states past sublayer `next`, once known
         self._teacher_past = False   # teacher_cache itself already holds them (teacher_in_place)
+        self._cut_short: str | None = None   # set while a pass rewrites the caches: what it was doing
         self.on_batch = None   # called after each batch of a statistics pass (progress bars)
         # sums the held-out half's rows itself (kprune.heldout.FoldStatistics): take(batch, act, target, columns)
         # returns the other rows, reduce() its sums across ranks; the whole sample's sums are the two halves'
@@ -104,6 +105,9 @@ class SublayerTuner:
         if sublayer != self.next:
             raise ConfigError(f"sublayer {sublayer} asked for, but the tuner stands at sublayer {self.next}; "
                               "sublayers are tuned in order, bottom to top")
+        if self._cut_short is not None:
+            raise ConfigError(f"{self._cut_short} was cut short with part of the hidden states advanced in place: "
+                              "start a new tuner")
 
     def _teacher_input(self, sublayer: int) -> list[torch.Tensor]:
         """The teacher's hidden states at the input of ``sublayer`` (the tuner's current one)."""
@@ -129,7 +133,8 @@ class SublayerTuner:
         teacher_in = self._teacher_input(sublayer)
         # the teacher's next hidden states come free with the targets: kept, or written over its inputs
         next_teacher = teacher_in if self.teacher_in_place else [None] * len(self.batches)
-        self._teacher_past = self.teacher_in_place   # set first: a pass cut short leaves no usable inputs
+        if self.teacher_in_place:
+            self._cut_short = f"the statistics pass of sublayer {sublayer}"
         with self.collective.guard(f"accumulating the least-squares statistics of sublayer {sublayer}"):
             for index, batch in enumerate(self.batches):
                 real = batch.key_mask
@@ -153,7 +158,7 @@ class SublayerTuner:
             held_gram, held_cross = held.reduce(self.collective, gram, cross)
             gram += held_gram
             cross += held_cross
-        self._next_teacher = next_teacher
+        self._next_teacher, self._teacher_past, self._cut_short = next_teacher, self.teacher_in_place, None
         return LeastSquaresStats(gram, cross, float(totals[0]), int(totals[1]))
 
     def refit(self, sublayer: int, kept: Sequence[int] | torch.Tensor | None = None,
@@ -203,11 +208,9 @@ class SublayerTuner:
         """Move both hidden states through sublayer k (the student as it is now)."""
         self._check(sublayer)
         # batch by batch in place: one batch's old states at a time besides the caches
+        self._cut_short = f"advancing past sublayer {sublayer}"
         with torch.no_grad():
             if self._next_teacher is None:
-                if self._teacher_past:
-                    raise ConfigError(f"the statistics pass of sublayer {sublayer} was cut short after overwriting "
-                                      "some of the teacher's hidden states (teacher_in_place=True): start a new tuner")
                 for index, batch in enumerate(self.batches):
                     self.teacher_cache[index] = run_sublayer(self.teacher, sublayer, self.teacher_cache[index],
                                                              batch.key_mask).output
@@ -216,7 +219,7 @@ class SublayerTuner:
             for index, batch in enumerate(self.batches):
                 self.student_cache[index] = run_sublayer(self.student, sublayer, self.student_cache[index],
                                                          batch.key_mask).output
-        self._next_teacher, self._teacher_past = None, False
+        self._next_teacher, self._teacher_past, self._cut_short = None, False, None
         self.next += 1
 
     def release(self) -> None:
