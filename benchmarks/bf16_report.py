@@ -2,7 +2,7 @@
 float32, on the same samples (task, reduction, seed), at 50% and 80%: first the paper's recipe (`kprune-bf16`
 against `kprune`), then this version's defaults (`kprune-default-bf16` against `kprune-default`), which decides.
 
-    python benchmarks/bf16_report.py [--grid benchmarks/results/grid-bf16.json]
+    python benchmarks/bf16_report.py [--grid benchmarks/results/zen4/grid-bf16.json]
 
 Fill the cells with ``python benchmarks/run_grid.py --study bf16`` (into grid-bf16.json: its float32 cells
 run on the same code as its bf16 cells). The accuracy rule: bf16 could become the default on
@@ -61,20 +61,22 @@ def verdict(s: dict) -> str:
         return ("no loss beyond the seed spread so far, but the study is incomplete"
                 + (f" (no cells for {', '.join(missing)})" if missing else " (fewer than 3 seeds somewhere)")
                 + ": float32 stays the default until every task is in.")
-    return ("bf16 stays within float32's seed spread on every task, so accuracy no longer keeps it from being the "
-            "default; " + BATCH_INVARIANCE)
+    from kprune.config import KPruneConfig
+    within = "bf16 stays within float32's seed spread on every task at both reductions, three seeds each"
+    if KPruneConfig().measure_dtype == "auto":
+        return within + ", so it is the default: " + ADOPTED
+    return within + ", so accuracy no longer keeps it from being the default; it stays opt-in (`measure_dtype=\"auto\"`)."
 
 
-# Why float32 is still the default (the batching half measured with tests/test_distributed.py's two-rank check
-# run with measure_dtype="bfloat16" as the default, 2026-12-02, and with the three-rank bf16 case, 2026-12-03)
-BATCH_INVARIANCE = ("it stays opt-in (`measure_dtype=\"auto\"` or `\"bfloat16\"`). Until this version bf16 scores "
-                    "depended on how the sample is cut into compute batches and processes (two data-parallel ranks gave "
-                    "scores up to 2.2% (relative) away from one process's): a bf16 pass turns any float32 difference "
-                    "into a bf16 ulp at its next cast, and aten's attention rows depended on the padded length and the "
-                    "float32 least-squares sums on the cut. The compiled attention now reads only real keys and the sums "
-                    "are float64: three ranks re-fit the same weights as one process, in bf16 as in float32 "
-                    "(tests/test_distributed.py, tests/test_pruner.py). What remains before bf16 could become the "
-                    "default: this study re-run at this version, with the SQuAD and QQP seeds it lacks.")
+# What the default became once the rule held, and why the batching no longer stood in the way (measured with
+# tests/test_distributed.py's two-rank check run with bf16 as the default, 2026-12-02, and the three-rank bf16 case)
+ADOPTED = ("`measure_dtype=\"auto\"` measures in bf16 where the CPU or GPU computes it natively (AVX512-BF16 or AMX "
+           "on a CPU) and in float32 elsewhere; `measure_dtype=\"float32\"` (`--measure-dtype float32`) keeps the "
+           "float32 measurement, and the paper's recipe (`KPruneConfig.paper()`, `--recipe paper`) pins it. Before the "
+           "compiled attention (it reads only real keys) and the float64 least-squares sums, bf16 scores depended on "
+           "how the sample is cut into compute batches and processes (two data-parallel ranks gave scores up to 2.2% "
+           "(relative) away from one process's); now three ranks re-fit the same weights as one process, in bf16 as "
+           "in float32 (tests/test_distributed.py, tests/test_pruner.py).")
 
 
 def table(s: dict) -> list[str]:
@@ -86,7 +88,7 @@ def table(s: dict) -> list[str]:
     return out
 
 
-def render(grid: dict) -> str:
+def render(grid: dict, source: str = "benchmarks/results/grid-bf16.json", machine: str = "") -> str:
     """The markdown section, one table per recipe studied ("" when the grid holds no bf16 cell)."""
     studied = {m: summarise(grid, m) for m in BF16_PAIRS}
     studied = {m: s for m, s in studied.items() if s["rows"]}
@@ -94,8 +96,8 @@ def render(grid: dict) -> str:
         return ""
     out = ["## bf16 measurement against float32 (issue 15)", "",
            "K-prune with the knowledge passes under bfloat16 autocast (`measure_dtype=\"bfloat16\"`) against the "
-           "same run in float32, same samples. Filled by `python benchmarks/run_grid.py --study bf16` (resumable; "
-           "benchmarks/results/grid-bf16.json). Metric ×100, means over the seeds both ran; time: bf16 / float32 "
+           f"same run in float32, same samples. Filled by `python benchmarks/run_grid.py --study bf16` (resumable; "
+           f"{source}){machine}. Metric ×100, means over the seeds both ran; time: bf16 / float32 "
            "pruning seconds (cores shared: noisy).", ""]
     for method, s in studied.items():
         base = BF16_PAIRS[method]
@@ -105,9 +107,10 @@ def render(grid: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--grid", type=Path, default=HERE / "results" / "grid-bf16.json")
+    parser.add_argument("--grid", type=Path, default=HERE / "results" / "zen4" / "grid-bf16.json")
     args = parser.parse_args(argv)
-    print(render(json.loads(args.grid.read_text())))
+    source = args.grid.relative_to(HERE.parent) if args.grid.resolve().is_relative_to(HERE.parent) else args.grid
+    print(render(json.loads(args.grid.read_text()), str(source)))
     return 0
 
 

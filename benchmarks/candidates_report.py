@@ -96,10 +96,10 @@ def summarise(grid: dict, method: str) -> dict:
 
 def default_switches() -> dict:
     """The settings where this version's defaults (KPruneConfig(), resolved for a classifier) leave the
-    paper's recipe."""
+    paper's recipe; the precision of the measurement is the bf16 study's (bf16_report.py), not a candidate's."""
     from kprune.config import PAPER_RECIPE, KPruneConfig
     default, paper = (c.for_task("classification", 32).to_dict() for c in (KPruneConfig(), KPruneConfig.paper()))
-    return {key: default[key] for key in PAPER_RECIPE if default[key] != paper[key]}
+    return {key: default[key] for key in PAPER_RECIPE if default[key] != paper[key] and key != "measure_dtype"}
 
 
 def adopted(method: str) -> bool:

@@ -20,7 +20,7 @@ METHODS = {
     "kprune-bf16-2x": "K-prune measuring in bfloat16 on a sample of twice the tokens (measure_dtype='bfloat16')",
     # issue 15's bf16 decision: the same sample as `kprune`, measured in bfloat16
     "kprune-bf16": "K-prune measuring in bfloat16 on the same sample (measure_dtype='bfloat16')",
-    "kprune-default": "K-prune with this version's defaults, KPruneConfig() (the paper's recipe is `kprune`)",
+    "kprune-default": "K-prune with this version's defaults, KPruneConfig(), measuring in float32 (the paper's recipe is `kprune`)",
     "kprune-default-bf16": "K-prune with this version's defaults, measuring in bfloat16 (measure_dtype='bfloat16')",
 }
 # KPruneConfig settings of every K-prune method, on top of the paper's recipe (KPruneConfig.paper) ...
@@ -38,7 +38,8 @@ KPRUNE_CONFIGS = {
     "kprune-bf16": {"measure_dtype": "bfloat16"},
 }
 # ... or on top of this version's defaults (KPruneConfig())
-DEFAULT_CONFIGS = {"kprune-default": {}, "kprune-default-bf16": {"measure_dtype": "bfloat16"}}
+# the precision pinned: measure_dtype="auto" (the default) would pick it by the machine's CPU
+DEFAULT_CONFIGS = {"kprune-default": {"measure_dtype": "float32"}, "kprune-default-bf16": {"measure_dtype": "bfloat16"}}
 TOKEN_FACTOR = {"kprune-bf16-2x": 2}   # methods drawing a larger sample than --num-tokens
 CANDIDATE_METHODS = ["kprune-damping-search", "kprune-ridge-original", "kprune-head-refit",
                      "kprune-ridge-original-head-refit", "kprune-sample-fisher", "kprune-bf16-2x"]

@@ -397,6 +397,10 @@ def render_larger_sample(grid: dict, larger: dict, source: str) -> str:
     return "\n".join(out)
 
 
+BF16_MACHINE = (" on the second AMD EPYC (Zen 4: AVX512-BF16, no AMX), 1 thread per cell beside other work; an earlier, "
+                "partial study on the first EPYC with older code, where the paper's recipe in bf16 lost MRPC at 80%, "
+                "is in benchmarks/results/grid-bf16.json (`python benchmarks/bf16_report.py --grid` that file)")
+
 WHY_NOT_5X = (
     "Where 5x is not reached. This table ran on the AMD EPYC (an Intel Xeon's MRPC cells are in the next section). "
     "This version runs kprune's float32 GEMMs on oneDNN instead of MKL, whose AVX-512 "
@@ -406,7 +410,8 @@ WHY_NOT_5X = (
     "its floor of L + 1/2 passes with mask gradients (section \"Floor\"), so in float32 what remains is the floor: "
     "where the paper's code itself is quick (MRPC and SST-2 at 80%, 165-229 s) no float32 kprune run reaches 5x. "
     "With bf16 measurement the passes' GEMMs run in bfloat16 and more cells reach 5x (its summary above); bf16 "
-    "stays opt-in until its accuracy study is re-run at this version (section on bf16). This version's defaults add "
+    "is the default on CPUs that compute it natively, such as this one, since its accuracy study held (section on "
+    "bf16). This version's defaults add "
     "the held-out re-fit's float64 solves to the tuning (Discussion: the two re-fits together), so they are a "
     "little slower than the paper's recipe while scoring higher."
 )
@@ -428,7 +433,7 @@ def side_by_side_section() -> str:
             "size and seed; pruning seconds and peak RSS taken by the same harness). K-prune (kprune) runs with the "
             "paper's recipe (`KPruneConfig.paper()`, the like-for-like comparison) and with this version's defaults "
             "(`KPruneConfig()`, what a user gets), in float32 and with bf16 measurement (`measure_dtype=\"bfloat16\"`, "
-            "opt-in), all at this version (results/side_by_side.json). How the originals are run, and every "
+            "what the default `\"auto\"` picks on a CPU with native bf16), all at this version (results/side_by_side.json). How the originals are run, and every "
             "replacement their code needs here, is in the next section. Timing conditions of the committed cells: "
             "the originals' SST-2 cells ran one cell at a time on the otherwise idle machine; every other cell, ours "
             "and theirs, one cell at a time beside exactly one other single-threaded job on the other core.\n\n"
@@ -502,8 +507,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="a grid of cells re-run with a larger pruning sample, tabled next to the main "
                              "grid's cells when the file exists")
     parser.add_argument("--no-larger-sample", action="store_true", help="do not render the larger-sample table")
-    parser.add_argument("--bf16-grid", type=Path, default=HERE / "results" / "grid-bf16.json",
-                        help="the bf16 study's grid (run_grid.py --study bf16), rendered when the file exists")
+    parser.add_argument("--bf16-grid", type=Path, default=HERE / "results" / "zen4" / "grid-bf16.json",
+                        help="the bf16 study's grid (run_grid.py --study bf16), rendered when the file exists "
+                             "(the study that decided the default: the second AMD EPYC's)")
     parser.add_argument("--heldout-grid", type=Path, default=HERE / "results" / "grid-heldout.json",
                         help="the candidates' held-out check (heldout_check.py), rendered when the file exists")
     args = parser.parse_args(argv)
@@ -526,7 +532,10 @@ def main(argv: list[str] | None = None) -> int:
         section = candidates_report.render_heldout(json.loads(args.heldout_grid.read_text()), grid)
         text += "\n" + section if section else ""
     import bf16_report   # issue 15's bf16 decision, from its own grid (run_grid.py --study bf16)
-    section = bf16_report.render(json.loads(args.bf16_grid.read_text())) if args.bf16_grid.is_file() else ""
+    source = args.bf16_grid.relative_to(HERE.parent) if args.bf16_grid.resolve().is_relative_to(HERE.parent) \
+        else args.bf16_grid
+    section = bf16_report.render(json.loads(args.bf16_grid.read_text()), str(source), BF16_MACHINE) \
+        if args.bf16_grid.is_file() else ""
     text += "\n" + section if section else ""
     export = HERE / "results" / "export_latency.md"   # written by bench_export_latency.py
     if export.is_file():

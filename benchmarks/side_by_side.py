@@ -28,7 +28,7 @@ from grid_spec import DEFAULT_CONFIGS, TASK_ORDER, scale  # noqa: E402
 RESULTS = HERE / "results"
 OURS, ORIGINALS, BF16 = RESULTS / "side_by_side.json", RESULTS / "originals.json", RESULTS / "grid-bf16.json"
 BEGIN, END = "<!-- side-by-side:begin -->", "<!-- side-by-side:end -->"
-METHODS = [("kprune", "K-prune (kprune, paper's recipe)"), ("kprune-default", "K-prune (kprune, defaults)"),
+METHODS = [("kprune", "K-prune (kprune, paper's recipe)"), ("kprune-default", "K-prune (kprune, defaults, float32)"),
            ("kprune-default-bf16", "K-prune (kprune, defaults, bf16)"), ("kprune-paper", "K-prune (paper's code)"),
            ("kwon", "Kwon (ours)"), ("kwon-paper", "Kwon (their code)")]
 # the paper's recipe, then this version's defaults in float32 and in bf16 (the bf16 study's seed-0 cells)

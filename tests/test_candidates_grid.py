@@ -134,7 +134,8 @@ def test_the_bf16_rule_needs_every_task_and_no_loss_beyond_the_seed_spread(low_m
     assert summary["complete"] and not summary["losses"] and summary["adopt"]
     assert summary["rows"][("qqp", 0.8)]["diff"] == pytest.approx(-0.9)
     assert summary["time_ratio"] == pytest.approx(2 / 3)
-    assert "accuracy no longer keeps it from being the default; it stays opt-in" in bf16_report.render({"cells": cells})
+    assert "stays within float32's seed spread on every task" in bf16_report.render({"cells": cells})
+    assert "so it is the default: `measure_dtype=\"auto\"` measures in bf16 where" in bf16_report.render({"cells": cells})
     assert f"### `{low_method}` against `{base}`" in bf16_report.render({"cells": cells})
     for seed in range(3):   # 1.1 points below: beyond the spread
         cells[grid_spec.cell_key("sst2", low_method, 0.5, seed)]["metric"] -= 0.011

@@ -207,7 +207,7 @@ def test_kpruner_matches_naive_kprune_on_a_sentence_embedding_model(groups):
     samples = random_samples(24, seed=12)
     # the paper's μ and KPWT (the embedding default re-fits by held-out damping, tests/test_candidates.py)
     config = kprune.KPruneConfig(progress=False, batch_size=8, gradient_groups=groups, damping_search=False,
-                                 ridge_prior="zero", mu=CFG["mu"])
+                                 ridge_prior="zero", mu=CFG["mu"], measure_dtype="float32")
     pruner = kprune.KPruner(model, samples, "embedding", 0.55, config)
     result = pruner.run()
     want_kept, naive = naive_kprune(model, samples, 0.55, groups, 8, task="embedding")

@@ -63,7 +63,7 @@ def test_summary_counts_the_targets():
     # this version's defaults are paired with the paper's code on their own
     defaults = {"mrpc/kprune-default/0.50/0": cell("mrpc", "kprune-default", 0.5, 0.81, 40.0, 700.0)}
     text = side_by_side.summary({**ours, **defaults}, theirs, "kprune-default")
-    assert "Over the 1 paired cells (kprune, defaults)" in text and "in 1 of 1." in text and "5.0-5.0x" in text
+    assert "Over the 1 paired cells (kprune, defaults, float32)" in text and "in 1 of 1." in text and "5.0-5.0x" in text
 
 
 def test_our_side_takes_the_defaults_seed_0_cells_from_the_bf16_study(tmp_path):

@@ -250,14 +250,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=32, help="samples per batch of the gradients")
     p.add_argument("--recipe", choices=RECIPES, default="default",
                    help="default: the paper's recipe plus KPWT's damping by held-out error towards the kept weights and the "
-                        "task head's re-fit to the teacher (damping_search, ridge_prior=original, head_refit); "
-                        "paper: the paper's recipe exactly (Park et al. 2024), whatever this version's defaults")
+                        "task head's re-fit to the teacher (damping_search, ridge_prior=original, head_refit), measured "
+                        "in bfloat16 where the CPU or GPU computes it natively (measure_dtype=auto); "
+                        "paper: the paper's recipe exactly (Park et al. 2024, float32), whatever this version's defaults")
     p.add_argument("--gradient-groups", choices=GRADIENT_GROUPS, default=None,
                    help="batch: the paper's batch gradients; sample: per-sample Fisher (default: the recipe's)")
     p.add_argument("--measure-dtype", choices=MEASURE_DTYPES, default=None,
                    help="precision of the knowledge measurement; bfloat16 is faster on CPUs and GPUs with bf16 "
                         "matrix units, and approximate; auto: bfloat16 where the device has them (AVX512-BF16, "
-                        "AMX, CUDA bf16), else float32 (default: the recipe's)")
+                        "AMX, CUDA bf16), else float32 (default: the recipe's: auto, the paper's float32)")
     p.add_argument("--no-weight-tuning", action="store_true", help="skip the least-squares weight tuning")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
     p.add_argument("--workers", type=int, default=1,

@@ -31,7 +31,7 @@ class KPruneConfig:
     weight_tuning: bool = True        # KPWT; False for the ablation
     recompute: bool = True            # backward one sublayer at a time (memory nearly flat in depth); False: one graph
     saved_mb: float = 256.0           # with recompute: MB of one batch's inner activations kept so their backward recomputes nothing
-    measure_dtype: str = "float32"    # "bfloat16": knowledge measured under autocast (faster, approximate); "auto": bf16 where native (kprune.precision)
+    measure_dtype: str = "auto"       # bf16 autocast where the device computes bf16 natively, float32 elsewhere (kprune.precision); or "float32" / "bfloat16"
     use_pred: bool = True             # ablations: predictive / representational knowledge only
     use_rep: bool = True
     damping_search: bool = True       # KPWT damping per sublayer by 2-fold held-out error (kprune.heldout); the paper: False
