@@ -53,8 +53,9 @@ def main() -> None:
     parser.add_argument("--flops-reduction", type=float, default=0.5)
     parser.add_argument("--cache-dir", default=os.path.expanduser("~/.cache/kprune/demo"))
     parser.add_argument("--num-tokens", type=int, default=100_000)
-    parser.add_argument("--measure-dtype", choices=MEASURE_DTYPES, default="float32",
-                        help="precision of the knowledge measurement (bfloat16: faster, approximate)")
+    parser.add_argument("--measure-dtype", choices=MEASURE_DTYPES, default="auto",
+                        help="precision of the knowledge measurement (default auto: bfloat16 where the CPU computes "
+                             "it natively, float32 elsewhere)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     transformers.logging.set_verbosity_error()
@@ -71,7 +72,8 @@ def main() -> None:
     samples = sample_features("sst2", DATA, tokenizer, num_tokens=args.num_tokens, seed=0, max_length=128)
     config = kprune.KPruneConfig(measure_dtype=args.measure_dtype)
     result = kprune.prune(model, samples, "classification", args.flops_reduction, config)
-    suffix = "" if args.measure_dtype == "float32" else f"-{args.measure_dtype}"
+    measured_in = result.report["config"]["measure_dtype"]   # what "auto" resolved to on this machine
+    suffix = "" if args.measure_dtype == "auto" else f"-{args.measure_dtype}"
     out = cache / f"pruned-{int(round(args.flops_reduction * 100))}{suffix}"
     kprune.save_pruned(result.model, out, tokenizer, extra_files={"report.json": result.report}, overwrite=True)
     pruned = kprune.load_pruned(out)
@@ -96,7 +98,7 @@ def main() -> None:
         ("pruning seconds", "", f"{report['seconds']['total']:.1f}"),
     ]
     width = max(len(r[0]) for r in rows)
-    print(f"\nK-prune ({args.measure_dtype} measurement), {args.flops_reduction:.0%} FLOPs reduction requested, "
+    print(f"\nK-prune ({measured_in} measurement), {args.flops_reduction:.0%} FLOPs reduction requested, "
           f"{report['flops_reduction']:.1%} achieved, {report['num_samples']} samples / {report['num_tokens']} tokens, "
           f"{torch.get_num_threads()} threads, extension {'on' if report['extension'] else 'off'}\n")
     print(f"| {'':{width}} | {'before':>10} | {'after':>10} |")
