@@ -127,7 +127,6 @@ class KPruner:
         self.budget = (1.0 - self.flops_reduction) * self.flops_before
         self.remaining = self.budget
         self.params_before = count_parameters(self._input_model)
-        # one statistics pass per sublayer: the teacher's states advance in place (one copy held, not two)
         self.tuner = SublayerTuner(self.student, self.teacher, self.batches, self.collective, teacher_in_place=True)
         self.tuner.on_batch = self._batch_done
         self.teacher_logits: list[torch.Tensor] = []
