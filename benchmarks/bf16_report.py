@@ -88,8 +88,10 @@ def table(s: dict) -> list[str]:
     return out
 
 
-def render(grid: dict, source: str = "benchmarks/results/grid-bf16.json", machine: str = "") -> str:
-    """The markdown section, one table per recipe studied ("" when the grid holds no bf16 cell)."""
+def render(grid: dict, path: Path = HERE / "results" / "grid-bf16.json", machine: str = "") -> str:
+    """The markdown section, one table per recipe studied ("" when the grid holds no bf16 cell); ``path``: the
+    grid's file, named in the text."""
+    source = path.resolve().relative_to(HERE.parent) if path.resolve().is_relative_to(HERE.parent) else path
     studied = {m: summarise(grid, m) for m in BF16_PAIRS}
     studied = {m: s for m, s in studied.items() if s["rows"]}
     if not studied:
@@ -109,8 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--grid", type=Path, default=HERE / "results" / "zen4" / "grid-bf16.json")
     args = parser.parse_args(argv)
-    source = args.grid.relative_to(HERE.parent) if args.grid.resolve().is_relative_to(HERE.parent) else args.grid
-    print(render(json.loads(args.grid.read_text()), str(source)))
+    print(render(json.loads(args.grid.read_text()), args.grid))
     return 0
 
 

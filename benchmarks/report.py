@@ -532,9 +532,7 @@ def main(argv: list[str] | None = None) -> int:
         section = candidates_report.render_heldout(json.loads(args.heldout_grid.read_text()), grid)
         text += "\n" + section if section else ""
     import bf16_report   # issue 15's bf16 decision, from its own grid (run_grid.py --study bf16)
-    source = args.bf16_grid.relative_to(HERE.parent) if args.bf16_grid.resolve().is_relative_to(HERE.parent) \
-        else args.bf16_grid
-    section = bf16_report.render(json.loads(args.bf16_grid.read_text()), str(source), BF16_MACHINE) \
+    section = bf16_report.render(json.loads(args.bf16_grid.read_text()), args.bf16_grid, BF16_MACHINE) \
         if args.bf16_grid.is_file() else ""
     text += "\n" + section if section else ""
     export = HERE / "results" / "export_latency.md"   # written by bench_export_latency.py

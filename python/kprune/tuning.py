@@ -89,8 +89,8 @@ class SublayerTuner:
             # embeddings are never pruned: a copy of the teacher starts from the teacher's hidden states
             self.student_cache = list(self.teacher_cache) if same or _same_embeddings(self.student, self.teacher) \
                 else [self.student.embed(b.input_ids, b.token_type_ids) for b in batches]
-        self._next_teacher: list[torch.Tensor] | None = None   # the teacher's states past sublayer `next`, once known
-        self._teacher_past = False   # teacher_cache itself already holds them (teacher_in_place)
+        # the teacher's states past sublayer `next`, once known (teacher_in_place: teacher_cache itself)
+        self._next_teacher: list[torch.Tensor] | None = None
         self._cut_short: str | None = None   # set while a pass rewrites the caches: what it was doing
         self.on_batch = None   # called after each batch of a statistics pass (progress bars)
         # sums the held-out half's rows itself (kprune.heldout.FoldStatistics): take(batch, act, target, columns)
@@ -111,7 +111,7 @@ class SublayerTuner:
 
     def _teacher_input(self, sublayer: int) -> list[torch.Tensor]:
         """The teacher's hidden states at the input of ``sublayer`` (the tuner's current one)."""
-        if self._teacher_past:
+        if self.teacher_in_place and self._next_teacher is not None:
             raise ConfigError(f"the teacher's hidden states have moved past sublayer {sublayer}: with "
                               "teacher_in_place=True its statistics are taken once (advance to the next sublayer)")
         return self.teacher_cache
@@ -158,7 +158,7 @@ class SublayerTuner:
             held_gram, held_cross = held.reduce(self.collective, gram, cross)
             gram += held_gram
             cross += held_cross
-        self._next_teacher, self._teacher_past, self._cut_short = next_teacher, self.teacher_in_place, None
+        self._next_teacher, self._cut_short = next_teacher, None
         return LeastSquaresStats(gram, cross, float(totals[0]), int(totals[1]))
 
     def refit(self, sublayer: int, kept: Sequence[int] | torch.Tensor | None = None,
@@ -219,7 +219,7 @@ class SublayerTuner:
             for index, batch in enumerate(self.batches):
                 self.student_cache[index] = run_sublayer(self.student, sublayer, self.student_cache[index],
                                                          batch.key_mask).output
-        self._next_teacher, self._teacher_past, self._cut_short = None, False, None
+        self._next_teacher, self._cut_short = None, None
         self.next += 1
 
     def release(self) -> None:
