@@ -14,6 +14,9 @@ process, on the same length-sorted compute batches (the pruner's own):
 
 Reports run seconds, pass seconds, run / ((L + 1/2) · pass), the run's per-phase seconds and the peak RSS
 of each, prints a table and writes benchmarks/results/floor.json (one entry per case, replaced on re-run).
+With ``--gemm-account`` it also runs the prune once more under torch's profiler and reports the seconds and
+FLOPs of its GEMMs by dtype (benchmarks/gemm_account.py): what the run would cost if nothing but its matrix
+products took time.
 """
 from __future__ import annotations
 
@@ -34,14 +37,19 @@ CACHE = Path.home() / ".cache" / "kprune-bench"
 
 
 def load(model_dir: str, data_dir: str, task: str, num_tokens: int, seed: int):
-    """The fine-tuned checkpoint and a pruning sample drawn from its task's training split."""
+    """The fine-tuned checkpoint (a question-answering model for a QA task) and a pruning sample drawn from its
+    task's training split."""
     import transformers
 
     from kprune.data import sample_features
 
     transformers.logging.set_verbosity_error()
+    from kprune.tasks import get_task
+
     tokenizer = transformers.AutoTokenizer.from_pretrained(model_dir)
-    model = transformers.AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
+    cls = (transformers.AutoModelForQuestionAnswering if get_task(task).kind == "qa"
+           else transformers.AutoModelForSequenceClassification)
+    model = cls.from_pretrained(model_dir).eval()
     samples = sample_features(task, data_dir, tokenizer, num_tokens=num_tokens, seed=seed)
     return model, samples
 
@@ -146,6 +154,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--output", type=Path, default=RESULTS)
     parser.add_argument("--measure-dtype", default="float32", help="KPruneConfig.measure_dtype of the pass and the run")
     parser.add_argument("--no-record", action="store_true", help="do not write the results file")
+    parser.add_argument("--gemm-account", action="store_true",
+                        help="also profile one more run: its GEMMs' seconds and FLOPs by dtype (gemm_account.py)")
     args = parser.parse_args(argv)
 
     import torch
@@ -156,7 +166,13 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(args.threads)
     model, samples = load(args.model, args.data, args.task, args.num_tokens, args.seed)
     config = kprune.KPruneConfig(progress=False, seed=args.seed, measure_dtype=args.measure_dtype)
-    result = measure(model, samples, get_task(args.task).kind, args.flops_reduction, config)
+    kind = get_task(args.task).kind
+    result = measure(model, samples, kind, args.flops_reduction, config)
+    if args.gemm_account:
+        from gemm_account import profile_run
+
+        result["gemm_account"] = profile_run(
+            lambda: kprune.prune(copy.deepcopy(model), samples, kind, args.flops_reduction, config))
     entry = {"case": f"{Path(args.model).name}, {args.task}, {args.num_tokens} tokens, "
                      f"{args.flops_reduction:.0%}, {args.threads} thread(s)"
                      + ("" if args.measure_dtype == "float32" else f", {args.measure_dtype}"),
@@ -167,6 +183,12 @@ def main(argv: list[str] | None = None) -> dict:
         record(entry, args.output)
     print(entry["case"])
     print(table(entry))
+    if args.gemm_account:
+        gemm = entry["gemm_account"]
+        by_dtype = "; ".join(f"{d}: {r['seconds']:.1f} s, {r['gflop']:,.0f} GFLOP, {r['gflop_per_s']} GFLOP/s"
+                             for d, r in gemm["gemm"].items())
+        print(f"GEMMs of a profiled run: {gemm['gemm_seconds']:.1f} s of the plain run's {entry['run_seconds']:.1f} s "
+              f"({by_dtype})")
     return entry
 
 

@@ -546,7 +546,8 @@ def main(argv: list[str] | None = None) -> int:
     if scale.is_file():
         text += "\n" + scale.read_text()
     text += "\n" + side_by_side_section()
-    for machine in ("xeon", "zen4"):   # side by side on an Intel Xeon and a second AMD EPYC (Zen 4), written up
+    # side by side on an Intel Xeon and a second AMD EPYC (Zen 4: one thread per job; two threads, quiet), written up
+    for machine in ("xeon", "zen4", "zen4-2t"):
         written = HERE / "results" / machine / "side_by_side.md"
         if written.is_file():
             text += "\n" + written.read_text()

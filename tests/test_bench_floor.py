@@ -85,3 +85,48 @@ def test_bf16_case_times_its_pass_in_bf16_and_is_its_own_entry(dirs, tmp_path, m
         assert (torch.bfloat16 in seen) == (dtype == "bfloat16")
     runs = json.loads(output.read_text())["runs"]
     assert len(runs) == 2 and runs[1]["case"].endswith(", bfloat16") and "bfloat16" not in runs[0]["case"]
+
+
+def test_gemm_account_counts_each_product_by_dtype_against_2mkn():
+    import gemm_account
+
+    a32, b32 = torch.randn(24, 16), torch.randn(16, 40)
+    bias = torch.randn(40)
+    a16, b16 = a32.bfloat16(), b32.bfloat16()
+    batched = torch.randn(3, 5, 7), torch.randn(3, 7, 2)
+
+    def run():
+        torch.mm(a32, b32)
+        torch.addmm(bias, a32, b32)
+        torch.mm(a16, b16)
+        torch.bmm(*batched)
+
+    got = gemm_account.profile_run(run)
+    rows = got["gemm"]
+    assert len(rows) == 2   # float32 (as torch names it: "float") and bfloat16
+    bf16 = next(row for dtype, row in rows.items() if "bfloat16" in dtype.lower())
+    fp32 = next(row for dtype, row in rows.items() if "bfloat16" not in dtype.lower())
+    assert fp32["count"] == 3 and bf16["count"] == 1
+    assert fp32["gflop"] == pytest.approx(round((2 * 2 * 24 * 16 * 40 + 2 * 3 * 5 * 7 * 2) / 1e9, 1))
+    assert bf16["gflop"] == pytest.approx(round(2 * 24 * 16 * 40 / 1e9, 1))
+    assert got["gemm_seconds"] == pytest.approx(sum(r["seconds"] for r in rows.values()), abs=2e-3)
+    assert 0 < got["gemm_seconds"] <= got["op_self_seconds"] + 1e-3
+    # the formulas themselves, on each event's shape layout
+    assert gemm_account.gemm_flops("aten::mm", [[4, 5], [5, 6]]) == 2 * 4 * 5 * 6
+    assert gemm_account.gemm_flops("aten::addmm", [[6], [4, 5], [5, 6], [], []]) == 2 * 4 * 5 * 6
+    assert gemm_account.gemm_flops("aten::baddbmm", [[2, 4, 6], [2, 4, 5], [2, 5, 6], [], []]) == 2 * 2 * 4 * 5 * 6
+    assert gemm_account.gemm_flops("mkldnn::_linear_pointwise", [[3, 4, 5], [6, 5], [6]]) == 2 * 12 * 5 * 6
+    with pytest.raises(ValueError, match="aten::add is not a GEMM event"):
+        gemm_account.gemm_flops("aten::add", [[1], [1]])
+
+
+def test_gemm_account_flag_records_the_run_s_gemms(dirs, tmp_path, capsys):
+    model_dir, data_dir = dirs
+    output = tmp_path / "floor.json"
+    entry = bench_floor.main(["--model", str(model_dir), "--data", str(data_dir), "--num-tokens", "300",
+                              "--flops-reduction", "0.6", "--output", str(output), "--gemm-account"])
+    gemm = entry["gemm_account"]
+    assert json.loads(output.read_text())["runs"][0]["gemm_account"] == gemm
+    assert gemm["gemm"] and all(row["count"] > 0 and row["gflop"] >= 0 for row in gemm["gemm"].values())
+    assert 0 < gemm["gemm_seconds"] <= gemm["op_self_seconds"] + 1e-3
+    assert "GEMMs of a profiled run" in capsys.readouterr().out
