@@ -42,10 +42,9 @@ def load(model_dir: str, data_dir: str, task: str, num_tokens: int, seed: int):
     import transformers
 
     from kprune.data import sample_features
-
-    transformers.logging.set_verbosity_error()
     from kprune.tasks import get_task
 
+    transformers.logging.set_verbosity_error()
     tokenizer = transformers.AutoTokenizer.from_pretrained(model_dir)
     cls = (transformers.AutoModelForQuestionAnswering if get_task(task).kind == "qa"
            else transformers.AutoModelForSequenceClassification)
