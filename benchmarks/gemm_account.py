@@ -54,11 +54,11 @@ def account(events) -> dict:
         row["count"] += 1
         row["seconds"] += event.self_cpu_time_total / 1e6
         row["gflop"] += gemm_flops(event.name, shapes) / 1e9
-    rows = {d: {"count": r["count"], "seconds": round(r["seconds"], 3), "gflop": round(r["gflop"], 1),
+    rows = {d: {"count": r["count"], "seconds": round(r["seconds"], 4), "gflop": round(r["gflop"], 3),
                 "gflop_per_s": round(r["gflop"] / r["seconds"], 1) if r["seconds"] else None}
             for d, r in sorted(by_dtype.items())}
-    return {"gemm": rows, "gemm_seconds": round(sum(r["seconds"] for r in rows.values()), 3),
-            "op_self_seconds": round(total, 3)}
+    return {"gemm": rows, "gemm_seconds": round(sum(r["seconds"] for r in rows.values()), 4),
+            "op_self_seconds": round(total, 4)}
 
 
 def profile_run(run) -> dict:
