@@ -11,6 +11,7 @@ The compiled attention kernel's products are its own loops, not GEMMs: they coun
 from __future__ import annotations
 
 import math
+import time
 from collections import defaultdict
 
 # profiler events that are one dense matrix product each, and the FLOPs of one from its input shapes
@@ -64,8 +65,6 @@ def account(events) -> dict:
 def profile_run(run) -> dict:
     """``run()`` under torch's CPU profiler with shapes recorded; returns :func:`account` of it plus the
     profiled wall seconds (the profiler's own cost included)."""
-    import time
-
     from torch.profiler import ProfilerActivity, profile
 
     started = time.perf_counter()
