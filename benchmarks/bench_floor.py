@@ -16,7 +16,10 @@ Reports run seconds, pass seconds, run / ((L + 1/2) · pass), the run's per-phas
 of each, prints a table and writes benchmarks/results/floor.json (one entry per case, replaced on re-run).
 With ``--gemm-account`` it also runs the prune once more under torch's profiler and reports the seconds and
 FLOPs of its GEMMs by dtype (benchmarks/gemm_account.py): what the run would cost if nothing but its matrix
-products took time.
+products took time. With ``--thin-account`` it times the same run on a thin copy of the model (:func:`thin_copy`:
+the same layers and heads, 4 dimensions per head, seeded random weights; BERT-layout configs), on the same
+samples and batches: the part of a run that does not grow with the matrix sizes (Python, dispatch, each
+kernel's fixed cost, the per-batch loop).
 """
 from __future__ import annotations
 
@@ -93,6 +96,19 @@ def time_run(model, samples, kind: str, reduction: float, config) -> tuple[float
     return time.perf_counter() - started, time.process_time() - cpu, result.report
 
 
+def thin_copy(model, head_size: int = 4):
+    """The model's class and config with ``head_size`` dimensions per head (hidden = heads x head_size) and an
+    FFN four times that, seeded random weights: the same number of layers, heads, batches and kernel calls as
+    a run on ``model``, with 1/(original head size / head_size)^2 of its GEMM FLOPs (1/64 for MiniLM)."""
+    import torch
+
+    config = copy.deepcopy(model.config)
+    config.hidden_size = config.num_attention_heads * head_size
+    config.intermediate_size = 4 * config.hidden_size
+    torch.manual_seed(0)
+    return type(model)(config).eval()
+
+
 def _commit() -> str:
     done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=RESULTS.parent, capture_output=True, text=True)
     return done.stdout.strip() or "unknown"
@@ -155,6 +171,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--no-record", action="store_true", help="do not write the results file")
     parser.add_argument("--gemm-account", action="store_true",
                         help="also profile one more run: its GEMMs' seconds and FLOPs by dtype (gemm_account.py)")
+    parser.add_argument("--thin-account", action="store_true",
+                        help="also time the same run on a thin copy of the model (4 dimensions per head): its fixed costs")
     args = parser.parse_args(argv)
 
     import torch
@@ -172,6 +190,12 @@ def main(argv: list[str] | None = None) -> dict:
 
         result["gemm_account"] = profile_run(
             lambda: kprune.prune(copy.deepcopy(model), samples, kind, args.flops_reduction, config))
+    if args.thin_account:
+        thin = thin_copy(model)
+        seconds, cpu, report = time_run(thin, samples, kind, args.flops_reduction, config)
+        result["thin_run"] = {"hidden_size": thin.config.hidden_size, "intermediate_size": thin.config.intermediate_size,
+                              "seconds": round(seconds, 3), "cpu_seconds": round(cpu, 3),
+                              "phase_seconds": report["seconds"]}
     entry = {"case": f"{Path(args.model).name}, {args.task}, {args.num_tokens} tokens, "
                      f"{args.flops_reduction:.0%}, {args.threads} thread(s)"
                      + ("" if args.measure_dtype == "float32" else f", {args.measure_dtype}"),
@@ -188,6 +212,10 @@ def main(argv: list[str] | None = None) -> dict:
                              for d, r in gemm["gemm"].items())
         print(f"GEMMs of a profiled run: {gemm['gemm_seconds']:.1f} s of the plain run's {entry['run_seconds']:.1f} s "
               f"({by_dtype})")
+    if args.thin_account:
+        thin = entry["thin_run"]
+        print(f"the same run on a thin copy (hidden {thin['hidden_size']}, FFN {thin['intermediate_size']}): "
+              f"{thin['seconds']:.1f} s of the plain run's {entry['run_seconds']:.1f} s")
     return entry
 
 

@@ -130,3 +130,30 @@ def test_gemm_account_flag_records_the_run_s_gemms(dirs, tmp_path, capsys):
     assert gemm["gemm"] and all(row["count"] > 0 and row["gflop"] >= 0 for row in gemm["gemm"].values())
     assert 0 < gemm["gemm_seconds"] <= gemm["op_self_seconds"] + 1e-3
     assert "GEMMs of a profiled run" in capsys.readouterr().out
+
+
+def test_thin_copy_keeps_layers_heads_and_class_with_four_dimensions_per_head(dirs):
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(dirs[0]).eval()
+    thin = bench_floor.thin_copy(model)
+    assert type(thin) is type(model)
+    config, original = thin.config, model.config
+    assert (config.num_hidden_layers, config.num_attention_heads, config.vocab_size, config.num_labels) == \
+        (original.num_hidden_layers, original.num_attention_heads, original.vocab_size, original.num_labels)
+    assert config.hidden_size == 4 * original.num_attention_heads and config.intermediate_size == 4 * config.hidden_size
+    assert thin.bert.encoder.layer[0].intermediate.dense.weight.shape == (config.intermediate_size, config.hidden_size)
+    assert original.hidden_size != config.hidden_size   # the model itself is left as it was
+    assert torch.equal(bench_floor.thin_copy(model).classifier.weight, thin.classifier.weight)   # seeded
+
+
+def test_thin_account_flag_records_the_thin_run(dirs, tmp_path, capsys):
+    model_dir, data_dir = dirs
+    output = tmp_path / "floor.json"
+    entry = bench_floor.main(["--model", str(model_dir), "--data", str(data_dir), "--num-tokens", "300",
+                              "--flops-reduction", "0.6", "--output", str(output), "--thin-account"])
+    thin = entry["thin_run"]
+    assert json.loads(output.read_text())["runs"][0]["thin_run"] == thin
+    assert thin["hidden_size"] == 8 and thin["intermediate_size"] == 32   # 2 heads of 4
+    assert thin["seconds"] > 0 and set(thin["phase_seconds"]) >= {"measure", "tune", "total"}
+    assert "the same run on a thin copy (hidden 8, FFN 32)" in capsys.readouterr().out
