@@ -19,7 +19,8 @@ FLOPs of its GEMMs by dtype (benchmarks/gemm_account.py): what the run would cos
 products took time. With ``--thin-account`` it times the same run on a thin copy of the model (:func:`thin_copy`:
 the same layers and heads, 4 dimensions per head, seeded random weights; BERT-layout configs), on the same
 samples and batches: the part of a run that does not grow with the matrix sizes (Python, dispatch, each
-kernel's fixed cost, the per-batch loop).
+kernel's fixed cost, the per-batch loop, the attention's work per key that does not shrink with the head size); with
+``--gemm-account`` too, the thin run's own GEMM seconds as well.
 """
 from __future__ import annotations
 
@@ -196,6 +197,11 @@ def main(argv: list[str] | None = None) -> dict:
         result["thin_run"] = {"hidden_size": thin.config.hidden_size, "intermediate_size": thin.config.intermediate_size,
                               "seconds": round(seconds, 3), "cpu_seconds": round(cpu, 3),
                               "phase_seconds": report["seconds"]}
+        if args.gemm_account:   # the thin run's own GEMMs, so that its rest beside them can be told apart
+            from gemm_account import profile_run
+
+            result["thin_run"]["gemm_seconds"] = profile_run(
+                lambda: kprune.prune(copy.deepcopy(thin), samples, kind, args.flops_reduction, config))["gemm_seconds"]
     entry = {"case": f"{Path(args.model).name}, {args.task}, {args.num_tokens} tokens, "
                      f"{args.flops_reduction:.0%}, {args.threads} thread(s)"
                      + ("" if args.measure_dtype == "float32" else f", {args.measure_dtype}"),
@@ -214,8 +220,9 @@ def main(argv: list[str] | None = None) -> dict:
               f"({by_dtype})")
     if args.thin_account:
         thin = entry["thin_run"]
+        own = f", {thin['gemm_seconds']:.1f} s of it its GEMMs" if "gemm_seconds" in thin else ""
         print(f"the same run on a thin copy (hidden {thin['hidden_size']}, FFN {thin['intermediate_size']}): "
-              f"{thin['seconds']:.1f} s of the plain run's {entry['run_seconds']:.1f} s")
+              f"{thin['seconds']:.1f} s{own}; the plain run {entry['run_seconds']:.1f} s")
     return entry
 
 

@@ -156,4 +156,9 @@ def test_thin_account_flag_records_the_thin_run(dirs, tmp_path, capsys):
     assert json.loads(output.read_text())["runs"][0]["thin_run"] == thin
     assert thin["hidden_size"] == 8 and thin["intermediate_size"] == 32   # 2 heads of 4
     assert thin["seconds"] > 0 and set(thin["phase_seconds"]) >= {"measure", "tune", "total"}
+    assert "gemm_seconds" not in thin   # only with --gemm-account
     assert "the same run on a thin copy (hidden 8, FFN 32)" in capsys.readouterr().out
+    both = bench_floor.main(["--model", str(model_dir), "--data", str(data_dir), "--num-tokens", "300",
+                             "--flops-reduction", "0.6", "--no-record", "--thin-account", "--gemm-account"])
+    assert 0 < both["thin_run"]["gemm_seconds"]
+    assert "s of it its GEMMs" in capsys.readouterr().out
