@@ -187,11 +187,13 @@ def main(argv: list[str] | None = None) -> dict:
     config = kprune.KPruneConfig(progress=False, seed=args.seed, measure_dtype=args.measure_dtype)
     kind = get_task(args.task).kind
     result = measure(model, samples, kind, args.flops_reduction, config)
-    if args.gemm_account:
-        from gemm_account import profile_run
+    from gemm_account import profile_run
 
-        result["gemm_account"] = profile_run(
-            lambda: kprune.prune(copy.deepcopy(model), samples, kind, args.flops_reduction, config))
+    def profiled(m) -> dict:   # the same prune of a fresh copy of m, under the profiler (gemm_account.py)
+        return profile_run(lambda: kprune.prune(copy.deepcopy(m), samples, kind, args.flops_reduction, config))
+
+    if args.gemm_account:
+        result["gemm_account"] = profiled(model)
     if args.thin_account:
         thin = thin_copy(model)
         seconds, cpu, report = time_run(thin, samples, kind, args.flops_reduction, config)
@@ -199,10 +201,7 @@ def main(argv: list[str] | None = None) -> dict:
                               "seconds": round(seconds, 3), "cpu_seconds": round(cpu, 3),
                               "phase_seconds": report["seconds"]}
         if args.gemm_account:   # the thin run's own GEMMs, so that its rest beside them can be told apart
-            from gemm_account import profile_run
-
-            result["thin_run"]["gemm_seconds"] = profile_run(
-                lambda: kprune.prune(copy.deepcopy(thin), samples, kind, args.flops_reduction, config))["gemm_seconds"]
+            result["thin_run"]["gemm_seconds"] = profiled(thin)["gemm_seconds"]
     entry = {"case": f"{Path(args.model).name}, {args.task}, {args.num_tokens} tokens, "
                      f"{args.flops_reduction:.0%}, {args.threads} thread(s)"
                      + ("" if args.measure_dtype == "float32" else f", {args.measure_dtype}"),

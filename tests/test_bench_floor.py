@@ -31,11 +31,17 @@ def dirs(tmp_path_factory):
     return model_dir, data_dir
 
 
-def test_one_command_times_pass_and_run_and_records_them(dirs, tmp_path, capsys):
+def run_case(dirs, output, *flags: str) -> dict:
+    """bench_floor's one command on the tiny case (300 tokens, 60%), results to ``output`` (None: not recorded)."""
     model_dir, data_dir = dirs
+    where = ["--no-record"] if output is None else ["--output", str(output)]
+    return bench_floor.main(["--model", str(model_dir), "--data", str(data_dir), "--num-tokens", "300",
+                             "--flops-reduction", "0.6", *where, *flags])
+
+
+def test_one_command_times_pass_and_run_and_records_them(dirs, tmp_path, capsys):
     output = tmp_path / "floor.json"
-    entry = bench_floor.main(["--model", str(model_dir), "--data", str(data_dir), "--num-tokens", "300",
-                              "--flops-reduction", "0.6", "--output", str(output)])
+    entry = run_case(dirs, output)
     stored = json.loads(output.read_text())["runs"]
     assert stored == [entry]
     assert entry["num_layers"] == 3 and entry["floor_passes"] == 3.5
@@ -48,8 +54,7 @@ def test_one_command_times_pass_and_run_and_records_them(dirs, tmp_path, capsys)
     printed = capsys.readouterr().out
     assert f"{entry['ratio_to_floor']:.3f}x" in printed and "run phases" in printed
     # a second run of the same case replaces the first rather than piling up
-    bench_floor.main(["--model", str(model_dir), "--data", str(data_dir), "--num-tokens", "300",
-                      "--flops-reduction", "0.6", "--output", str(output)])
+    run_case(dirs, output)
     assert len(json.loads(output.read_text())["runs"]) == 1
 
 
@@ -68,7 +73,6 @@ def test_the_timed_pass_leaves_the_model_unchanged(dirs):
 def test_bf16_case_times_its_pass_in_bf16_and_is_its_own_entry(dirs, tmp_path, monkeypatch):
     import kprune.knowledge as knowledge
 
-    model_dir, data_dir = dirs
     output = tmp_path / "floor.json"
     seen = []
     real_op = knowledge.ops.accumulate_group_sums
@@ -80,8 +84,7 @@ def test_bf16_case_times_its_pass_in_bf16_and_is_its_own_entry(dirs, tmp_path, m
     monkeypatch.setattr(knowledge.ops, "accumulate_group_sums", spy)
     for dtype in ("float32", "bfloat16"):
         seen.clear()
-        bench_floor.main(["--model", str(model_dir), "--data", str(data_dir), "--num-tokens", "300",
-                          "--flops-reduction", "0.6", "--measure-dtype", dtype, "--output", str(output)])
+        run_case(dirs, output, "--measure-dtype", dtype)
         assert (torch.bfloat16 in seen) == (dtype == "bfloat16")
     runs = json.loads(output.read_text())["runs"]
     assert len(runs) == 2 and runs[1]["case"].endswith(", bfloat16") and "bfloat16" not in runs[0]["case"]
@@ -121,10 +124,8 @@ def test_gemm_account_counts_each_product_by_dtype_against_2mkn():
 
 
 def test_gemm_account_flag_records_the_run_s_gemms(dirs, tmp_path, capsys):
-    model_dir, data_dir = dirs
     output = tmp_path / "floor.json"
-    entry = bench_floor.main(["--model", str(model_dir), "--data", str(data_dir), "--num-tokens", "300",
-                              "--flops-reduction", "0.6", "--output", str(output), "--gemm-account"])
+    entry = run_case(dirs, output, "--gemm-account")
     gemm = entry["gemm_account"]
     assert json.loads(output.read_text())["runs"][0]["gemm_account"] == gemm
     assert gemm["gemm"] and all(row["count"] > 0 and row["gflop"] >= 0 for row in gemm["gemm"].values())
@@ -148,17 +149,14 @@ def test_thin_copy_keeps_layers_heads_and_class_with_four_dimensions_per_head(di
 
 
 def test_thin_account_flag_records_the_thin_run(dirs, tmp_path, capsys):
-    model_dir, data_dir = dirs
     output = tmp_path / "floor.json"
-    entry = bench_floor.main(["--model", str(model_dir), "--data", str(data_dir), "--num-tokens", "300",
-                              "--flops-reduction", "0.6", "--output", str(output), "--thin-account"])
+    entry = run_case(dirs, output, "--thin-account")
     thin = entry["thin_run"]
     assert json.loads(output.read_text())["runs"][0]["thin_run"] == thin
     assert thin["hidden_size"] == 8 and thin["intermediate_size"] == 32   # 2 heads of 4
     assert thin["seconds"] > 0 and set(thin["phase_seconds"]) >= {"measure", "tune", "total"}
     assert "gemm_seconds" not in thin   # only with --gemm-account
     assert "the same run on a thin copy (hidden 8, FFN 32)" in capsys.readouterr().out
-    both = bench_floor.main(["--model", str(model_dir), "--data", str(data_dir), "--num-tokens", "300",
-                             "--flops-reduction", "0.6", "--no-record", "--thin-account", "--gemm-account"])
+    both = run_case(dirs, None, "--thin-account", "--gemm-account")
     assert 0 < both["thin_run"]["gemm_seconds"]
     assert "s of it its GEMMs" in capsys.readouterr().out
